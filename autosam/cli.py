@@ -1,0 +1,39 @@
+"""``autosam``: one verb per job; each verb lives in :mod:`autosam.commands`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from . import __version__
+from .errors import AutosamError
+
+#: Verb modules under autosam.commands, in the order ``--help`` lists them.
+VERBS = ["demo", "oracle"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autosam", description="Automatic SAM prompting inside nnU-Net workflows.")
+    parser.add_argument("--version", action="version", version=f"autosam {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for verb in VERBS:
+        importlib.import_module(f"autosam.commands.{verb}").add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except AutosamError as e:
+        print(f"autosam {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"autosam {args.verb}: interrupted; finished cases are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Encode 2D slices once, then answer any number of prompts on them (segment-anything's predictor idea, batched)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import transforms as T
+from .registry import SamModel
+
+
+@dataclass
+class SamPrompt:
+    """One prompt on one encoded slice; coordinates in pixels of that slice (x, y).
+
+    ``box`` is ``(x0, y0, x1, y1)``; ``points`` ``(K, 2)`` with ``point_labels`` ``(K,)`` (1 positive,
+    0 negative); ``mask`` is a slice-sized prior given as logits (SAM's low-resolution mask prompt).
+    """
+
+    slice_index: int
+    box: Optional[np.ndarray] = None
+    points: Optional[np.ndarray] = None
+    point_labels: Optional[np.ndarray] = None
+    mask: Optional[np.ndarray] = None
+
+    def signature(self) -> tuple[bool, bool, bool]:
+        """Prompts with the same signature can share one decoder call."""
+        return self.box is not None, self.points is not None and len(self.points) > 0, self.mask is not None
+
+
+@dataclass
+class SamResult:
+    """Mask logits at each prompt's slice resolution and SAM's predicted IoU, in prompt order."""
+
+    logits: list[np.ndarray]
+    iou: np.ndarray
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit name is checked for availability."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from ..errors import AutosamError
+
+        raise AutosamError(f"device {device!r} requested but CUDA is not available here")
+    return dev
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+class SamPredictor:
+    """Holds the embeddings of a set of slices and decodes prompts against them.
+
+    >>> predictor = SamPredictor(build_sam())
+    >>> predictor.set_slices([slice0, slice1])            # each (C, H, W) in [0, 1], encoded once
+    >>> result = predictor.predict([SamPrompt(0, box=np.array([10, 10, 40, 50]))])
+    """
+
+    def __init__(self, model: SamModel, device: str = "auto", batch_size: int = 16, amp: bool = True) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.amp = amp and self.device.type == "cuda"
+        self.embeddings: Optional[torch.Tensor] = None
+        self.sizes: list[tuple[int, int]] = []
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    @torch.inference_mode()
+    def set_slices(self, slices: Sequence[np.ndarray]) -> None:
+        """Encode slices (``(C, H, W)`` or ``(H, W)``, intensities in ``[0, 1]``) in batches; keep embeddings."""
+        self.sizes = [tuple(np.asarray(s).shape[-2:]) for s in slices]
+        out = []
+        for part in _chunks(len(slices), self.batch_size):
+            canvas = T.to_canvas(slices[part], self.model.image_size).to(self.device)
+            with self._autocast():
+                out.append(self.model.embed(canvas).float())
+        self.embeddings = torch.cat(out) if out else None
+
+    @torch.inference_mode()
+    def predict(self, prompts: Sequence[SamPrompt], multimask: bool = False, batch_size: int = 64) -> SamResult:
+        """Decode prompts; with ``multimask`` the best of SAM's three masks (by predicted IoU) is kept."""
+        if prompts and self.embeddings is None:
+            raise RuntimeError("call set_slices() before predict()")
+        logits: list[Optional[np.ndarray]] = [None] * len(prompts)
+        iou = np.zeros(len(prompts), dtype=np.float32)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prompts):
+            if not 0 <= p.slice_index < len(self.sizes):
+                raise IndexError(f"prompt {i} refers to slice {p.slice_index}; {len(self.sizes)} slices are encoded")
+            groups.setdefault(p.signature(), []).append(i)
+        for signature, members in groups.items():
+            for part in _chunks(len(members), batch_size):
+                idx = members[part]
+                low, scores = self._decode_group([prompts[i] for i in idx], signature, multimask)
+                for j, i in enumerate(idx):
+                    hw = self.sizes[prompts[i].slice_index]
+                    logits[i] = T.logits_to_slice(low[j : j + 1], hw, self.model.image_size)[0, 0].cpu().numpy()
+                    iou[i] = float(scores[j])
+        return SamResult(logits=logits, iou=iou)  # type: ignore[arg-type]
+
+    def _decode_group(
+        self, prompts: list[SamPrompt], signature: tuple[bool, bool, bool], multimask: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        has_box, has_points, has_mask = signature
+        size, dev = self.model.image_size, self.device
+        emb = self.embeddings[[p.slice_index for p in prompts]]
+        boxes = points = masks = None
+        if has_box:
+            boxes = torch.as_tensor(
+                np.stack([T.scale_coords(p.box, self.sizes[p.slice_index], size) for p in prompts]), device=dev
+            )
+        if has_points:
+            k = max(len(p.points) for p in prompts)
+            coords = np.zeros((len(prompts), k, 2), dtype=np.float32)
+            labels = -np.ones((len(prompts), k), dtype=np.float32)  # -1 pads to the longest point list
+            for j, p in enumerate(prompts):
+                coords[j, : len(p.points)] = T.scale_coords(p.points, self.sizes[p.slice_index], size)
+                labels[j, : len(p.points)] = p.point_labels
+            points = (torch.as_tensor(coords, device=dev), torch.as_tensor(labels, device=dev))
+        if has_mask:
+            low = self.model.low_res_size
+            masks = torch.stack([T.mask_to_canvas(p.mask, size, low, fill=-20.0) for p in prompts]).to(dev)
+        with self._autocast():
+            low_res, scores = self.model.decode(emb, boxes=boxes, points=points, masks=masks, multimask=multimask)
+        low_res, scores = low_res.float(), scores.float()
+        if multimask:
+            best = scores.argmax(dim=1)
+            rows = torch.arange(len(prompts), device=low_res.device)
+            return low_res[rows, best][:, None], scores[rows, best]
+        return low_res, scores[:, 0]

@@ -1,0 +1,1 @@
+"""nnU-Net trainers that nnU-Net finds through the ``nnUNet_extTrainer`` environment variable."""
