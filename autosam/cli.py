@@ -10,7 +10,7 @@ from . import __version__
 from .errors import AutosamError
 
 #: Verb modules under autosam.commands, in the order ``--help`` lists them.
-VERBS = ["demo", "oracle"]
+VERBS = ["demo", "oracle", "refine", "evaluate", "finetune", "train-prompter", "segment", "nnunet-env"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for verb in VERBS:
-        importlib.import_module(f"autosam.commands.{verb}").add_parser(sub)
+        importlib.import_module(f"autosam.commands.{verb.replace('-', '_')}").add_parser(sub)
     return parser
 
 

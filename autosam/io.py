@@ -73,6 +73,7 @@ def load_dataset_json(folder_or_file: str | os.PathLike) -> DatasetInfo:
     ending = raw["file_ending"]
     if not ending.startswith("."):
         raise AutosamError(f"{path}: file_ending must start with a dot, got {ending!r}")
+    reader_writer(ending, path)
     return DatasetInfo(path=path, labels=dict(labels), channel_names=[channels[k] for k in order],
                        file_ending=ending, raw=raw)
 
@@ -130,7 +131,7 @@ def reader_writer(file_ending: str, example_file: Optional[str | os.PathLike] = 
         if file_ending.lower() in rw.supported_file_endings:
             return rw
     raise AutosamError(
-        f"unknown file ending {file_ending!r}" + (f" ({example_file})" if example_file else "")
+        (f"{example_file}: " if example_file else "") + f"unknown file ending {file_ending!r}"
         + "; nnU-Net reads " + ", ".join(sorted({e for rw in LIST_OF_IO_CLASSES for e in rw.supported_file_endings}))
     )
 

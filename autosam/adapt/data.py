@@ -1,0 +1,119 @@
+"""Training material from an nnU-Net raw dataset: a deterministic split by case (or subject), the labelled
+slices of each case, and one sample per (slice, label, connected component)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from .. import io, slicing
+from ..errors import AutosamError
+from ..prompts import components
+from ..sam.transforms import normalize_case
+
+
+@dataclass
+class TrainSlice:
+    """One labelled 2D slice: ``image`` ``(C, h, w)`` in ``[0, 1]`` (dropped once embedded) and ``label`` ``(h, w)``."""
+
+    case: str
+    axis: int
+    index: int
+    label: np.ndarray
+    image: Optional[np.ndarray] = None
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.label.shape[0]), int(self.label.shape[1])
+
+
+@dataclass
+class Sample:
+    """One training target: a connected component of ``label`` on slice ``slice`` (an index into the slice list)."""
+
+    slice: int
+    label: int
+    mask: np.ndarray = field(repr=False)
+
+
+def group_of(case: str, pattern: Optional[str]) -> str:
+    """The group a case belongs to for splitting: the first match of ``pattern`` (e.g. ``^[^_]+`` = subject id
+    before the first underscore), or the case itself."""
+    if not pattern:
+        return case
+    m = re.search(pattern, case)
+    return m.group(0) if m else case
+
+
+def split_cases(cases: Sequence[str], val_fraction: float, seed: int, group_pattern: Optional[str] = None) -> dict:
+    """Deterministic train/validation split by group (all cases of a group land on the same side)."""
+    if not 0 <= val_fraction < 1:
+        raise AutosamError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    groups = sorted({group_of(c, group_pattern) for c in cases})
+    order = np.random.default_rng(seed).permutation(len(groups))
+    n_val = int(round(val_fraction * len(groups)))
+    if val_fraction > 0 and len(groups) > 1:
+        n_val = min(max(1, n_val), len(groups) - 1)
+    val_groups = {groups[i] for i in order[:n_val]}
+    return {
+        "train": sorted(c for c in cases if group_of(c, group_pattern) not in val_groups),
+        "val": sorted(c for c in cases if group_of(c, group_pattern) in val_groups),
+        "val_fraction": val_fraction, "seed": seed, "group_pattern": group_pattern,
+    }
+
+
+def select_cases(all_cases: Iterable[str], include: Optional[Sequence[str]] = None, exclude: Sequence[str] = (),
+                 max_cases: int = 0, seed: int = 0, group_pattern: Optional[str] = None) -> list[str]:
+    """Cases to use: ``include`` (default all) minus ``exclude`` (case ids, or groups under ``group_pattern``),
+    then at most ``max_cases`` of them drawn by a seeded shuffle (0 = all)."""
+    all_cases = sorted(all_cases)
+    chosen = list(all_cases) if include is None else list(include)
+    unknown = [c for c in chosen if c not in all_cases]
+    if unknown:
+        raise AutosamError(f"case {unknown[0]} is not in the dataset")
+    excluded = set(exclude)
+    chosen = [c for c in chosen if c not in excluded and group_of(c, group_pattern) not in excluded]
+    if max_cases and len(chosen) > max_cases:
+        pick = np.random.default_rng(seed).permutation(len(chosen))[:max_cases]
+        chosen = [chosen[i] for i in sorted(pick)]
+    if not chosen:
+        raise AutosamError("no cases left to train on")
+    return sorted(chosen)
+
+
+def labelled_slices(label: np.ndarray, axis: int, max_slices: int = 0) -> list[int]:
+    """Indices along ``axis`` of the slices holding foreground; at most ``max_slices``, evenly spread (0 = all)."""
+    fg = np.nonzero(slicing.to_slices((label > 0)[None], axis)[:, 0].reshape(label.shape[axis], -1).any(1))[0]
+    if max_slices and len(fg) > max_slices:
+        fg = fg[np.unique(np.linspace(0, len(fg) - 1, max_slices).round().astype(int))]
+    return [int(i) for i in fg]
+
+
+def read_training_case(
+    case: str, files: list[Path], label_path: Path, info: io.DatasetInfo, axis: Optional[int], max_slices: int,
+) -> list[TrainSlice]:
+    """Read and normalise one case and return its labelled slices (images kept)."""
+    rw = io.reader_writer(info.file_ending)
+    image = io.read_case(case, files, rw)
+    label, props = io.read_label(label_path, rw)
+    if label.shape != image.image.shape[1:]:
+        raise AutosamError(f"{label_path}: shape {label.shape} differs from the image's {image.image.shape[1:]}")
+    io.check_same_geometry(image.properties, props, f"label {label_path}")
+    ax = slicing.choose_axis(image.spacing, label.shape, axis)
+    norm = slicing.to_slices(normalize_case(image.image, info.channel_names), ax)
+    labels = slicing.to_slices(label[None], ax)[:, 0]
+    return [TrainSlice(case, ax, i, np.ascontiguousarray(labels[i]), np.ascontiguousarray(norm[i]))
+            for i in labelled_slices(label, ax, max_slices)]
+
+
+def make_samples(slices: Sequence[TrainSlice], labels: Sequence[int], min_size: int = 4) -> list[Sample]:
+    """One sample per connected component (of at least ``min_size`` pixels) of every label on every slice."""
+    out = []
+    for s, sl in enumerate(slices):
+        for value in labels:
+            for comp in components(sl.label == value, min_size):
+                out.append(Sample(s, int(value), comp))
+    return out

@@ -1,0 +1,278 @@
+"""Fine-tuning loop: noisy prompts drawn from labels, Dice + BCE (or focal) on SAM's low-res logits,
+an IoU-head regression, one checkpoint per epoch, resumable."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import __version__, io
+from ..errors import AutosamError
+from ..pipeline import progress
+from ..sam import build_sam, resolve_device
+from ..sam import transforms as T
+from .cache import EmbeddingCache, cache_folder
+from .config import CONFIG_NAME, SPLIT_NAME, STATE_NAME, WEIGHTS_NAME, AdapterConfig, PromptNoise
+from .data import Sample, TrainSlice, make_samples, read_training_case, select_cases, split_cases
+from .losses import LOSSES, hard_dice, hard_iou, mask_loss
+from .model import adapter_state, prepare_model, save_adapter
+from .noise import prompt_kind, sample_prompt
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` leaves: the adapter's config and the adapted model as it was saved."""
+
+    config: AdapterConfig
+    model: torch.nn.Module
+
+
+@dataclass
+class TrainingSet:
+    """Slices, their samples and (for frozen encoders) cached embeddings, one row per slice."""
+
+    slices: list[TrainSlice]
+    samples: list[Sample]
+    embeddings: list[Optional[np.ndarray]] = field(default_factory=list)
+    _targets: dict = field(default_factory=dict, repr=False)
+
+    def target(self, i: int, image_size: int, low_res: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary target and valid-area mask ``(1, l, l)`` of sample ``i`` on the low-res canvas grid."""
+        if i not in self._targets:
+            s = self.samples[i]
+            mask = T.mask_to_canvas(s.mask.astype(np.float32), image_size, low_res) > 0.5
+            valid = T.mask_to_canvas(np.ones_like(s.mask, dtype=np.float32), image_size, low_res) > 0.5
+            self._targets[i] = (mask, valid)
+        mask, valid = self._targets[i]
+        return mask.float(), valid.float()
+
+
+def load_training_set(
+    dataset_dir: Path, info: io.DatasetInfo, cases: Sequence[str], axis: Optional[int], max_slices: int,
+    cache: Optional[EmbeddingCache], desc: str,
+) -> TrainingSet:
+    """Read the cases' labelled slices; with a cache, embed them (once) and drop the images."""
+    files = io.list_cases(dataset_dir / "imagesTr", info.file_ending, info.num_channels)
+    labels = io.label_files(dataset_dir / "labelsTr", list(cases), info.file_ending)
+    slices: list[TrainSlice] = []
+    embeddings: list[Optional[np.ndarray]] = []
+    for case in progress(list(cases), desc):
+        part = read_training_case(case, files[case], labels[case], info, axis, max_slices)
+        if cache is not None and part:
+            emb = cache.get(case, part[0].axis, [s.index for s in part], lambda: [s.image for s in part])
+            for j, s in enumerate(part):
+                s.image = None
+                embeddings.append(emb[j])
+        else:
+            embeddings.extend([None] * len(part))
+        slices.extend(part)
+    return TrainingSet(slices, make_samples(slices, info.foreground), embeddings)
+
+
+def batch_loss(
+    model, data: TrainingSet, idx: Sequence[int], kind: str, noise: PromptNoise, rng: np.random.Generator,
+    loss_kind: str, device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample mask loss, IoU-head loss and hard Dice for the samples ``idx`` with prompts of ``kind``."""
+    size, low = model.image_size, model.low_res_size
+    samples = [data.samples[i] for i in idx]
+    if all(data.embeddings[s.slice] is not None for s in samples):
+        emb = torch.from_numpy(np.stack([data.embeddings[s.slice] for s in samples])).to(device)
+    else:  # the encoder is trained: embed each distinct slice of the batch once
+        order = sorted({s.slice for s in samples})
+        canvas = T.to_canvas([data.slices[k].image for k in order], size).to(device)
+        feats = model.embed(canvas)
+        emb = feats[[order.index(s.slice) for s in samples]]
+    boxes, coords, labels = [], [], []
+    for s in samples:
+        box, pts, lab = sample_prompt(s.mask, kind, noise, rng)
+        hw = data.slices[s.slice].hw
+        if box is not None:
+            boxes.append(T.scale_coords(box, hw, size))
+        if pts is not None:
+            coords.append(T.scale_coords(pts, hw, size))
+            labels.append(lab)
+    box_t = torch.as_tensor(np.stack(boxes), device=device) if boxes else None
+    points = None
+    if coords:
+        k = max(len(c) for c in coords)
+        c = np.zeros((len(coords), k, 2), dtype=np.float32)
+        lab = -np.ones((len(coords), k), dtype=np.float32)
+        for j, (cc, ll) in enumerate(zip(coords, labels)):
+            c[j, : len(cc)], lab[j, : len(ll)] = cc, ll
+        points = (torch.as_tensor(c, device=device), torch.as_tensor(lab, device=device))
+    logits, iou_pred = model.decode(emb, boxes=box_t, points=points, multimask=False)
+    targets = [data.target(i, size, low) for i in idx]
+    target = torch.stack([t for t, _ in targets]).to(device)
+    valid = torch.stack([v for _, v in targets]).to(device)
+    logits = logits[:, :1]
+    loss = mask_loss(logits, target, valid, loss_kind)
+    iou_loss = F.mse_loss(iou_pred[:, 0], hard_iou(logits.detach(), target, valid), reduction="none")
+    return loss, iou_loss, hard_dice(logits.detach(), target, valid)
+
+
+def evaluate(model, data: TrainingSet, noise: PromptNoise, loss_kind: str, device: torch.device,
+             batch_size: int = 8, seed: int = 12345) -> dict:
+    """Mean loss and Dice over all samples with a fixed draw of noisy prompts (no gradient)."""
+    if not data.samples:
+        return {}
+    rng = np.random.default_rng(seed)
+    losses, dices = [], []
+    with torch.no_grad():
+        for start in range(0, len(data.samples), batch_size):
+            idx = list(range(start, min(len(data.samples), start + batch_size)))
+            loss, iou_loss, dice = batch_loss(model, data, idx, prompt_kind(noise, rng), noise, rng, loss_kind, device)
+            losses.append((loss + iou_loss).cpu())
+            dices.append(dice.cpu())
+    return {"loss": float(torch.cat(losses).mean()), "dice": float(torch.cat(dices).mean())}
+
+
+def _prepare_folder(folder: Path, resume: bool, overwrite: bool) -> Optional[dict]:
+    """Check the adapter folder; returns the training state when resuming."""
+    exists = (folder / CONFIG_NAME).exists() or (folder / STATE_NAME).exists()
+    if resume:
+        if not (folder / STATE_NAME).is_file():
+            raise AutosamError(f"{folder}: nothing to resume ({STATE_NAME} is missing)")
+        return torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
+    if exists and not overwrite:
+        raise AutosamError(f"{folder}: an adapter is already there; use --resume to continue or --overwrite")
+    for name in (CONFIG_NAME, WEIGHTS_NAME, STATE_NAME, SPLIT_NAME):
+        (folder / name).unlink(missing_ok=True)
+    return None
+
+
+def finetune(
+    dataset_dir: str | os.PathLike,
+    adapter_dir: str | os.PathLike,
+    base: str = "litemedsam",
+    checkpoint: Optional[str] = None,
+    method: str = "decoder",
+    epochs: int = 5,
+    rank: int = 4,
+    lora_alpha: Optional[float] = None,
+    train_encoder: bool = False,
+    desam_channels: int = 64,
+    prompt_noise: Optional[PromptNoise] = None,
+    lr: float = 1e-4,
+    batch_size: int = 8,
+    loss: str = "dice_bce",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    group_pattern: Optional[str] = None,
+    cases: Optional[Sequence[str]] = None,
+    exclude: Sequence[str] = (),
+    max_cases: int = 0,
+    max_slices_per_case: int = 0,
+    iterations_per_epoch: int = 0,
+    cache_dir: Optional[str | os.PathLike] = None,
+    use_cache: bool = True,
+    axis: Optional[int] = None,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> FinetuneResult:
+    """Train an adapter on the nnU-Net raw dataset ``dataset_dir`` and write it to ``adapter_dir``.
+
+    After every epoch the folder holds a usable adapter (``adapter.pt``, ``adapter_config.json``), the split
+    (``split.json``) and ``train_state.pt`` (optimizer state, for ``resume``).
+    """
+    dataset_dir, folder = Path(dataset_dir), Path(adapter_dir)
+    if loss not in LOSSES:
+        raise AutosamError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if epochs < 1 or batch_size < 1:
+        raise AutosamError("--epochs and --batch-size must be at least 1")
+    info = io.load_dataset_json(dataset_dir)
+    all_cases = io.list_cases(dataset_dir / "imagesTr", info.file_ending, info.num_channels)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = _prepare_folder(folder, resume, overwrite)
+    if state is not None:
+        config = AdapterConfig(**{**state["config"], "epochs": epochs})
+        split = state["split"]
+    else:
+        config = AdapterConfig(
+            base=base, method=method, rank=rank if method == "lora" else None,
+            lora_alpha=(float(rank) if lora_alpha is None else lora_alpha) if method == "lora" else None,
+            train_encoder=train_encoder and method == "decoder", desam_channels=desam_channels, epochs=epochs,
+            lr=lr, batch_size=batch_size, loss=loss, seed=seed, axis=axis, dataset=str(dataset_dir.resolve()),
+            labels=dict(info.labels), prompt_noise=prompt_noise or PromptNoise(), base_checkpoint=checkpoint,
+            autosam_version=__version__,
+        )
+        chosen = select_cases(all_cases, cases, exclude, max_cases, seed, group_pattern)
+        split = split_cases(chosen, val_fraction, seed, group_pattern)
+        split["max_slices_per_case"] = max_slices_per_case
+        io.write_json(split, folder / SPLIT_NAME)
+    dev = resolve_device(device)
+    model = prepare_model(build_sam(config.base, config.base_checkpoint), config).to(dev)
+    model.eval()  # no dropout, BatchNorm statistics stay the base model's; gradients still flow
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
+    if state is not None:
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in state["adapter"].items():
+                named[k].copy_(v)
+        optimizer.load_state_dict(state["optimizer"])
+    cache = None
+    if config.frozen_encoder and use_cache:
+        cache = EmbeddingCache(cache_folder(cache_dir or folder / "embedding_cache", model, dataset_dir), model, dev)
+    n_slices = split.get("max_slices_per_case", 0)
+    train = load_training_set(dataset_dir, info, split["train"], config.axis, n_slices, cache, "reading train cases")
+    val = load_training_set(dataset_dir, info, split["val"], config.axis, n_slices, cache, "reading val cases")
+    if not train.samples:
+        raise AutosamError(f"{dataset_dir}: no labelled slices in the training cases")
+    log(f"{config.method} on {config.base}: {len(train.samples)} training samples from {len(split['train'])} "
+        f"case(s), {len(val.samples)} validation samples from {len(split['val'])} case(s); "
+        f"{sum(p.numel() for p in params)} trained parameters")
+    noise = config.prompt_noise
+    for epoch in range(config.epoch, config.epochs):
+        rng = np.random.default_rng([config.seed, epoch])
+        order = rng.permutation(len(train.samples))
+        if iterations_per_epoch:
+            order = order[: iterations_per_epoch * config.batch_size]
+        batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        start, total, count = time.time(), 0.0, 0
+        bar = progress(batches, f"epoch {epoch + 1}/{config.epochs}")
+        if hasattr(bar, "unit"):
+            bar.unit = "step"
+        for idx in bar:
+            loss_s, iou_s, _ = batch_loss(model, train, idx, prompt_kind(noise, rng), noise, rng, config.loss, dev)
+            value = (loss_s + iou_s).mean()
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            total, count = total + value.item() * len(idx), count + len(idx)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "seconds": round(time.time() - start, 1)}
+        if val.samples:
+            record.update({f"val_{k}": v for k, v in evaluate(model, val, noise, config.loss, dev).items()})
+        config.epoch = epoch + 1
+        config.history.append(record)
+        log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        _checkpoint(model, optimizer, config, split, folder)
+    return FinetuneResult(config, model)
+
+
+def _checkpoint(model, optimizer, config: AdapterConfig, split: dict, folder: Path) -> None:
+    """Write the adapter, then the training state (both atomically)."""
+    save_adapter(model, config, folder)
+    state = {"config": config.to_dict(), "split": split, "adapter": adapter_state(model),
+             "optimizer": optimizer.state_dict()}
+    with io.atomic_output(folder / STATE_NAME) as tmp:
+        torch.save(state, tmp)
+
+
+def remove_training_state(folder: str | os.PathLike) -> None:
+    """Delete what only training needs (``train_state.pt``, the embedding cache) from an adapter folder."""
+    folder = Path(folder)
+    (folder / STATE_NAME).unlink(missing_ok=True)
+    shutil.rmtree(folder / "embedding_cache", ignore_errors=True)

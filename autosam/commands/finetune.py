@@ -1,0 +1,71 @@
+"""``autosam finetune``: adapt SAM to an nnU-Net dataset (decoder fine-tuning, LoRA or DeSAM-style decoder)."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import AutosamError
+from ..sam import sam_registry
+
+HELP = "adapt SAM to an nnU-Net dataset (decoder, LoRA or DeSAM-style); writes an adapter folder for --adapter"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("finetune", help=HELP, description=HELP)
+    p.add_argument("-d", "--dataset", required=True, help="nnU-Net raw dataset folder (dataset.json, imagesTr, labelsTr)")
+    p.add_argument("-o", "--output", required=True, help="adapter folder to write (use it later with --adapter)")
+    p.add_argument("--sam", default="litemedsam", choices=sorted(sam_registry), help="base backend (default litemedsam)")
+    p.add_argument("--checkpoint", default=None, help="base weights file; required for the ViT backends")
+    p.add_argument("--method", default="decoder", choices=("decoder", "lora", "desam"),
+                   help="decoder: train the mask decoder (MedSAM-style); lora: low-rank adapters on the encoder's "
+                        "attention plus the decoder; desam: prompt-invariant mask module (default decoder)")
+    p.add_argument("--epochs", type=int, default=5, help="epochs in total (default 5; with --resume: up to this many)")
+    p.add_argument("--prompts", default="box", help="training prompt kinds: box, points or box,points (default box)")
+    p.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (scale = alpha/rank; default rank)")
+    p.add_argument("--train-encoder", action="store_true", help="method decoder: train the image encoder too")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per step (default 8)")
+    p.add_argument("--loss", default="dice_bce", choices=("dice_bce", "dice_focal"), help="mask loss (default dice_bce)")
+    g = p.add_argument_group("prompt noise (relative to the box side)")
+    g.add_argument("--jitter", type=float, default=0.1, help="std of each box edge's shift (default 0.1)")
+    g.add_argument("--margin", type=float, default=0.1, help="extra box margin drawn in [0, MARGIN] (default 0.1)")
+    g.add_argument("--max-points", type=int, default=3, help="positive points per prompt: 1 to N (default 3)")
+    d = p.add_argument_group("data")
+    d.add_argument("--val-fraction", type=float, default=0.2, help="cases (groups) held out for validation (default 0.2)")
+    d.add_argument("--group-pattern", default=None,
+                   help="regex whose first match in a case id is its group (split and --exclude by group), "
+                        "e.g. '^[^_]+' for the subject id before the first underscore")
+    d.add_argument("--exclude", nargs="*", default=[], help="case ids (or groups) never to train on")
+    d.add_argument("--max-cases", type=int, default=0, help="use at most N cases, seeded draw (default 0 = all)")
+    d.add_argument("--max-slices", type=int, default=0, help="labelled slices per case, evenly spread (0 = all)")
+    d.add_argument("--iterations", type=int, default=0, help="steps per epoch (default 0 = one pass over the samples)")
+    d.add_argument("--seed", type=int, default=0, help="seed of split, shuffling and prompt noise (default 0)")
+    d.add_argument("--axis", type=int, default=None, choices=(0, 1, 2), help="slice axis (default: coarsest spacing)")
+    d.add_argument("--cache-dir", default=None,
+                   help="embedding cache for frozen-encoder methods (default ADAPTER_DIR/embedding_cache)")
+    d.add_argument("--no-cache", action="store_true", help="re-embed slices every step instead of caching")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cpu ...")
+    p.add_argument("--resume", action="store_true", help="continue the training in ADAPTER_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an adapter already in ADAPTER_DIR")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..adapt.config import PromptNoise
+    from ..adapt.train import finetune
+
+    if args.resume and args.overwrite:
+        raise AutosamError("--resume and --overwrite exclude each other")
+    kinds = tuple(k.strip() for k in args.prompts.split(",") if k.strip())
+    noise = PromptNoise(types=kinds, jitter=args.jitter, margin=args.margin, max_points=args.max_points)
+    config = finetune(
+        args.dataset, args.output, base=args.sam, checkpoint=args.checkpoint, method=args.method, epochs=args.epochs,
+        rank=args.rank, lora_alpha=args.lora_alpha, train_encoder=args.train_encoder, prompt_noise=noise, lr=args.lr,
+        batch_size=args.batch_size, loss=args.loss, val_fraction=args.val_fraction, seed=args.seed,
+        group_pattern=args.group_pattern, exclude=args.exclude, max_cases=args.max_cases,
+        max_slices_per_case=args.max_slices, iterations_per_epoch=args.iterations, cache_dir=args.cache_dir,
+        use_cache=not args.no_cache, axis=args.axis, device=args.device, resume=args.resume, overwrite=args.overwrite,
+    ).config
+    print(f"wrote {args.output} ({config.method} adapter on {config.base}, epoch {config.epoch}/{config.epochs}); "
+          f"use it with --sam {config.base} --adapter {args.output}")
+    return 0

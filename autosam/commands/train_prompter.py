@@ -1,0 +1,80 @@
+"""``autosam train-prompter``: train a lightweight prompt generator on an nnU-Net raw dataset (no nnU-Net model)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import AutosamError
+
+HELP = "train a small 2D network that prompts SAM automatically (for 'autosam segment')"
+
+
+def add_parser(sub) -> None:
+    from ..prompter.train import TrainOptions
+
+    d = TrainOptions()
+    p = sub.add_parser("train-prompter", help=HELP, description=HELP)
+    p.add_argument("-d", "--dataset", required=True, help="nnU-Net raw dataset folder (dataset.json, imagesTr, labelsTr)")
+    p.add_argument("-o", "--output", required=True, help="model folder (config.json, model.pt, checkpoint.pt ...); "
+                                                         "rerunning with the same folder resumes")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
+    p.add_argument("--iterations", type=int, default=d.iterations, help=f"batches per epoch (default {d.iterations})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"slices per batch (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"initial learning rate (default {d.lr})")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help=f"share of cases (subjects) held out for validation (default {d.val_fraction})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, sampling and initialisation")
+    p.add_argument("--mode", choices=("mask", "embedding"), default=d.mode,
+                   help="mask: coarse per-class maps turned into prompts (default); embedding: AutoSAM-style dense "
+                        "prompt embeddings trained through SAM's frozen mask decoder")
+    p.add_argument("--input-size", type=int, default=0, help="network input side in pixels (default: 64 for small "
+                                                             "slices, else 96)")
+    p.add_argument("--base", type=int, default=d.base, help=f"channels of the first U-Net level (default {d.base})")
+    p.add_argument("--depth", type=int, default=d.depth, help=f"U-Net levels (default {d.depth})")
+    p.add_argument("--axis", type=int, default=None, choices=(0, 1, 2),
+                   help="slice axis of (Z, Y, X); default: the SAM path's rule (coarsest spacing)")
+    p.add_argument("--mirror", action="store_true", help="mirror augmentation (only if labels do not depend on side)")
+    p.add_argument("--exclude-cases", default=None,
+                   help="cases to leave out: comma-separated ids, or a file with one id per line")
+    p.add_argument("--subject-pattern", default=None,
+                   help="regex whose first group is a case's subject id; the split keeps subjects together")
+    p.add_argument("--max-embedding-slices", type=int, default=d.max_embedding_slices,
+                   help=f"embedding mode: training slices whose SAM embeddings are cached (default "
+                        f"{d.max_embedding_slices})")
+    p.add_argument("--sam", default=d.sam, help="embedding mode: SAM backend (default litemedsam)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps or auto")
+    p.set_defaults(run=run)
+
+
+def read_case_list(value: str | None) -> list[str]:
+    """``a,b,c`` or a file with one case id per line (``#`` comments allowed)."""
+    if not value:
+        return []
+    path = Path(value)
+    if path.is_file():
+        lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+        return [line for line in lines if line]
+    if "/" in value or value.endswith(".txt"):
+        raise AutosamError(f"case list file not found: {value}")
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..prompter.train import TrainOptions, train_prompter
+
+    if args.device == "cpu" and torch.get_num_threads() > 4:
+        torch.set_num_threads(4)
+    opts = TrainOptions(
+        epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
+        val_fraction=args.val_fraction, seed=args.seed, mode=args.mode, input_size=args.input_size, base=args.base,
+        depth=args.depth, axis=args.axis, mirror=args.mirror, exclude_cases=read_case_list(args.exclude_cases),
+        subject_pattern=args.subject_pattern, max_embedding_slices=args.max_embedding_slices, sam=args.sam,
+        device=args.device,
+    )
+    config = train_prompter(args.dataset, args.output, opts)
+    val = (config.get("validation") or {}).get("dice")
+    score = f"; validation Dice {val['mean']:.4f}" if val else ""
+    print(f"wrote {args.output}{score}")
+    return 0

@@ -1,0 +1,155 @@
+"""SAM refinement inside ``nnUNetv2_predict -tr nnUNetTrainerAutoSAM`` without changing nnU-Net's files.
+
+nnunetv2 2.8's predictor uses the trainer class for one thing only: it calls the static
+``build_network_architecture`` from ``nnUNetPredictor.initialize_from_trained_model_folder``. The autosam trainers
+use that call to find the predictor (the caller's ``self``) and wrap *that instance's* ``predict_from_files`` and
+``predict_from_files_sequential``: nnU-Net predicts into ``<output>/unrefined/`` (with probabilities), then each
+case is refined with the SAM settings recorded in ``fold_X/autosam_sam.json`` and written to ``<output>/``.
+No class or module of nnU-Net is modified; a predictor built any other way is left alone (with a warning).
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+from types import FrameType, MethodType
+from typing import Optional
+
+UNREFINED = "unrefined"
+_ATTACHED = "_autosam_refinement"
+
+
+def attach_from_caller(frame: Optional[FrameType]) -> bool:
+    """Hook SAM refinement into the nnUNetPredictor whose model loading called ``build_network_architecture``."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    predictor = frame.f_locals.get("self") if frame is not None else None
+    if isinstance(predictor, nnUNetTrainer):
+        return False  # a trainer building its own network for training or validation
+    trainer_name = str(frame.f_locals.get("trainer_name", "autosam trainer")) if frame is not None else "trainer"
+    if frame is None or frame.f_code.co_name != "initialize_from_trained_model_folder" \
+            or not isinstance(predictor, nnUNetPredictor):
+        print(f"autosam: {trainer_name}: network built outside nnUNetPredictor.initialize_from_trained_model_folder;"
+              " SAM refinement NOT applied (use nnUNetv2_predict, or autosam predict)", file=sys.stderr)
+        return False
+    if getattr(predictor, _ATTACHED, None) is not None:
+        return True
+    model_folder = frame.f_locals.get("model_training_output_dir")
+    folds = frame.f_locals.get("use_folds") or []
+    attach(predictor, str(model_folder), list(folds), trainer_name)
+    return True
+
+
+def attach(predictor, model_folder: str, folds: list, trainer_name: str) -> None:
+    """Wrap ``predictor.predict_from_files(_sequential)`` so that their outputs are SAM-refined."""
+    from nnunet_plugins import autosam_settings
+
+    settings = autosam_settings.load_recorded(model_folder, folds)
+    if settings is None:
+        settings = autosam_settings.resolve()
+        print(f"autosam: no {autosam_settings.SETTINGS_FILE} in the fold folders of {model_folder}; "
+              f"using the AUTOSAM_* environment / defaults", file=sys.stderr)
+    else:
+        ignored = sorted(set(autosam_settings.from_environment()))
+        if ignored:
+            print(f"autosam: AUTOSAM_* setting(s) {', '.join(ignored)} ignored: prediction uses the settings "
+                  f"recorded at validation ({autosam_settings.SETTINGS_FILE})", file=sys.stderr)
+    state = {"settings": settings, "model_folder": model_folder, "trainer": trainer_name}
+    setattr(predictor, _ATTACHED, state)
+    for name in ("predict_from_files", "predict_from_files_sequential"):
+        original = getattr(predictor, name)
+        setattr(predictor, name, MethodType(_wrapper(original), predictor))
+    print(f"autosam: {trainer_name}: predictions will be refined with {autosam_settings.describe(settings)}",
+          file=sys.stderr)
+
+
+def _wrapper(original):
+    signature = inspect.signature(original)
+
+    def predict_and_refine(self, *args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return _predict_and_refine(self, original, dict(bound.arguments))
+
+    predict_and_refine.__doc__ = original.__doc__
+    return predict_and_refine
+
+
+def _case_lists(predictor, source, part_id: int, num_parts: int) -> tuple[list[str], list[list[str]]]:
+    """Case ids and channel files, listed and split into parts exactly as nnU-Net does."""
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    ending = predictor.dataset_json["file_ending"]
+    lists = create_lists_from_splitted_dataset_folder(source, ending) if isinstance(source, str) else list(source)
+    lists = lists[part_id::num_parts]
+    cases = [os.path.basename(files[0])[: -(len(ending) + 5)] for files in lists]
+    return cases, lists
+
+
+def _predict_and_refine(predictor, original, arguments: dict):
+    from nnunet_plugins import autosam_refinement, autosam_settings
+
+    source = arguments["list_of_lists_or_source_folder"]
+    target = arguments["output_folder_or_list_of_truncated_output_files"]
+    if target is None:
+        print("autosam: predictions returned in memory are NOT SAM-refined (give an output folder)", file=sys.stderr)
+        return original(**arguments)
+    part_id, num_parts = arguments.get("part_id", 0), arguments.get("num_parts", 1)
+    cases, lists = _case_lists(predictor, source, part_id, num_parts)
+    if isinstance(target, str):
+        refined = [os.path.join(target, c) for c in cases]
+    else:
+        refined = list(target)[part_id::num_parts]
+    ending = predictor.dataset_json["file_ending"]
+    keep_probabilities = bool(arguments["save_probabilities"])
+    todo = [i for i, t in enumerate(refined) if arguments["overwrite"] or not _done(t, ending, keep_probabilities)]
+    out_dirs = sorted({os.path.dirname(t) or os.curdir for t in refined})
+    for folder in out_dirs:
+        _prepare_output(predictor, folder, autosam_settings, predictor.__dict__[_ATTACHED])
+    if not todo:
+        return None
+    unrefined = [_unrefined_name(refined[i]) for i in todo]
+    arguments.update(list_of_lists_or_source_folder=[lists[i] for i in todo],
+                     output_folder_or_list_of_truncated_output_files=unrefined, save_probabilities=True)
+    if "num_parts" in arguments:
+        arguments.update(num_parts=1, part_id=0)
+    result = original(**arguments)
+
+    state = predictor.__dict__[_ATTACHED]
+    run = autosam_settings.runtime(str(predictor.device))
+    sam = autosam_settings.build_predictor(state["settings"], run)
+    dataset_json = os.path.join(state["model_folder"], "dataset.json")
+    for i, u in zip(todo, unrefined):
+        name = os.path.basename(refined[i])
+        autosam_refinement.refine_cases(
+            os.path.dirname(u), os.path.dirname(refined[i]) or os.curdir, {name: lists[i]}, dataset_json,
+            state["settings"], sam, cases=[name], save_probabilities=keep_probabilities,
+            log=lambda msg: print(f"autosam: {msg}", file=sys.stderr),
+        )
+        if not keep_probabilities:
+            autosam_refinement.drop_probabilities(os.path.dirname(u), [name])
+    return result
+
+
+def _unrefined_name(truncated: str) -> str:
+    return os.path.join(os.path.dirname(truncated) or os.curdir, UNREFINED, os.path.basename(truncated))
+
+
+def _done(truncated: str, ending: str, with_probabilities: bool) -> bool:
+    done = os.path.isfile(truncated + ending)
+    return done and (not with_probabilities or os.path.isfile(truncated + ".npz"))
+
+
+def _prepare_output(predictor, folder: str, autosam_settings, state: dict) -> None:
+    """dataset.json, plans.json and the SAM settings in the refined output folder (as nnU-Net's folders have)."""
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+
+    os.makedirs(os.path.join(folder, UNREFINED), exist_ok=True)
+    save_json(predictor.dataset_json, os.path.join(folder, "dataset.json"), sort_keys=False)
+    save_json(predictor.plans_manager.plans, os.path.join(folder, "plans.json"), sort_keys=False)
+    autosam_settings.record(state["settings"], folder, by=f"nnUNetv2_predict -tr {state['trainer']}, model "
+                                                          f"{state['model_folder']}")
+    for stale in Path(folder).glob(".tmp*"):  # leftovers of an interrupted run
+        stale.unlink(missing_ok=True)

@@ -1,0 +1,205 @@
+"""SAM settings of the autosam nnU-Net trainers: where they come from and where they are recorded.
+
+Resolution (later wins): built-in defaults, ``autosam_sam.json`` next to the plans
+(``$nnUNet_preprocessed/<dataset>/autosam_sam.json``), then environment variables:
+
+* ``AUTOSAM_SAM`` (backend, default ``litemedsam``), ``AUTOSAM_CHECKPOINT``, ``AUTOSAM_ADAPTER``;
+* one ``AUTOSAM_<FIELD>`` per field of :class:`autosam.refine.RefineConfig` (``AUTOSAM_PROMPT``, ``AUTOSAM_FUSION``,
+  ``AUTOSAM_MARGIN``, ``AUTOSAM_MIN_SIZE``, ``AUTOSAM_AXIS``, ``AUTOSAM_FUSION_OPTIONS`` as JSON, ...);
+* runtime only, never recorded as a setting: ``AUTOSAM_DEVICE`` (default: the trainer's / predictor's device) and
+  ``AUTOSAM_BATCH_SIZE`` (slices per SAM forward pass, default 16).
+
+The settings a validation ran with are written to ``fold_X/autosam_sam.json``; prediction reads them from there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+SETTINGS_FILE = "autosam_sam.json"
+#: Keys of a settings record besides the refine config.
+MODEL_KEYS = ("sam", "checkpoint", "adapter")
+
+
+def _refine_fields() -> dict:
+    from autosam.refine import RefineConfig
+
+    defaults = RefineConfig()
+    return {f.name: getattr(defaults, f.name) for f in dataclasses.fields(RefineConfig)}
+
+
+def default_settings() -> dict:
+    """The settings used when nothing is configured: LiteMedSAM and RefineConfig's defaults."""
+    return {"sam": "litemedsam", "checkpoint": None, "adapter": None, "refine": _refine_fields()}
+
+
+def _parse(name: str, raw: str, default):
+    """An environment value parsed after the type of the field's default."""
+    from autosam.errors import AutosamError
+
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError("expected true or false")
+            return raw.lower() in ("1", "true", "yes")
+        if isinstance(default, (dict, list)):
+            value = json.loads(raw)
+            if not isinstance(value, type(default)):
+                raise ValueError(f"expected a JSON {type(default).__name__}")
+            return value
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, int) or (default is None and name in ("AUTOSAM_AXIS",)):
+            return None if raw.lower() in ("", "none", "auto") else int(raw)
+        if default is None:
+            return None if raw.lower() in ("", "none") else raw
+        return raw
+    except (ValueError, json.JSONDecodeError) as e:
+        raise AutosamError(f"environment variable {name}={raw!r}: {e}") from None
+
+
+def _merge(settings: dict, update: dict, source: str) -> None:
+    from autosam.errors import AutosamError
+
+    refine = settings["refine"]
+    for key, value in update.items():
+        if key in MODEL_KEYS:
+            settings[key] = value
+        elif key == "refine" and isinstance(value, dict):
+            _merge(settings, value, source)
+        elif key in refine:
+            refine[key] = value
+        elif key not in ("runtime", "recorded_by", "source"):
+            raise AutosamError(f"{source}: unknown SAM setting {key!r}; known: "
+                               + ", ".join(list(MODEL_KEYS) + list(refine)))
+
+
+def from_environment(env: Optional[dict] = None) -> dict:
+    """The settings given as ``AUTOSAM_*`` environment variables (only those that are set)."""
+    env = os.environ if env is None else env
+    found = {}
+    for key in MODEL_KEYS:
+        value = env.get(f"AUTOSAM_{key.upper()}", "").strip()
+        if value:
+            found[key] = value
+    for key, default in _refine_fields().items():
+        name = f"AUTOSAM_{key.upper()}"
+        if env.get(name, "").strip():
+            found[key] = _parse(name, env[name].strip(), default)
+    return found
+
+
+def read_json(path: Path) -> dict:
+    """A settings JSON object (``AutosamError`` naming the file if it is not one)."""
+    from autosam.errors import AutosamError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AutosamError(f"{path}: cannot read SAM settings: {e}") from None
+    if not isinstance(data, dict):
+        raise AutosamError(f"{path}: SAM settings must be a JSON object")
+    return data
+
+
+def resolve(plans_folder: Optional[str | os.PathLike] = None, env: Optional[dict] = None) -> dict:
+    """Defaults, then ``<plans_folder>/autosam_sam.json`` (if any), then ``AUTOSAM_*`` variables; checked."""
+    settings = default_settings()
+    if plans_folder is not None and (Path(plans_folder) / SETTINGS_FILE).is_file():
+        path = Path(plans_folder) / SETTINGS_FILE
+        _merge(settings, read_json(path), str(path))
+    _merge(settings, from_environment(env), "environment")
+    return check(settings)
+
+
+def check(settings: dict) -> dict:
+    """Validate names and files (paths made absolute); returns ``settings``. Does not load any weights."""
+    from autosam.errors import AutosamError
+    from autosam.sam import sam_registry
+
+    if settings["sam"] not in sam_registry:
+        raise AutosamError(f"unknown SAM backend {settings['sam']!r} (AUTOSAM_SAM); choose one of "
+                           + ", ".join(sorted(sam_registry)))
+    for key in ("checkpoint", "adapter"):
+        if settings.get(key):
+            path = Path(os.path.expanduser(str(settings[key]))).resolve()
+            if not path.exists():
+                raise AutosamError(f"SAM {key} not found: {path} (AUTOSAM_{key.upper()})")
+            settings[key] = str(path)
+    refine_config(settings).check()
+    return settings
+
+
+def refine_config(settings: dict):
+    """The :class:`autosam.refine.RefineConfig` of a settings record."""
+    from autosam.refine import RefineConfig
+
+    return RefineConfig(**settings["refine"])
+
+
+def runtime(default_device: str, env: Optional[dict] = None) -> dict:
+    """Device and batch size for SAM: ``AUTOSAM_DEVICE`` / ``AUTOSAM_BATCH_SIZE`` or the given defaults."""
+    from autosam.errors import AutosamError
+
+    env = os.environ if env is None else env
+    batch = env.get("AUTOSAM_BATCH_SIZE", "").strip() or "16"
+    if not batch.isdigit() or int(batch) < 1:
+        raise AutosamError(f"environment variable AUTOSAM_BATCH_SIZE={batch!r}: expected a positive integer")
+    return {"device": env.get("AUTOSAM_DEVICE", "").strip() or default_device, "batch_size": int(batch)}
+
+
+def build_predictor(settings: dict, run: dict):
+    """A :class:`autosam.sam.SamPredictor` for the settings and runtime options."""
+    from autosam.sam import SamPredictor, build_sam
+
+    model = build_sam(settings["sam"], checkpoint=settings.get("checkpoint"), adapter=settings.get("adapter"))
+    return SamPredictor(model, device=run["device"], batch_size=run["batch_size"])
+
+
+def record(settings: dict, folder: str | os.PathLike, run: Optional[dict] = None, by: str = "") -> Path:
+    """Write ``autosam_sam.json`` (settings, plus the runtime options for information) into ``folder``."""
+    from autosam import __version__
+    from autosam.io import write_json
+
+    path = Path(folder) / SETTINGS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {key: settings.get(key) for key in MODEL_KEYS}
+    data["refine"] = dict(settings["refine"])
+    data["runtime"] = run or {}
+    data["recorded_by"] = f"{by} (autosam {__version__})".strip()
+    write_json(data, path)
+    return path
+
+
+def load_recorded(model_folder: str | os.PathLike, folds: Sequence) -> Optional[dict]:
+    """The settings recorded in ``model_folder/fold_X/autosam_sam.json`` for the given folds (first one found).
+
+    Raises if two folds recorded different settings (one prediction must use one set of settings).
+    """
+    from autosam.errors import AutosamError
+
+    found: dict[str, dict] = {}
+    for fold in folds:
+        path = Path(model_folder) / f"fold_{fold}" / SETTINGS_FILE
+        if path.is_file():
+            settings = default_settings()
+            _merge(settings, read_json(path), str(path))
+            found[str(path)] = settings
+    if not found:
+        return None
+    first_path, first = next(iter(found.items()))
+    for path, other in found.items():
+        if {k: other[k] for k in MODEL_KEYS + ("refine",)} != {k: first[k] for k in MODEL_KEYS + ("refine",)}:
+            raise AutosamError(f"{path} and {first_path} record different SAM settings; predict with folds "
+                               "trained with the same settings")
+    return check(first)
+
+
+def describe(settings: dict) -> str:
+    """One line naming the backend and the refine options."""
+    refine = ", ".join(f"{k}={v}" for k, v in settings["refine"].items())
+    extra = "".join(f", {k}={settings[k]}" for k in ("checkpoint", "adapter") if settings.get(k))
+    return f"SAM {settings['sam']}{extra}; {refine}"

@@ -1,0 +1,260 @@
+#!/usr/bin/env python
+"""Benchmark of SAM adaptation (``autosam finetune``): frozen LiteMedSAM vs decoder fine-tuning, LoRA and the
+DeSAM-style decoder, on held-out cases, with (a) boxes from the reference labels and (b) degraded boxes.
+
+Held-out split: the cases (hc18: subjects) of each dataset are shuffled with a fixed seed; the first
+``--test-cases`` are the test set, the next ``--train-cases`` the training set. The bundled sample cases (and
+hc18 subjects 719, 800, 801) are never used. Nothing is tuned on the test cases.
+
+Prompts at test time, one box per connected component per slice, as ``autosam oracle`` does:
+- ``gt``: the tight box of the reference label;
+- ``degraded``: each such box rescaled by a factor drawn in [0.8, 1.25] per axis (erosion/dilation of the
+  object) and its centre shifted by N(0, 0.1 x side) per axis (seeded per case); a stand-in for the boxes
+  an automatic prompter would give.
+
+Metrics per case and label, averaged over labels then cases: Dice, and NSD (normalised surface Dice) at a
+tolerance of 1 mm (hippocampus, 1 voxel) or 2 mm (hc18, with each image's pixel size from
+``pixel_size_and_HC.csv``). Seconds per case = encoder time of the prompted
+slices + decoding (frozen-encoder models share one encoding of each slice, whose time is charged to each).
+
+Run (CPU, one thread; about an hour):
+    OMP_NUM_THREADS=1 python scripts/benchmark_adapt.py --dataset hippocampus
+    OMP_NUM_THREADS=1 python scripts/benchmark_adapt.py --dataset hc18
+Work files go to --work (default /tmp/autosam_benchmark_adapt); reruns reuse finished adapters.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+import warnings
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+warnings.filterwarnings("ignore")
+
+from autosam import io, pipeline, slicing  # noqa: E402
+from autosam.adapt.config import PromptNoise  # noqa: E402
+from autosam.adapt.data import group_of  # noqa: E402
+from autosam.adapt.train import finetune  # noqa: E402
+from autosam.prompts import ClassPrompt  # noqa: E402
+from autosam.sam import SamPredictor, build_sam  # noqa: E402
+from autosam.sam import transforms as T  # noqa: E402
+
+SAMPLE = {"hippocampus": ["hippocampus_148", "hippocampus_149", "hippocampus_165", "hippocampus_221",
+                          "hippocampus_319", "hippocampus_320"],
+          "hc18": ["719", "800", "801"]}
+GROUP = {"hippocampus": None, "hc18": r"^[^_]+"}
+TOLERANCE = {"hippocampus": 1.0, "hc18": 2.0}  # mm (hc18: pixel size from pixel_size_and_HC.csv)
+#: per-dataset defaults: train cases, slices per case, epochs of decoder/desam, LoRA steps
+DEFAULTS = {"hippocampus": dict(train=20, slices=6, epochs=4, lora_steps=25),
+            "hc18": dict(train=30, slices=0, epochs=20, lora_steps=25)}
+#: learning rates: MedSAM's 1e-4 for the pretrained decoder; new modules (DeSAM mask module, LoRA factors
+#: starting at zero) get 5e-4 because the CPU budget allows only a few dozen steps
+LR = {"decoder": 1e-4, "desam": 5e-4, "lora": 5e-4}
+
+
+class MemoPredictor(SamPredictor):
+    """A SamPredictor that encodes each distinct slice once per ``memo`` (shared by models with the same
+    frozen encoder) and charges the measured encoding time of every slice it is asked for."""
+
+    def __init__(self, model, memo: dict, **kw) -> None:
+        super().__init__(model, device="cpu", **kw)
+        self.memo = memo
+        self.charged = 0.0
+
+    @torch.inference_mode()
+    def set_slices(self, slices) -> None:
+        keys = [hashlib.sha1(np.ascontiguousarray(s, dtype=np.float32).tobytes()
+                             + str(np.shape(s)).encode()).hexdigest() for s in slices]
+        todo = [i for i, k in enumerate(keys) if k not in self.memo]
+        for start in range(0, len(todo), self.batch_size):
+            part = todo[start : start + self.batch_size]
+            t = time.perf_counter()
+            emb = self.model.embed(T.to_canvas([slices[i] for i in part], self.model.image_size)).float()
+            dt = (time.perf_counter() - t) / len(part)
+            for j, i in enumerate(part):
+                self.memo[keys[i]] = (emb[j].clone(), dt)
+        self.sizes = [tuple(np.asarray(s).shape[-2:]) for s in slices]
+        self.embeddings = torch.stack([self.memo[k][0] for k in keys]) if keys else None
+        self.charged += sum(self.memo[k][1] for k in keys)
+
+
+def degraded(prompts: list[ClassPrompt], hw: tuple[int, int], rng: np.random.Generator) -> list[ClassPrompt]:
+    """Boxes rescaled by U(0.8, 1.25) per axis and shifted by N(0, 0.1 side) per axis, clipped to the slice."""
+    out = []
+    for cp in prompts:
+        x0, y0, x1, y1 = cp.prompt.box.astype(np.float64)
+        c = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+        side = np.array([x1 - x0 + 1, y1 - y0 + 1])
+        c = c + rng.normal(0, 0.1, 2) * side
+        half = side * rng.uniform(0.8, 1.25, 2) / 2
+        box = np.array([c[0] - half[0], c[1] - half[1], c[0] + half[0], c[1] + half[1]])
+        box[0::2] = np.clip(box[0::2], 0, hw[1] - 1)
+        box[1::2] = np.clip(box[1::2], 0, hw[0] - 1)
+        out.append(ClassPrompt(cp.label, replace(cp.prompt, box=box.astype(np.float32))))
+    return out
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def dice_nsd(pred: np.ndarray, ref: np.ndarray, spacing, tol: float) -> tuple[float, float]:
+    """Dice and normalised surface Dice at tolerance ``tol`` (in spacing units) of two binary masks."""
+    if pred.shape[0] == 1:  # 2D image read as (1, H, W)
+        pred, ref, spacing = pred[0], ref[0], spacing[1:]
+    if not pred.any() and not ref.any():
+        return 1.0, 1.0
+    dice = 2 * np.logical_and(pred, ref).sum() / (pred.sum() + ref.sum())
+    if not pred.any() or not ref.any():
+        return float(dice), 0.0
+    sp, sr = surface(pred), surface(ref)
+    d_to_ref = ndimage.distance_transform_edt(~sr, sampling=spacing)
+    d_to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)
+    nsd = ((d_to_ref[sp] <= tol).sum() + (d_to_pred[sr] <= tol).sum()) / (sp.sum() + sr.sum())
+    return float(dice), float(nsd)
+
+
+def choose_split(cases: list[str], dataset: str, n_test: int, n_train: int, seed: int) -> tuple[list[str], list[str]]:
+    pattern = GROUP[dataset]
+    banned = set(SAMPLE[dataset])
+    groups = sorted({group_of(c, pattern) for c in cases} - banned)
+    groups = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+    members = {g: sorted(c for c in cases if group_of(c, pattern) == g) for g in groups}
+    test, train = [], []
+    for g in groups:
+        if len(test) < n_test:
+            test += members[g]
+        elif len(train) < n_train:
+            train += members[g]
+    return sorted(test), sorted(train)
+
+
+def train_adapters(args, root: Path, work: Path, train_cases: list[str]) -> dict[str, float]:
+    """Train (or reuse) the adapters; returns training seconds per method."""
+    d = DEFAULTS[args.dataset]
+    times_file = work / "train_seconds.json"
+    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    common = dict(cases=train_cases, val_fraction=0.0, seed=args.seed, group_pattern=GROUP[args.dataset],
+                  max_slices_per_case=args.max_slices if args.max_slices is not None else d["slices"],
+                  cache_dir=work / "cache", device="cpu", overwrite=True,
+                  prompt_noise=PromptNoise(types=("box",), jitter=0.1, margin=0.1))
+    for method in args.methods:
+        if method == "frozen" or method in times:
+            continue
+        if "cache" not in times and method != "lora":  # build the embedding cache alone, to time it separately
+            t = time.time()
+            finetune(root, work / "cache_probe", method="decoder", epochs=1, iterations_per_epoch=1, **common)
+            times["cache"] = time.time() - t
+        t = time.time()
+        if method == "lora":
+            finetune(root, work / method, method="lora", rank=args.rank, epochs=1, batch_size=2, lr=LR[method],
+                     iterations_per_epoch=args.lora_steps or d["lora_steps"], **common)
+        else:
+            finetune(root, work / method, method=method, epochs=args.epochs or d["epochs"], batch_size=8,
+                     lr=LR[method], **common)
+        times[method] = time.time() - t
+        io.write_json(times, times_file)
+    return times
+
+
+def pixel_sizes(root: Path) -> dict[str, float]:
+    """hc18: millimetres per pixel of each image (nnU-Net reads PNGs with spacing 1)."""
+    path = root / "pixel_size_and_HC.csv"
+    if not path.is_file():
+        return {}
+    lines = path.read_text().splitlines()
+    col = lines[0].split(",").index("pixel_size_mm")
+    return {ln.split(",")[0]: float(ln.split(",")[col]) for ln in lines[1:] if ln.strip()}
+
+
+def evaluate(args, root: Path, info: io.DatasetInfo, test_cases: list[str], work: Path) -> list[dict]:
+    files = io.list_cases(root / "imagesTr", info.file_ending, info.num_channels)
+    mm = pixel_sizes(root)
+    rw = io.reader_writer(info.file_ending)
+    data = []
+    for case in test_cases:
+        c = io.read_case(case, files[case], rw)
+        label, _ = io.read_label(root / "labelsTr" / f"{case}{info.file_ending}", rw)
+        axis = slicing.choose_axis(c.spacing, label.shape)
+        image = T.normalize_case(c.image, info.channel_names)
+        gt = pipeline.oracle_prompts(label, axis, info.foreground)
+        hw = slicing.to_slices(label[None], axis).shape[-2:]
+        rng = np.random.default_rng([args.seed, zlib.crc32(case.encode())])
+        spacing = (1.0, mm[case], mm[case]) if case in mm else c.spacing
+        data.append((case, image, label, axis, spacing, {"gt": gt, "degraded": degraded(gt, hw, rng)}))
+    rows, frozen_memo = [], {}
+    for method in args.methods:
+        model = build_sam("litemedsam", adapter=None if method == "frozen" else str(work / method))
+        model = model.to("cpu").eval()
+        memo = {} if method == "lora" else frozen_memo
+        for kind in ("gt", "degraded"):
+            predictor = MemoPredictor(model, memo)
+            scores, seconds = [], []
+            for case, image, label, axis, spacing, prompts in pipeline.progress(data, f"{method}/{kind}"):
+                predictor.charged = 0.0
+                t = time.perf_counter()
+                before = set(memo)
+                run = pipeline.run_sam(predictor, image, axis, prompts[kind], info.foreground)
+                wall = time.perf_counter() - t
+                fresh = sum(memo[k][1] for k in set(memo) - before)  # encoding done inside this call
+                seconds.append(wall - fresh + predictor.charged)
+                seg = pipeline.labels_from_probabilities(run.probabilities, info.foreground)
+                per_label = [dice_nsd(seg == v, label == v, spacing, TOLERANCE[args.dataset]) for v in info.foreground]
+                scores.append(np.mean(per_label, axis=0))
+            scores = np.array(scores)
+            rows.append({"method": method, "prompts": kind, "dice": float(scores[:, 0].mean()),
+                         "nsd": float(scores[:, 1].mean()), "s_per_case": float(np.mean(seconds)),
+                         "cases": len(data)})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, choices=sorted(DEFAULTS))
+    p.add_argument("--data-root", default="/work/shared/data")
+    p.add_argument("--work", default="/tmp/autosam_benchmark_adapt")
+    p.add_argument("--methods", nargs="+", default=["frozen", "decoder", "desam", "lora"])
+    p.add_argument("--test-cases", type=int, default=10)
+    p.add_argument("--train-cases", type=int, default=None)
+    p.add_argument("--max-slices", type=int, default=None, help="labelled slices per training case")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lora-steps", type=int, default=None)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    root = Path(args.data_root) / args.dataset
+    work = Path(args.work) / args.dataset
+    work.mkdir(parents=True, exist_ok=True)
+    info = io.load_dataset_json(root)
+    cases = list(io.list_cases(root / "imagesTr", info.file_ending, info.num_channels))
+    test, train = choose_split(cases, args.dataset, args.test_cases, args.train_cases or DEFAULTS[args.dataset]["train"],
+                               args.seed)
+    assert not set(test) & set(train)
+    io.write_json({"train": train, "test": test}, work / "benchmark_split.json")
+    times = train_adapters(args, root, work, train)
+    rows = evaluate(args, root, info, test, work)
+    io.write_json({"rows": rows, "train_seconds": times, "train": train, "test": test}, work / "results.json")
+    d = DEFAULTS[args.dataset]
+    print(f"\n{args.dataset}: {len(test)} held-out test cases, adapters trained on {len(train)} cases "
+          f"(CPU, 1 thread; embedding cache built in {times.get('cache', 0):.0f} s, not included below)\n")
+    print("| model | train time (s) | prompts | Dice | NSD | s/case |")
+    print("|---|---:|---|---:|---:|---:|")
+    for r in rows:
+        t = "-" if r["method"] == "frozen" else f"{times.get(r['method'], float('nan')):.0f}"
+        print(f"| {r['method']} | {t} | {r['prompts']} | {r['dice']:.4f} | {r['nsd']:.4f} | {r['s_per_case']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""SAM adaptation (autosam.adapt, ``autosam finetune``) with the real LiteMedSAM weights on the bundled sample."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from autosam.adapt import PromptNoise, add_lora, adapter_state, load_adapter, read_config
+from autosam.adapt.cache import EmbeddingCache, cache_folder
+from autosam.adapt.data import group_of, split_cases
+from autosam.adapt.lora import LoRALinear
+from autosam.adapt.noise import noisy_box, noisy_points
+from autosam.adapt.train import evaluate, finetune, load_training_set
+from autosam.cli import main
+from autosam.errors import AutosamError
+from autosam import io
+from autosam.prompts import bounding_box
+from autosam.sam import build_sam
+from autosam.sam import transforms as T
+from autosam.sample import sample_dataset
+
+HC18 = sample_dataset("hc18")
+TRAIN = ["719_HC", "800_HC"]
+NO_NOISE = PromptNoise(jitter=0.0, margin=0.0)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("embedding_cache")
+
+
+@pytest.fixture(scope="module")
+def decoder_adapter(tmp_path_factory, cache_dir):
+    folder = tmp_path_factory.mktemp("adapters") / "decoder"
+    result = finetune(HC18, folder, method="decoder", epochs=3, batch_size=2, lr=1e-4, val_fraction=0.0,
+                      cases=TRAIN, cache_dir=cache_dir, device="cpu", log=lambda m: None)
+    return folder, result
+
+
+def _loss(model, cache_dir, noise=NO_NOISE) -> float:
+    info = io.load_dataset_json(HC18)
+    cache = EmbeddingCache(cache_folder(cache_dir, model, HC18), model, torch.device("cpu"))
+    data = load_training_set(HC18, info, TRAIN, None, 0, cache, "test")
+    return evaluate(model, data, noise, "dice_bce", torch.device("cpu"))["loss"]
+
+
+# --- pure pieces (fast) -------------------------------------------------------------------------------------------
+
+
+def test_split_is_deterministic_and_keeps_subjects_together():
+    cases = ["010_HC", "010_2HC", "032_HC", "032_2HC", "045_HC", "051_HC", "053_HC", "055_HC", "063_HC", "063_2HC"]
+    a = split_cases(cases, 0.3, seed=3, group_pattern=r"^[^_]+")
+    assert a == split_cases(list(reversed(cases)), 0.3, seed=3, group_pattern=r"^[^_]+")
+    assert sorted(a["train"] + a["val"]) == sorted(cases) and a["val"]
+    train_groups = {group_of(c, r"^[^_]+") for c in a["train"]}
+    assert not train_groups & {group_of(c, r"^[^_]+") for c in a["val"]}
+    assert split_cases(cases, 0.3, seed=4, group_pattern=r"^[^_]+") != a  # the seed matters
+
+
+def test_noisy_prompts_stay_valid_and_vanish_without_noise():
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[10:20, 30:50] = True
+    rng = np.random.default_rng(0)
+    assert np.array_equal(noisy_box(mask, NO_NOISE, rng), bounding_box(mask))
+    strong = PromptNoise(jitter=0.5, margin=0.5)
+    for _ in range(200):
+        x0, y0, x1, y1 = noisy_box(mask, strong, rng)
+        assert 0 <= x0 < x1 <= 59 and 0 <= y0 < y1 <= 39
+    points, labels = noisy_points(mask, PromptNoise(max_points=3, negative=1.0), rng)
+    pos = points[labels == 1].astype(int)
+    assert 1 <= len(pos) <= 3 and mask[pos[:, 1], pos[:, 0]].all()
+    with pytest.raises(AutosamError):
+        PromptNoise(types=("scribble",))
+
+
+# --- LoRA ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_lora_adds_rank_times_in_plus_out_per_qkv_and_leaves_base_untouched():
+    model = build_sam("litemedsam")
+    qkv = [m for name, m in model.image_encoder.named_modules() if name.endswith(".qkv")]
+    assert qkv and all(isinstance(m, nn.Linear) for m in qkv)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    canvas = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model.embed(canvas)
+    rank = 3
+    added = add_lora(model.image_encoder, rank=rank)
+    assert added == sum(rank * (m.in_features + m.out_features) for m in qkv)
+    n_lora = sum(p.numel() for k, p in model.named_parameters() if ".lora_" in k)
+    assert n_lora == added
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in base.items())  # same names, same values
+    assert sum(isinstance(m, LoRALinear) for m in model.modules()) == len(qkv)
+    with torch.no_grad():
+        assert torch.equal(model.embed(canvas), before)  # B = 0: a fresh adapter changes nothing
+
+
+@pytest.mark.slow
+def test_lora_training_step_trains_only_adapters_and_reloads_identically(tmp_path):
+    folder = tmp_path / "lora"
+    base = build_sam("litemedsam").state_dict()
+    result = finetune(HC18, folder, method="lora", rank=2, epochs=1, batch_size=1, iterations_per_epoch=1, lr=1e-3,
+                      val_fraction=0.0, cases=["719_HC"], device="cpu", log=lambda m: None)
+    model = result.model
+    saved = torch.load(folder / "adapter.pt", weights_only=True)
+    assert saved and all(".lora_" in k or k.startswith("mask_decoder.") for k in saved)
+    assert not any(k.startswith("prompt_encoder.") for k in saved)
+    assert any(".lora_B" in k and v.abs().sum() > 0 for k, v in saved.items())  # the step moved B off zero
+    state = model.state_dict()
+    for k, v in base.items():  # encoder and prompt encoder untouched; only the decoder was trained
+        if not k.startswith("mask_decoder."):
+            assert torch.equal(state[k], v), k
+    config = read_config(folder)
+    assert (config.method, config.rank, config.base, config.epoch) == ("lora", 2, "litemedsam", 1)
+    loaded = build_sam("litemedsam", adapter=str(folder))
+    canvas = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.embed(canvas), model.embed(canvas))
+
+
+# --- decoder / DeSAM training -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_decoder_training_lowers_the_loss_and_writes_a_complete_folder(decoder_adapter, cache_dir):
+    folder, result = decoder_adapter
+    assert {"adapter.pt", "adapter_config.json", "split.json", "train_state.pt"} <= {p.name for p in folder.iterdir()}
+    assert json.loads((folder / "split.json").read_text())["train"] == TRAIN
+    saved = torch.load(folder / "adapter.pt", weights_only=True)
+    assert saved and all(k.startswith("mask_decoder.") for k in saved)  # only what changed
+    assert len(result.config.history) == 3
+    base_loss = _loss(build_sam("litemedsam"), cache_dir)
+    assert _loss(result.model, cache_dir) < base_loss
+
+
+@pytest.mark.slow
+def test_saved_adapter_reloads_bit_identically(decoder_adapter):
+    folder, result = decoder_adapter
+    loaded = build_sam("litemedsam", adapter=str(folder))
+    trained = adapter_state(result.model)
+    params = dict(loaded.named_parameters())
+    assert trained and all(torch.equal(params[k], v) for k, v in trained.items())
+    emb = torch.randn(2, 256, 64, 64, generator=torch.Generator().manual_seed(2))
+    boxes = torch.tensor([[20.0, 30.0, 150.0, 140.0], [60.0, 40.0, 220.0, 200.0]])
+    with torch.no_grad():
+        a, ia = loaded.decode(emb, boxes=boxes)
+        b, ib = result.model.eval().decode(emb, boxes=boxes)
+    assert torch.equal(a, b) and torch.equal(ia, ib)
+
+
+@pytest.mark.slow
+def test_desam_trains_its_prompt_invariant_module_and_lowers_the_loss(tmp_path, cache_dir):
+    noise = PromptNoise(jitter=0.15, margin=0.1)
+    result = finetune(HC18, tmp_path / "desam", method="desam", epochs=6, batch_size=2, lr=3e-4, val_fraction=0.0,
+                      cases=TRAIN, cache_dir=cache_dir, prompt_noise=noise, device="cpu", log=lambda m: None)
+    saved = torch.load(tmp_path / "desam" / "adapter.pt", weights_only=True)
+    assert any(k.startswith("mask_decoder.mask_module.") for k in saved)
+    assert not any(".transformer." in k for k in saved)  # the prompt path's transformer stays frozen
+    fresh = load_adapter(build_sam("litemedsam"), tmp_path / "desam")
+    assert _loss(fresh, cache_dir, noise) == pytest.approx(_loss(result.model, cache_dir, noise), abs=1e-6)
+    first = result.config.history[0]["train_loss"]
+    assert result.config.history[-1]["train_loss"] < first
+
+
+# --- errors, resume, CLI ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_adapter_for_another_backend_is_refused(decoder_adapter, tmp_path):
+    folder, _ = decoder_adapter
+    other = tmp_path / "other"
+    shutil.copytree(folder, other, ignore=shutil.ignore_patterns("train_state.pt", "embedding_cache"))
+    config = json.loads((other / "adapter_config.json").read_text())
+    config["base"] = "medsam_vit_b"
+    (other / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AutosamError) as err:
+        build_sam("litemedsam", adapter=str(other))
+    assert str(other) in str(err.value) and "medsam_vit_b" in str(err.value) and "litemedsam" in str(err.value)
+    with pytest.raises(AutosamError, match="not an adapter folder"):
+        build_sam("litemedsam", adapter=str(tmp_path))
+    torch.save({"mask_decoder.bogus": torch.zeros(1)}, other / "adapter.pt")
+    config["base"] = "litemedsam"
+    (other / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AutosamError, match="does not fit"):
+        build_sam("litemedsam", adapter=str(other))
+
+
+@pytest.mark.slow
+def test_cli_finetune_resumes_and_refuses_to_overwrite(tmp_path, cache_dir, capsys):
+    out = tmp_path / "adapter"
+    args = ["finetune", "-d", str(HC18), "-o", str(out), "--method", "desam", "--epochs", "1", "--iterations", "1",
+            "--batch-size", "1", "--exclude", "801", "--group-pattern", "^[^_]+", "--val-fraction", "0.5",
+            "--cache-dir", str(cache_dir), "--device", "cpu"]
+    assert main(args) == 0
+    split = json.loads((out / "split.json").read_text())
+    assert sorted(split["train"] + split["val"]) == TRAIN and len(split["val"]) == 1
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err
+    resumed = args[:]
+    resumed[resumed.index("--epochs") + 1] = "2"
+    assert main(resumed + ["--resume"]) == 0
+    config = read_config(out)
+    assert config.epoch == 2 and [h["epoch"] for h in config.history] == [1, 2]
+    assert json.loads((out / "split.json").read_text()) == split
+
+
+def test_embedding_cache_matches_the_encoder_and_is_reused(tmp_path, litemedsam):
+    info = io.load_dataset_json(HC18)
+    files = io.list_cases(HC18 / "imagesTr", info.file_ending, info.num_channels)
+    image = T.normalize_case(io.read_case("801_HC", files["801_HC"]).image, info.channel_names)[:, 0]
+    cache = EmbeddingCache(tmp_path, litemedsam, torch.device("cpu"))
+    emb = cache.get("801_HC", 0, [0], lambda: [image])
+    with torch.no_grad():
+        direct = litemedsam.embed(T.to_canvas([image], 256))
+    assert np.array_equal(np.asarray(emb), direct.numpy())
+
+    def must_not_encode():
+        raise AssertionError("cache miss")
+
+    again = cache.get("801_HC", 0, [0], must_not_encode)
+    assert isinstance(again, np.memmap) and np.array_equal(again, emb)
