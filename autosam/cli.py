@@ -10,7 +10,7 @@ from . import __version__
 from .errors import AutosamError
 
 #: Verb modules under autosam.commands, in the order ``--help`` lists them.
-VERBS = ["demo", "oracle", "refine", "evaluate", "finetune", "train-prompter", "segment", "nnunet-env"]
+VERBS = ["demo", "oracle", "predict", "refine", "evaluate", "finetune", "train-prompter", "segment", "nnunet-env"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,10 +78,13 @@ fusion_strategies: dict[str, Callable[..., np.ndarray]] = {
 def to_distribution(foreground: np.ndarray) -> np.ndarray:
     """``(K, ...)`` foreground probabilities -> ``(K+1, ...)`` with background first, summing to 1 per voxel.
 
-    Background gets ``1 - max_k p_k``; the argmax (and so the label map) is unchanged by the normalisation.
+    Background gets ``1 - sum_k p_k`` (at least 0), then every voxel is normalised. Where the maps are an untouched
+    softmax (nnU-Net's), the argmax is nnU-Net's own decision; where labels compete (sum above 1), the most probable
+    label wins, whatever its value.
     """
-    bg = 1.0 - foreground.max(axis=0, keepdims=True) if len(foreground) else np.ones((1,) + foreground.shape[1:])
-    stacked = np.concatenate([bg, foreground]).astype(np.float32)
+    fg = np.asarray(foreground, dtype=np.float32)
+    bg = np.clip(1.0 - fg.sum(axis=0, keepdims=True), 0.0, 1.0) if len(fg) else np.ones((1,) + fg.shape[1:])
+    stacked = np.concatenate([bg.astype(np.float32), fg])
     return stacked / np.maximum(stacked.sum(axis=0, keepdims=True), 1e-6)
 
 

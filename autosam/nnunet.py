@@ -60,7 +60,8 @@ def resolve_folds(model_folder: str | os.PathLike, folds: Optional[Sequence[str 
         if f != "all" and not f.isdigit():
             raise AutosamError(f"fold must be a number or 'all', got {f!r}")
         if not (folder / f"fold_{f}").is_dir():
-            raise AutosamError(f"{folder}: fold_{f} not found (have: {', '.join(available_folds(folder, '')) or 'none'})")
+            have = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("fold_"))
+            raise AutosamError(f"{folder}: fold_{f} not found (have: {', '.join(have) or 'none'})")
         if not (folder / f"fold_{f}" / checkpoint).is_file():
             raise AutosamError(f"{folder / f'fold_{f}' / checkpoint} not found (training unfinished? "
                                "pick another checkpoint with -chk)")
@@ -99,6 +100,9 @@ def load_nnunet_predictor(
         raise
     except (KeyError, EOFError, OSError) as e:
         raise AutosamError(f"{folder}: cannot load checkpoint {checkpoint}: {type(e).__name__}: {e}") from None
+    if getattr(predictor.configuration_manager, "previous_stage_name", None):
+        raise AutosamError(f"{folder}: a cascade stage needs the previous stage's segmentation; predict with "
+                           "nnUNetv2_predict (-prev_stage_predictions) and refine that folder with 'autosam refine'")
     return predictor
 
 

@@ -9,6 +9,7 @@ No class or module of nnU-Net is modified; a predictor built any other way is le
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -66,14 +67,16 @@ def attach(predictor, model_folder: str, folds: list, trainer_name: str) -> None
 
 
 def _wrapper(original):
+    """A function to bind to the predictor in place of ``original`` (a bound method), with its signature: nnU-Net
+    records the arguments of ``predict_from_files`` by inspecting its signature."""
     signature = inspect.signature(original)
 
+    @functools.wraps(original.__func__)
     def predict_and_refine(self, *args, **kwargs):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         return _predict_and_refine(self, original, dict(bound.arguments))
 
-    predict_and_refine.__doc__ = original.__doc__
     return predict_and_refine
 
 

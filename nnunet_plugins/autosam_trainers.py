@@ -77,6 +77,9 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
             shutil.rmtree(unrefined)
         os.replace(validation, unrefined)
         os.makedirs(validation)
+        for stale in ("summary_unrefined.json", autosam_settings.SETTINGS_FILE):  # left by an earlier validation
+            if os.path.isfile(os.path.join(unrefined, stale)):
+                os.remove(os.path.join(unrefined, stale))
         shutil.copyfile(os.path.join(unrefined, "summary.json"), os.path.join(validation, "summary_unrefined.json"))
 
         run = autosam_settings.runtime(str(self.device))

@@ -2,13 +2,16 @@
 
 Settings come from environment variables (read when the trainer is built, so nnU-Net's own commands honour them):
 ``AUTOSAM_NNUNET_EPOCHS`` (default 2), ``AUTOSAM_NNUNET_ITERATIONS`` (train iterations per epoch, default 5),
-``AUTOSAM_NNUNET_VAL_ITERATIONS`` (default 2) and ``AUTOSAM_NNUNET_BATCH`` (batch size; default: the plans').
+``AUTOSAM_NNUNET_VAL_ITERATIONS`` (default 2), ``AUTOSAM_NNUNET_BATCH`` (batch size; default: the plans') and
+``AUTOSAM_NNUNET_SEED`` (seeds python, numpy and torch for repeatable CPU runs; default: unseeded, as nnU-Net).
 On CPU, a set ``OMP_NUM_THREADS`` is honoured (nnU-Net's ``-device cpu`` would otherwise take every core).
 """
 from __future__ import annotations
 
 import os
+import random
 
+import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -37,6 +40,11 @@ class ShortSchedule:
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        if os.environ.get("AUTOSAM_NNUNET_SEED", "").strip():
+            seed = _env_int("AUTOSAM_NNUNET_SEED", 1)
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = _env_int("AUTOSAM_NNUNET_EPOCHS", 2)
         self.num_iterations_per_epoch = _env_int("AUTOSAM_NNUNET_ITERATIONS", 5)

@@ -87,6 +87,27 @@ def degrade(label: np.ndarray, labels, rng: np.random.Generator, is_2d: bool) ->
     return out, probs
 
 
+def table(coarse_scores: dict, scores: dict, combos: list) -> str:
+    """Markdown table of mean Dice per (prompt, margin, fusion), best first."""
+    lines = []
+    datasets = list(coarse_scores)
+    lines.append("\nMean Dice over cases (LiteMedSAM, CPU; coarse = degraded reference labels; "
+                 + ", ".join(f"{d}: {len(coarse_scores[d])} cases" for d in datasets) + ")\n")
+    lines.append("| prompt | margin (mm) | fusion | " + " | ".join(datasets) + " | mean |")
+    lines.append("|---|---|---|" + "---|" * (len(datasets) + 1))
+    lines.append("| (coarse) | | | " + " | ".join(f"{np.mean(coarse_scores[d]):.4f}" for d in datasets)
+                 + f" | {np.mean([np.mean(coarse_scores[d]) for d in datasets]):.4f} |")
+    rows = []
+    for prompt, margin in combos:
+        for fusion in fusion_strategies:
+            vals = [float(np.mean(scores[(d, prompt, margin, fusion)])) for d in datasets]
+            rows.append((float(np.mean(vals)), prompt, margin, fusion, vals))
+    for mean, prompt, margin, fusion, vals in sorted(rows, reverse=True):
+        lines.append(f"| {prompt} | {margin:g} | {fusion} | " + " | ".join(f"{v:.4f}" for v in vals)
+                     + f" | {mean:.4f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/shared/data")
@@ -95,6 +116,7 @@ def main() -> int:
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 1.0, 2.0], help="box margins (mm)")
     ap.add_argument("--prompts", nargs="+", default=list(prompt_strategies))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--partial", default=None, help="rewrite this file with the table after every case")
     args = ap.parse_args()
     torch.set_num_threads(1)
     predictor = CachingPredictor(build_sam("litemedsam"), device="cpu")
@@ -102,7 +124,8 @@ def main() -> int:
     scores: dict = {}  # (dataset, prompt, margin, fusion) -> list of per-case mean Dice
     coarse_scores: dict = {}
     t0 = time.time()
-    for dataset, n in (("hippocampus", args.hippocampus), ("hc18", args.hc18)):
+    partial = Path(args.partial) if args.partial else None
+    for dataset, n in (("hc18", args.hc18), ("hippocampus", args.hippocampus)):
         if n == 0:
             continue
         root = Path(args.data) / dataset
@@ -132,20 +155,9 @@ def main() -> int:
             print(f"{dataset} {case_id}: coarse {coarse_scores[dataset][-1]:.3f}, box/replace "
                   f"{scores[(dataset, 'box', args.margins[0], 'replace')][-1]:.3f} ({time.time() - t0:.0f}s)",
                   file=sys.stderr, flush=True)
-    datasets = list(coarse_scores)
-    print(f"\nMean Dice over cases (LiteMedSAM, CPU; coarse = degraded reference labels; "
-          + ", ".join(f"{d}: {len(coarse_scores[d])} cases" for d in datasets) + ")\n")
-    print("| prompt | margin (mm) | fusion | " + " | ".join(datasets) + " | mean |")
-    print("|---|---|---|" + "---|" * (len(datasets) + 1))
-    print("| (coarse) | | | " + " | ".join(f"{np.mean(coarse_scores[d]):.4f}" for d in datasets)
-          + f" | {np.mean([np.mean(coarse_scores[d]) for d in datasets]):.4f} |")
-    rows = []
-    for prompt, margin in combos:
-        for fusion in fusion_strategies:
-            vals = [float(np.mean(scores[(d, prompt, margin, fusion)])) for d in datasets]
-            rows.append((float(np.mean(vals)), prompt, margin, fusion, vals))
-    for mean, prompt, margin, fusion, vals in sorted(rows, reverse=True):
-        print(f"| {prompt} | {margin:g} | {fusion} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {mean:.4f} |")
+            if partial:  # the table so far, for long runs
+                partial.write_text(table(coarse_scores, scores, combos) + "\n")
+    print(table(coarse_scores, scores, combos))
     return 0
 
 

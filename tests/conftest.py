@@ -37,3 +37,72 @@ def cli_env() -> dict:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "2")
     return env
+
+
+# --- nnU-Net (integration) ---------------------------------------------------------------------------------------
+# A tiny nnU-Net 2d model trained once per session on the bundled hippocampus sample (real nnU-Net commands, CPU).
+# Its weights are nearly untrained (a couple of iterations): good for plumbing, not for scores.
+
+NNUNET_DATASET = "Dataset900_Hippo"
+NNUNET_TRAINER = "nnUNetTrainer_autosam_Short"
+#: the one case nnU-Net validates on (fold 0 of the split written by the fixture); the others train
+NNUNET_VAL_CASE = "hippocampus_320"
+
+
+def nnunet_subprocess_env(root: Path) -> dict:
+    """Environment for nnU-Net's commands: its three folders under ``root``, autosam's trainers findable, a tiny
+    schedule, and no pools of worker processes (a 2-core CI machine)."""
+    from autosam.nnunet_env import ext_trainer_value
+
+    env = dict(os.environ)
+    env.update(
+        nnUNet_raw=str(root / "nnUNet_raw"), nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
+        nnUNet_results=str(root / "nnUNet_results"), nnUNet_extTrainer=ext_trainer_value(),
+        nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", AUTOSAM_NNUNET_EPOCHS="1", AUTOSAM_NNUNET_ITERATIONS="2",
+        AUTOSAM_NNUNET_VAL_ITERATIONS="1", AUTOSAM_NNUNET_BATCH="4",
+    )
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+@pytest.fixture(scope="session")
+def trained_hippo_2d(tmp_path_factory, venv_bin):
+    """``nnUNet_raw/Dataset900_Hippo`` from the bundled sample, planned and preprocessed (2d), fold 0 trained with
+    ``nnUNetTrainer_autosam_Short`` on CPU (1 epoch x 2 iterations) and validated on :data:`NNUNET_VAL_CASE`.
+
+    Returns a dict: ``root``, ``env`` (for nnU-Net subprocesses), ``raw``, ``preprocessed``, ``model`` (the
+    ``Trainer__Plans__2d`` folder), ``val_case``, ``seconds`` (planning + training).
+    """
+    import json
+    import shutil
+    import subprocess
+    import time
+
+    from autosam.sample import sample_dataset
+
+    root = tmp_path_factory.mktemp("nnunet")
+    env = nnunet_subprocess_env(root)
+    raw = root / "nnUNet_raw" / NNUNET_DATASET
+    shutil.copytree(sample_dataset("hippocampus"), raw)
+    start = time.perf_counter()
+
+    def run(*cmd, **extra):
+        import resource
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN); t0 = time.time()
+        done = subprocess.run([str(venv_bin / cmd[0]), *cmd[1:]], env={**env, **extra}, capture_output=True,
+                              text=True)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        print("TIMING", cmd[0], f"wall {time.time()-t0:.1f} cpu {r1.ru_utime-r0.ru_utime + r1.ru_stime-r0.ru_stime:.1f}")
+        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+    run("nnUNetv2_plan_and_preprocess", "-d", "900", "-c", "2d", "--verify_dataset_integrity", "-np", "1",
+        "-npfp", "1")
+    preprocessed = root / "nnUNet_preprocessed" / NNUNET_DATASET
+    cases = sorted(f.name[: -len("_0000.nii.gz")] for f in (raw / "imagesTr").iterdir())
+    split = [{"train": [c for c in cases if c != NNUNET_VAL_CASE], "val": [NNUNET_VAL_CASE]}]
+    (preprocessed / "splits_final.json").write_text(json.dumps(split))
+    run("nnUNetv2_train", "900", "2d", "0", "-tr", NNUNET_TRAINER, "-device", "cpu", nnUNet_n_proc_DA="0")
+    model = root / "nnUNet_results" / NNUNET_DATASET / f"{NNUNET_TRAINER}__nnUNetPlans__2d"
+    assert (model / "fold_0" / "checkpoint_final.pth").is_file()
+    return {"root": root, "env": env, "raw": raw, "preprocessed": preprocessed, "model": model,
+            "val_case": NNUNET_VAL_CASE, "seconds": time.perf_counter() - start}

@@ -56,10 +56,13 @@ def test_gated_keeps_sam_only_where_confident_and_in_agreement():
 
 def test_multiclass_conflict_goes_to_the_more_probable_label_whatever_its_value():
     # labels 1 and 2 both claim voxels; the more probable wins, in both directions
-    fg = np.array([[[[0.6, 0.9, 0.3, 0.2]]], [[[0.9, 0.6, 0.4, 0.1]]]], np.float32)  # (K=2, 1, 1, 4)
+    fg = np.array([[[[0.6, 0.9, 0.3, 0.2]]], [[[0.9, 0.6, 0.1, 0.4]]]], np.float32)  # (K=2, 1, 1, 4)
     dist = to_distribution(fg)
     np.testing.assert_allclose(dist.sum(0), 1.0, rtol=1e-6)
-    assert to_segmentation(dist, [1, 2])[0, 0].tolist() == [2, 1, 0, 0]
+    assert to_segmentation(dist, [1, 2])[0, 0].tolist() == [2, 1, 0, 2]
+    # an untouched softmax keeps its own argmax (nnU-Net's decision), also where no class reaches 0.5
+    softmax = np.array([[[[0.2, 0.5]]], [[[0.45, 0.1]]], [[[0.35, 0.4]]]], np.float32)  # (C=3, 1, 1, 2)
+    assert to_segmentation(to_distribution(softmax[1:]), [1, 2]).tolist() == [[softmax.argmax(0)[0, 0].tolist()]]
     # after fusion: SAM raises label 1 above label 2's coarse probability on a voxel both claim
     coarse = np.array([[[[0.0, 0.0]]], [[[0.7, 0.7]]]], np.float32)
     sam = np.array([[[[0.95, 0.2]]], [[[0.0, 0.0]]]], np.float32)

@@ -1,4 +1,8 @@
-"""``autosam demo``: the whole loop on the sample shipped inside the package, with Dice per label."""
+"""``autosam demo``: the whole loop on the sample shipped inside the package, with Dice per label.
+
+Per sample dataset: SAM with boxes from the labels (the ceiling of automatic prompting), then the fully automatic
+path (the shipped prompter of the same name -> SAM), printed side by side with the prompter's own map.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,10 +10,10 @@ from pathlib import Path
 
 from .. import evaluation, io
 from ..sample import SAMPLE_NAMES, sample_dataset
-from .common import add_sam_arguments, predictor_from_args, sam_args_record
+from .common import add_sam_arguments, sam_args_record
 from .oracle import oracle_folder
 
-HELP = "run SAM on the bundled sample (boxes from its labels) and print Dice per label"
+HELP = "run SAM on the bundled sample (label boxes, then fully automatic) and print Dice per label"
 
 
 def add_parser(sub) -> None:
@@ -18,25 +22,55 @@ def add_parser(sub) -> None:
     p.add_argument("--sample", nargs="+", default=list(SAMPLE_NAMES), choices=SAMPLE_NAMES,
                    help="which sample datasets (default: all)")
     p.add_argument("--max-cases", type=int, default=2, help="cases per sample dataset (default 2; 0 = all)")
+    p.add_argument("--no-automatic", action="store_true",
+                   help="skip the fully automatic run (shipped prompter -> SAM)")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     add_sam_arguments(p)
     p.set_defaults(run=run)
 
 
+def _link_cases(cases: dict, chosen: list[str], images: Path) -> None:
+    images.mkdir(parents=True, exist_ok=True)
+    for case in chosen:
+        for f in cases[case]:
+            link = images / f.name
+            if not link.exists():
+                link.symlink_to(f.resolve())
+
+
+def _mean_dice(summary: dict, value: int) -> float:
+    means = summary["mean"]
+    return float(means.get(value, means.get(str(value)))["Dice"])
+
+
+def automatic_table(info: io.DatasetInfo, columns: dict[str, dict]) -> str:
+    """Dice per label (rows) for each run (columns: name -> nnU-Net summary)."""
+    names = {v: k for k, v in info.labels.items()}
+    head = f"{'label':<14}" + "".join(f"{c:>24}" for c in columns)
+    rows = [head]
+    for value in info.foreground:
+        rows.append(f"{names[value]:<14}" + "".join(f"{_mean_dice(s, value):>24.4f}" for s in columns.values()))
+    rows.append(f"{'mean':<14}" + "".join(f"{s['foreground_mean']['Dice']:>24.4f}" for s in columns.values()))
+    return "\n".join(rows)
+
+
 def run(args: argparse.Namespace) -> int:
-    predictor = predictor_from_args(args)
+    from ..prompter import Prompter, shipped_prompters
+    from ..prompter.cache import CachingPredictor
+    from ..refine import RefineConfig
+    from ..sam import build_sam
+    from .segment import segment_folder
+
+    # one predictor for both runs: slices encoded for the label boxes are reused by the automatic run
+    predictor = CachingPredictor(build_sam(args.sam, checkpoint=args.checkpoint, adapter=args.adapter),
+                                 device=args.device, batch_size=args.batch_size)
     for name in args.sample:
         root = sample_dataset(name)
         info = io.load_dataset_json(root)
         cases = io.list_cases(root / "imagesTr", info.file_ending, info.num_channels)
         chosen = sorted(cases)[: args.max_cases or None]
         images = Path(args.output) / name / "imagesTs"  # the chosen subset, linked, so the run stays resumable
-        images.mkdir(parents=True, exist_ok=True)
-        for case in chosen:
-            for f in cases[case]:
-                link = images / f.name
-                if not link.exists():
-                    link.symlink_to(f.resolve())
+        _link_cases(cases, chosen, images)
         out = Path(args.output) / name / "prediction"
         record = {"verb": "demo", "sample": name, "cases": chosen, **sam_args_record(args)}
         oracle_folder(images, root / "labelsTr", out, info, predictor, args.axis, 0.0, args.overwrite, record)
@@ -44,4 +78,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{name}: LiteMedSAM with label boxes ({len(chosen)} case(s)) -> {out}"
               if args.sam == "litemedsam" else f"\n{name}: {args.sam} with label boxes -> {out}")
         print(evaluation.dice_table(summary, info))
+        if args.no_automatic or name not in shipped_prompters():
+            continue
+        prompter = Prompter.load(name)
+        auto, coarse = Path(args.output) / name / "automatic", Path(args.output) / name / "prompter"
+        segment_folder(images, auto, prompter, info, lambda: predictor, RefineConfig(axis=args.axis),
+                       overwrite=args.overwrite, run_args=record, coarse_dir=coarse)
+        columns = {
+            "prompter alone": evaluation.nnunet_summary(root / "labelsTr", coarse, info, coarse / "summary.json"),
+            "prompter + SAM": evaluation.nnunet_summary(root / "labelsTr", auto, info, auto / "summary.json"),
+            "label boxes (ceiling)": summary,
+        }
+        print(f"\n{name}: fully automatic (shipped prompter {name!r} -> SAM, no labels used) -> {auto}")
+        print(automatic_table(info, columns))
     return 0

@@ -15,7 +15,6 @@ HELP = "refine a coarse (nnU-Net) prediction folder with SAM"
 
 
 def add_parser(sub) -> None:
-    d = RefineConfig()
     p = sub.add_parser("refine", help=HELP, description=HELP + ". COARSE needs <case><file_ending> label maps and a "
                        "dataset.json; <case>.npz probabilities (nnUNetv2_predict --save_probabilities) and "
                        "plans.json are used when present.")
@@ -24,11 +23,23 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder (nnU-Net prediction layout)")
     p.add_argument("-d", "--dataset-json", default=None,
                    help="dataset.json (default: the coarse folder's, else the one beside the image folder)")
-    g = p.add_argument_group("prompts and fusion")
+    add_refine_arguments(p)
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <case>.npz (key 'probabilities') and <case>.pkl, as nnU-Net does")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
+    add_sam_arguments(p)
+    p.set_defaults(run=run)
+
+
+def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse") -> None:
+    """The prompt and fusion options of :class:`RefineConfig` (shared by the verbs that refine with SAM);
+    read them back with :func:`config_from_args`. ``coarse`` names the coarse source in the help texts."""
+    d = RefineConfig()
+    g = parser.add_argument_group("prompts and fusion")
     g.add_argument("--prompt", default=d.prompt, choices=list(prompt_strategies),
                    help=f"prompt strategy (default {d.prompt})")
     g.add_argument("--fusion", default=d.fusion, choices=list(fusion_strategies),
-                   help=f"how SAM's answer is fused with the coarse one (default {d.fusion})")
+                   help=f"how SAM's answer is fused with the {coarse} map (default {d.fusion})")
     g.add_argument("--margin", type=float, default=d.margin, help=f"box margin (default {d.margin:g})")
     g.add_argument("--margin-unit", default=d.margin_unit, choices=("mm", "px"),
                    help=f"unit of --margin (default {d.margin_unit}; uses the case spacing)")
@@ -43,12 +54,7 @@ def add_parser(sub) -> None:
     g.add_argument("--weight", type=float, default=None, help="SAM's weight for --fusion average (default 0.5)")
     g.add_argument("--min-iou", type=float, default=None, help="SAM's predicted IoU needed by --fusion gated (0.8)")
     g.add_argument("--min-agreement", type=float, default=None,
-                   help="Dice with the coarse slice needed by --fusion gated (default 0.5)")
-    p.add_argument("--save-probabilities", action="store_true",
-                   help="also write <case>.npz (key 'probabilities') and <case>.pkl, as nnU-Net does")
-    p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
-    add_sam_arguments(p)
-    p.set_defaults(run=run)
+                   help=f"Dice with the {coarse} slice needed by --fusion gated (default 0.5)")
 
 
 def find_dataset_json(coarse: Path, images: Path) -> Path:
@@ -60,6 +66,7 @@ def find_dataset_json(coarse: Path, images: Path) -> Path:
 
 
 def config_from_args(args: argparse.Namespace) -> RefineConfig:
+    """The :class:`RefineConfig` of options added by :func:`add_refine_arguments` (and ``--axis``)."""
     options = {k: v for k, v in (("weight", args.weight), ("min_iou", args.min_iou),
                                  ("min_agreement", args.min_agreement)) if v is not None}
     return RefineConfig(prompt=args.prompt, fusion=args.fusion, margin=args.margin, margin_unit=args.margin_unit,

@@ -190,7 +190,8 @@ def _slice_dice(logits: torch.Tensor, target: torch.Tensor, k: int) -> list[floa
 def train_prompter(dataset_dir: str | Path, model_dir: str | Path, opts: TrainOptions,
                    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict:
     """Train (or resume training) a prompter; returns the final ``config.json`` content."""
-    from ..pipeline import progress
+    from tqdm import tqdm
+
     from ..sam import resolve_device
 
     opts.check()
@@ -300,9 +301,10 @@ def train_prompter(dataset_dir: str | Path, model_dir: str | Path, opts: TrainOp
         stream = batches(train, opts.batch_size, transform, rng)
         losses = []
         t0 = time.time()
-        bar = progress(range(opts.iterations), f"epoch {epoch + 1}/{opts.epochs}")
-        if hasattr(bar, "unit"):
-            bar.unit = "it"
+        bar = tqdm(range(opts.iterations), desc=f"epoch {epoch + 1}/{opts.epochs}", unit="it", file=sys.stderr,
+                   dynamic_ncols=True)
+        previous = history[-1]["val_dice"] if history else None
+        shown = {"val_dice": f"{previous['mean']:.3f}"} if previous else {}
         for it in bar:
             images, target, idx = next(stream)
             lr = opts.lr * (1 - (epoch * opts.iterations + it) / total) ** 0.9
@@ -320,8 +322,7 @@ def train_prompter(dataset_dir: str | Path, model_dir: str | Path, opts: TrainOp
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", **shown)
         net.eval()
         if opts.mode == "mask":
             last = epoch + 1 == opts.epochs
