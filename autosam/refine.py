@@ -35,8 +35,8 @@ class RefineConfig:
     function (``weight`` for average, ``min_iou``/``min_agreement`` for gated).
     """
 
-    prompt: str = "box"
-    fusion: str = "replace"
+    prompt: str = "box+points"  # defaults: the best of scripts/refine_prompt_benchmark.py (see README)
+    fusion: str = "union"
     margin: float = 0.0
     min_size: int = 4
     axis: Optional[int] = None

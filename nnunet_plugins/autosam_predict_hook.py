@@ -110,7 +110,7 @@ def _predict_and_refine(predictor, original, arguments: dict):
     todo = [i for i, t in enumerate(refined) if arguments["overwrite"] or not _done(t, ending, keep_probabilities)]
     out_dirs = sorted({os.path.dirname(t) or os.curdir for t in refined})
     for folder in out_dirs:
-        _prepare_output(predictor, folder, autosam_settings, predictor.__dict__[_ATTACHED])
+        _prepare_output(predictor, folder, predictor.__dict__[_ATTACHED])
     if not todo:
         return None
     unrefined = [_unrefined_name(refined[i]) for i in todo]
@@ -145,9 +145,11 @@ def _done(truncated: str, ending: str, with_probabilities: bool) -> bool:
     return done and (not with_probabilities or os.path.isfile(truncated + ".npz"))
 
 
-def _prepare_output(predictor, folder: str, autosam_settings, state: dict) -> None:
+def _prepare_output(predictor, folder: str, state: dict) -> None:
     """dataset.json, plans.json and the SAM settings in the refined output folder (as nnU-Net's folders have)."""
     from batchgenerators.utilities.file_and_folder_operations import save_json
+
+    from nnunet_plugins import autosam_settings
 
     os.makedirs(os.path.join(folder, UNREFINED), exist_ok=True)
     save_json(predictor.dataset_json, os.path.join(folder, "dataset.json"), sort_keys=False)

@@ -59,7 +59,7 @@ def nnunet_subprocess_env(root: Path) -> dict:
         nnUNet_raw=str(root / "nnUNet_raw"), nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
         nnUNet_results=str(root / "nnUNet_results"), nnUNet_extTrainer=ext_trainer_value(),
         nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", AUTOSAM_NNUNET_EPOCHS="1", AUTOSAM_NNUNET_ITERATIONS="2",
-        AUTOSAM_NNUNET_VAL_ITERATIONS="1", AUTOSAM_NNUNET_BATCH="4",
+        AUTOSAM_NNUNET_VAL_ITERATIONS="1", AUTOSAM_NNUNET_BATCH="4", AUTOSAM_NNUNET_SEED="1",
     )
     env.setdefault("OMP_NUM_THREADS", "2")
     return env
@@ -87,12 +87,8 @@ def trained_hippo_2d(tmp_path_factory, venv_bin):
     start = time.perf_counter()
 
     def run(*cmd, **extra):
-        import resource
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN); t0 = time.time()
         done = subprocess.run([str(venv_bin / cmd[0]), *cmd[1:]], env={**env, **extra}, capture_output=True,
                               text=True)
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        print("TIMING", cmd[0], f"wall {time.time()-t0:.1f} cpu {r1.ru_utime-r0.ru_utime + r1.ru_stime-r0.ru_stime:.1f}")
         assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
     run("nnUNetv2_plan_and_preprocess", "-d", "900", "-c", "2d", "--verify_dataset_integrity", "-np", "1",

@@ -24,11 +24,7 @@ N_SLICES = 6
 
 
 def run_cmd(venv_bin: Path, env: dict, *cmd) -> str:
-    import resource, time
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN); t0 = time.time()
     done = subprocess.run([str(venv_bin / cmd[0]), *map(str, cmd[1:])], env=env, capture_output=True, text=True)
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print("TIMING", cmd[0], cmd[1] if len(cmd) > 1 else "", f"wall {time.time()-t0:.1f} cpu {r1.ru_utime-r0.ru_utime + r1.ru_stime-r0.ru_stime:.1f}")
     assert done.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout + done.stderr
 
@@ -71,7 +67,7 @@ def test_nnunet_then_sam_through_nnunet_tools(trained_hippo_2d, cut_case, venv_b
     for f in (f"{case}.nii.gz", f"{case}.npz", f"{case}.pkl", "plans.json", "dataset.json"):
         assert (coarse / f).is_file(), f
     refined = tmp_path / "refined"
-    run_cmd(venv_bin, env, "autosam", "refine", "-i", images, "-c", coarse, "-o", refined, *sam_args)
+    assert main(["refine", "-i", str(images), "-c", str(coarse), "-o", str(refined), *sam_args]) == 0
 
     # 2. `autosam predict`: the same two steps, nnU-Net's softmax passed in memory
     predicted = tmp_path / "predicted"
@@ -120,17 +116,18 @@ def test_nnunet_then_sam_through_nnunet_tools(trained_hippo_2d, cut_case, venv_b
     mean = (probs + load_npz(coarse / f"{case}.npz")) / 2
     assert (seg_ens == mean.argmax(axis=0)).mean() > 0.999
 
-    validation = tmp_path / "validation"  # nnU-Net picks postprocessing on the cross-validation predictions
-    shutil.copytree(model / "fold_0" / "validation", validation)
-    run_cmd(venv_bin, env, "nnUNetv2_determine_postprocessing", "-i", validation, "-ref",
-            trained_hippo_2d["preprocessed"] / "gt_segmentations", "-plans_json", model / "plans.json",
-            "-dataset_json", model / "dataset.json", "-np", "1")
-    assert (validation / "postprocessing.pkl").is_file()
+    # a valid postprocessing.pkl as nnU-Net's determine_postprocessing writes it: keep each label's largest component
+    from nnunetv2.postprocessing.remove_connected_components import remove_all_but_largest_component_from_segmentation
+
+    pp_pkl = tmp_path / "postprocessing.pkl"
+    with open(pp_pkl, "wb") as f:
+        pickle.dump(([remove_all_but_largest_component_from_segmentation], [{"labels_or_regions": [1, 2]}]), f)
     postprocessed = tmp_path / "postprocessed"
     run_cmd(venv_bin, env, "nnUNetv2_apply_postprocessing", "-i", predicted, "-o", postprocessed, "-pp_pkl_file",
-            validation / "postprocessing.pkl", "-np", "1")
+            pp_pkl, "-np", "1")
     seg_pp, _ = io.read_label(postprocessed / f"{case}.nii.gz")
-    assert seg_pp.shape == seg_pred.shape and set(np.unique(seg_pp)) <= {0, 1, 2}
+    expected = remove_all_but_largest_component_from_segmentation(seg_pred.astype(np.uint8), [1, 2])
+    assert np.array_equal(seg_pp, expected)
 
     # autosam's own evaluation (NSD, HD95) of the same folder agrees with nnU-Net's Dice
     assert main(["evaluate", str(labels), str(predicted), "-o", str(tmp_path / "autosam_summary.json")]) == 0

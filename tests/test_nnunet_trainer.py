@@ -142,9 +142,10 @@ def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path):
     split = [{"train": [c for c in cases if c != VAL_CASE], "val": [VAL_CASE]}]  # nnU-Net's own split file
     (tmp_path / "nnUNet_preprocessed" / dataset / "splits_final.json").write_text(json.dumps(split))
 
-    # 1. training + final validation. SAM settings through the environment: boxes also for small fragments of the
-    #    untrained network's noisy masks (the default min_size is 4 pixels)
-    train_env = {**env, "AUTOSAM_MIN_SIZE": "8", "AUTOSAM_BATCH_SIZE": "8", "nnUNet_n_proc_DA": "0",
+    # 1. training + final validation. SAM settings through the environment, other than the defaults: boxes only
+    #    for fragments of >= 8 pixels of the untrained network's noisy masks, SAM's answer replacing them
+    sam_env = {"AUTOSAM_PROMPT": "box", "AUTOSAM_FUSION": "replace", "AUTOSAM_MIN_SIZE": "8"}
+    train_env = {**env, **sam_env, "AUTOSAM_BATCH_SIZE": "8", "nnUNet_n_proc_DA": "0",
                  "AUTOSAM_NNUNET_EPOCHS": "1", "AUTOSAM_NNUNET_ITERATIONS": "3", "AUTOSAM_NNUNET_VAL_ITERATIONS": "1",
                  "AUTOSAM_NNUNET_SEED": "1"}
     out = run_cmd(venv_bin, train_env, "nnUNetv2_train", "951", "2d", "0", "-tr", TRAINER, "-device", "cpu",
@@ -158,7 +159,9 @@ def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path):
         assert (fold / f).is_file(), f
     assert not list((fold / "validation").glob(".tmp*"))
     recorded = json.loads((fold / "autosam_sam.json").read_text())
-    assert recorded["sam"] == "litemedsam" and recorded["refine"]["min_size"] == 8
+    assert recorded["sam"] == "litemedsam"
+    chosen = {k: recorded["refine"][k] for k in ("prompt", "fusion", "min_size")}
+    assert chosen == {"prompt": "box", "fusion": "replace", "min_size": 8}
     refined = seg(fold / "validation" / f"{VAL_CASE}.nii.gz")
     unrefined = seg(fold / "validation_unrefined" / f"{VAL_CASE}.nii.gz")
     assert unrefined.any(), "the tiny nnU-Net model predicted no foreground; SAM was not exercised"
@@ -172,8 +175,8 @@ def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path):
     with np.load(fold / "validation" / f"{VAL_CASE}.npz") as data:
         assert np.array_equal(data["probabilities"].argmax(axis=0), refined)
 
-    # 2. nnUNetv2_predict with the trainer refines with the settings recorded at validation (AUTOSAM_MIN_SIZE is
-    #    not set here), so the validation case comes out as in validation/
+    # 2. nnUNetv2_predict with the trainer refines with the settings recorded at validation (no AUTOSAM_* is set
+    #    here), so the validation case comes out as in validation/
     images = tmp_path / "imagesTs"
     images.mkdir()
     shutil.copy(tmp_path / "nnUNet_raw" / dataset / "imagesTr" / f"{VAL_CASE}_0000.nii.gz", images)

@@ -38,6 +38,7 @@ def folder_dice(pred: Path, dataset: Path, cases) -> dict[str, list[float]]:
     return out
 
 
+@pytest.mark.slow
 def test_train_lowers_loss_writes_checkpoint_and_resumes(tmp_path, capsys):
     model = tmp_path / "model"
     common = ["train-prompter", "-d", HIPPO, "-o", model, "--input-size", 32, "--base", 8, "--iterations", 10,
