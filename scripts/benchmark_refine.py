@@ -56,8 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-cases", type=int, default=12, help="held-out cases scored (default 12)")
     p.add_argument("--train-cases", type=int, default=60, help="cases in the nnU-Net dataset (default 60)")
     p.add_argument("--nnunet-val", type=int, default=4, help="of those, nnU-Net's own validation set (default 4)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--iterations", type=int, default=25, help="training iterations per epoch (default 25)")
+    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--iterations", type=int, default=40, help="training iterations per epoch (default 40)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--prompts", nargs="+", default=["box", "box+points", "box+mask"])
     p.add_argument("--fusions", nargs="+", default=list(fusion_strategies))
@@ -140,12 +140,15 @@ def train_nnunet(work: Path, split: dict, args) -> tuple[Path, dict]:
              "--verify_dataset_integrity", "-np", "1", "-npfp", "1"], env, work / "plan_and_preprocess.log")
     val = split["nnunet_val"]
     io.write_json([{"train": [c for c in split["train"] if c not in val], "val": val}], pre / "splits_final.json")
+    schedule = {"epochs": args.epochs, "iterations": args.iterations, "batch": args.batch}
+    if "epochs" in record and any(record.get(k) != v for k, v in schedule.items()):
+        sys.exit(f"{work} holds a model trained with {record}; use a new --work-dir for {schedule}")
     if not (model / "fold_0" / "checkpoint_final.pth").is_file():
         env["nnUNet_n_proc_DA"] = "0"  # augmentation in the training process: one core
         record["train_s"] = run_logged(
             [str(bin_dir / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"],
             env, work / "train.log")
-        record.update(epochs=args.epochs, iterations=args.iterations, batch=args.batch)
+        record.update(schedule)
         io.write_json(record, record_file)
     return model, record
 
