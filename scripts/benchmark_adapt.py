@@ -258,7 +258,6 @@ def main() -> int:
     times = train_adapters(args, root, work, train)
     rows = evaluate(args, root, info, test, work)
     io.write_json({"rows": rows, "train_seconds": times, "train": train, "test": test}, work / "results.json")
-    d = DEFAULTS[args.dataset]
     scope = f", {args.eval_slices} labelled slices each, scored as 2D slices" if args.eval_slices else ""
     print(f"\n{args.dataset}: {len(test)} held-out test cases{scope}, adapters trained on {len(train)} cases "
           f"(CPU, 1 thread; embedding cache built in {times.get('cache', 0):.0f} s, not included below)\n")

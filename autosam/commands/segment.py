@@ -9,11 +9,10 @@ from typing import Callable, Optional
 
 from .. import export, io
 from ..errors import AutosamError
-from ..fusion import fusion_strategies
 from ..pipeline import progress
-from ..prompts import prompt_strategies
 from ..refine import RefineConfig, refine_case
 from .common import add_sam_arguments, predictor_from_args, sam_args_record
+from .refine import add_refine_arguments, config_from_args
 
 HELP = "segment images fully automatically: a learned prompter prompts SAM (no nnU-Net model needed)"
 
@@ -21,7 +20,6 @@ HELP = "segment images fully automatically: a learned prompter prompts SAM (no n
 def add_parser(sub) -> None:
     from ..prompter import shipped_prompters
 
-    d = RefineConfig()
     shipped = ", ".join(shipped_prompters()) or "none"
     p = sub.add_parser("segment", help=HELP, description=HELP + ". Output as in 'autosam refine'.")
     p.add_argument("-i", "--images", required=True, help="nnU-Net image folder (<case>_0000<file_ending> ...)")
@@ -33,37 +31,12 @@ def add_parser(sub) -> None:
                         "its channels and labels must match the prompter's")
     p.add_argument("--no-sam", action="store_true",
                    help="write the prompter's own coarse segmentation (no SAM)")
-    g = p.add_argument_group("prompts and fusion (as in 'autosam refine')")
-    g.add_argument("--prompt", default=d.prompt, choices=list(prompt_strategies),
-                   help=f"prompt strategy (default {d.prompt})")
-    g.add_argument("--fusion", default=d.fusion, choices=list(fusion_strategies),
-                   help=f"how SAM's answer is fused with the prompter's map (default {d.fusion})")
-    g.add_argument("--margin", type=float, default=d.margin, help=f"box margin (default {d.margin:g})")
-    g.add_argument("--margin-unit", default=d.margin_unit, choices=("mm", "px"),
-                   help=f"unit of --margin (default {d.margin_unit})")
-    g.add_argument("--min-size", type=int, default=d.min_size,
-                   help=f"components smaller than this many pixels get no prompt (default {d.min_size})")
-    g.add_argument("--positive-points", type=int, default=d.n_positive, help="positive points per component")
-    g.add_argument("--negative-points", type=int, default=d.n_negative, help="negative points per component")
-    g.add_argument("--no-fill-gaps", action="store_true",
-                   help="do not prompt a slice that misses a class present on both neighbouring slices")
-    g.add_argument("--weight", type=float, default=None, help="SAM's weight for --fusion average (default 0.5)")
-    g.add_argument("--min-iou", type=float, default=None, help="SAM's predicted IoU needed by --fusion gated")
-    g.add_argument("--min-agreement", type=float, default=None, help="Dice with the coarse slice for --fusion gated")
+    add_refine_arguments(p, coarse="prompter's")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <case>.npz (key 'probabilities') and <case>.pkl, as nnU-Net does")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     add_sam_arguments(p)
     p.set_defaults(run=run)
-
-
-def refine_config(args: argparse.Namespace) -> RefineConfig:
-    options = {k: v for k, v in (("weight", args.weight), ("min_iou", args.min_iou),
-                                 ("min_agreement", args.min_agreement)) if v is not None}
-    return RefineConfig(prompt=args.prompt, fusion=args.fusion, margin=args.margin, margin_unit=args.margin_unit,
-                        min_size=args.min_size, axis=args.axis, fusion_options=options,
-                        n_positive=args.positive_points, n_negative=args.negative_points,
-                        fill_gaps=not args.no_fill_gaps)
 
 
 def images_info(images: Path, prompter, dataset_json: Optional[str] = None) -> io.DatasetInfo:
@@ -155,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     prompter = Prompter.load(args.prompter, device=str(resolve_device(args.device)))
     images = Path(args.images)
     info = images_info(images, prompter, args.dataset_json)
-    config = None if args.no_sam else refine_config(args)
+    config = None if args.no_sam else config_from_args(args)
     if args.no_sam and prompter.mode == "embedding":
         print("note: an embedding-mode prompter always runs SAM's decoder; --no-sam skips only the box refinement",
               file=sys.stderr)
