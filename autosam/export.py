@@ -97,11 +97,15 @@ def case_files(out_dir: str | os.PathLike, case_id: str, file_ending: str, proba
 
 def pending_cases(cases: Sequence[str], out_dir: str | os.PathLike, file_ending: str, probabilities: bool = False,
                   overwrite: bool = False) -> list[str]:
-    """Cases not finished in ``out_dir`` (all with ``overwrite``); a case with probabilities requested is
-    finished only when its segmentation, npz and pkl all exist."""
+    """Cases not finished in ``out_dir`` (all with ``overwrite``; skipped ones are reported on stderr); a case with
+    probabilities requested is finished only when its segmentation, npz and pkl all exist."""
     if overwrite:
         return list(cases)
-    return [c for c in cases if not all(f.is_file() for f in case_files(out_dir, c, file_ending, probabilities))]
+    todo = [c for c in cases if not all(f.is_file() for f in case_files(out_dir, c, file_ending, probabilities))]
+    if len(todo) < len(cases):
+        print(f"{len(cases) - len(todo)} case(s) already in {out_dir}, skipped (use --overwrite to redo them)",
+              file=sys.stderr)
+    return todo
 
 
 def check_probability_layout(info: io.DatasetInfo) -> None:

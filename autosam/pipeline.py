@@ -1,11 +1,10 @@
 """The loop for one case: slices -> prompts -> SAM (each prompted slice encoded once) -> per-class probabilities.
 
-And the loop over a folder: progress bar, skip finished cases, atomic writes, run arguments recorded.
+And the loop over a folder: progress bar, skip finished cases, atomic writes (folders are set up by
+:func:`autosam.export.prepare_folder`).
 """
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,25 +119,6 @@ def segment_case_from_labels(
     return labels_from_probabilities(run.probabilities, info.foreground)
 
 
-def prepare_output_folder(out_dir: str | os.PathLike, info: io.DatasetInfo, run_args: dict) -> Path:
-    """Create ``out_dir`` with the dataset.json and the run's arguments (as nnU-Net prediction folders have)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".tmp*"):  # leftovers of an interrupted run
-        stale.unlink(missing_ok=True)
-    shutil.copyfile(info.path, out / ".dataset.json.partial")
-    os.replace(out / ".dataset.json.partial", out / "dataset.json")
-    io.write_json(run_args, out / "autosam_run.json")
-    return out
-
-
-def pending_cases(cases: Sequence[str], out_dir: Path, file_ending: str, overwrite: bool) -> list[str]:
-    """Cases whose output does not exist yet (all of them with ``overwrite``)."""
-    if overwrite:
-        return list(cases)
-    return [c for c in cases if not (out_dir / f"{c}{file_ending}").exists()]
-
-
 def progress(items: Sequence, desc: str):
     """A tqdm progress bar on stderr (plain iteration when tqdm is unavailable)."""
     try:
@@ -157,10 +137,9 @@ def for_each_case(
     desc: str = "autosam",
 ) -> list[str]:
     """Read each pending case, call ``segment`` on it and write its label map; returns the cases written."""
-    todo = pending_cases(list(cases), out_dir, info.file_ending, overwrite)
-    skipped = len(cases) - len(todo)
-    if skipped:
-        print(f"{skipped} case(s) already in {out_dir}, skipped (use --overwrite to redo them)", file=sys.stderr)
+    from .export import pending_cases
+
+    todo = pending_cases(list(cases), out_dir, info.file_ending, overwrite=overwrite)
     rw = io.reader_writer(info.file_ending)
     for case_id in progress(todo, desc):
         case = io.read_case(case_id, cases[case_id], rw)

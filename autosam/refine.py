@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -199,9 +198,6 @@ def refine_folder(
               "save_probabilities": save_probabilities, "refine": config.to_dict(), **(run_args or {})}
     export.prepare_folder(out, info, record, plans if plans.is_file() else None)
     todo = export.pending_cases(list(cases), out, info.file_ending, save_probabilities, overwrite)
-    if len(todo) < len(cases):
-        print(f"{len(cases) - len(todo)} case(s) already in {out}, skipped (use --overwrite to redo them)",
-              file=sys.stderr)
     predictor = None
     rw = io.reader_writer(info.file_ending)
     for case_id in progress(todo, "refine"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import io, pipeline
+from .. import export, io, pipeline
 from ..errors import AutosamError
 from .common import add_sam_arguments, predictor_from_args, sam_args_record
 
@@ -37,7 +37,7 @@ def oracle_folder(images, labels, output, info: io.DatasetInfo, predictor, axis=
     """Run the oracle on every case of ``images``; returns the cases written."""
     cases = io.list_cases(images, info.file_ending, info.num_channels)
     label_paths = io.label_files(labels, list(cases), info.file_ending)
-    out = pipeline.prepare_output_folder(output, info, run_args or {})
+    out = export.prepare_folder(output, info, run_args or {})
     rw = io.reader_writer(info.file_ending)
 
     def segment(case: io.Case):

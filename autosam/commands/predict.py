@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -67,9 +66,6 @@ def predict_folder(
         export.check_probability_layout(info)
     cases = io.list_cases(images, info.file_ending, info.num_channels)
     todo = export.pending_cases(list(cases), out, info.file_ending, save_probabilities, overwrite)
-    if len(todo) < len(cases):
-        print(f"{len(cases) - len(todo)} case(s) already in {out}, skipped (use --overwrite to redo them)",
-              file=sys.stderr)
     if not todo:
         return []
     nnunet_predictor = make_nnunet()  # a broken model fails here, before the output folder is touched

@@ -101,9 +101,6 @@ def segment_folder(
     if coarse_dir is not None:
         export.prepare_folder(coarse_dir, info, {**record, "refine": None})
     todo = export.pending_cases(list(cases), out, info.file_ending, save_probabilities, overwrite)
-    if len(todo) < len(cases):
-        print(f"{len(cases) - len(todo)} case(s) already in {out}, skipped (use --overwrite to redo them)",
-              file=sys.stderr)
     predictor = None
     rw = io.reader_writer(info.file_ending)
     for case_id in progress(todo, "segment"):
