@@ -34,8 +34,9 @@ class RefineConfig:
     function (``weight`` for average, ``min_iou``/``min_agreement`` for gated).
     """
 
-    prompt: str = "box+points"  # defaults: the best of scripts/refine_prompt_benchmark.py (see README)
-    fusion: str = "union"
+    # defaults: the best non-oracle row of scripts/benchmark_refine.py (real nnU-Net predictions, see README)
+    prompt: str = "box+mask"
+    fusion: str = "gated"
     margin: float = 0.0
     min_size: int = 4
     axis: Optional[int] = None
