@@ -58,7 +58,9 @@ def test_nnunet_then_sam_through_nnunet_tools(trained_hippo_2d, cut_case, venv_b
     env, model = trained_hippo_2d["env"], trained_hippo_2d["model"]
     images, labels, case = cut_case
     # --min-size: the noise-level model marks ~150 specks on these slices; SAM decodes only the ~20 larger ones
-    sam_args = ["--device", "cpu", "--save-probabilities", "--min-size", "40"]
+    # --fusion replace: the default (gated) may rightly keep all of this barely trained model's masks, and the test
+    # must see SAM's voxels reach the output
+    sam_args = ["--device", "cpu", "--save-probabilities", "--min-size", "40", "--fusion", "replace"]
 
     # 1. nnU-Net's own prediction with probabilities, then `autosam refine` on that folder
     coarse = tmp_path / "nnunet"
