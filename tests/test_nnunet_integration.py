@@ -11,7 +11,6 @@ import json
 import math
 import pickle
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,32 +18,21 @@ import pytest
 
 from autosam import io, nnunet
 from autosam.cli import main
+from nnunet_helpers import run_cmd, write_slab
 
 N_SLICES = 6
-
-
-def run_cmd(venv_bin: Path, env: dict, *cmd) -> str:
-    done = subprocess.run([str(venv_bin / cmd[0]), *map(str, cmd[1:])], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
 def cut_case(trained_hippo_2d, tmp_path_factory):
     """The validation case cut to N_SLICES slices through its labels: (imagesTs folder, labels folder, case id)."""
-    import SimpleITK as sitk
-
     case = trained_hippo_2d["val_case"]
     raw = trained_hippo_2d["raw"]
     root = tmp_path_factory.mktemp("cut")
     (root / "imagesTs").mkdir()
     (root / "labelsTs").mkdir()
-    image = sitk.ReadImage(str(raw / "imagesTr" / f"{case}_0000.nii.gz"))
-    label = sitk.ReadImage(str(raw / "labelsTr" / f"{case}.nii.gz"))
-    z = np.nonzero(sitk.GetArrayFromImage(label).any(axis=(1, 2)))[0]
-    start = int((z.min() + z.max()) // 2 - N_SLICES // 2)
-    sitk.WriteImage(image[:, :, start : start + N_SLICES], str(root / "imagesTs" / f"{case}_0000.nii.gz"))
-    sitk.WriteImage(label[:, :, start : start + N_SLICES], str(root / "labelsTs" / f"{case}.nii.gz"))
+    write_slab(raw / "imagesTr" / f"{case}_0000.nii.gz", raw / "labelsTr" / f"{case}.nii.gz",
+               root / "imagesTs" / f"{case}_0000.nii.gz", root / "labelsTs" / f"{case}.nii.gz", N_SLICES)
     return root / "imagesTs", root / "labelsTs", case
 
 

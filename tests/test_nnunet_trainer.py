@@ -21,14 +21,9 @@ import numpy as np
 import pytest
 
 from autosam import io
+from nnunet_helpers import run_cmd, write_slab
 
 TRAINER = "nnUNetTrainerAutoSAM_Short"
-
-
-def run_cmd(venv_bin: Path, env: dict, *cmd) -> str:
-    done = subprocess.run([str(venv_bin / cmd[0]), *map(str, cmd[1:])], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout + done.stderr
 
 
 def documented_env(venv_bin: Path, base: dict) -> dict:
@@ -107,8 +102,6 @@ def seg(path: Path) -> np.ndarray:
 def cut_sample(dst: Path) -> list[str]:
     """The bundled hippocampus sample as ``Dataset951_HippoCut``: every case cut to N_SLICES slices through its
     labels, so that SAM encodes at most N_SLICES slices per case (CPU time). Returns the case ids."""
-    import SimpleITK as sitk
-
     from autosam.sample import sample_dataset
 
     src = sample_dataset("hippocampus")
@@ -117,12 +110,8 @@ def cut_sample(dst: Path) -> list[str]:
     shutil.copy(src / "dataset.json", dst / "dataset.json")
     cases = sorted(f.name[: -len(".nii.gz")] for f in (src / "labelsTr").iterdir())
     for case in cases:
-        label = sitk.ReadImage(str(src / "labelsTr" / f"{case}.nii.gz"))
-        image = sitk.ReadImage(str(src / "imagesTr" / f"{case}_0000.nii.gz"))
-        z = np.nonzero(sitk.GetArrayFromImage(label).any(axis=(1, 2)))[0]
-        start = int((z.min() + z.max()) // 2 - N_SLICES // 2)
-        sitk.WriteImage(image[:, :, start:start + N_SLICES], str(dst / "imagesTr" / f"{case}_0000.nii.gz"))
-        sitk.WriteImage(label[:, :, start:start + N_SLICES], str(dst / "labelsTr" / f"{case}.nii.gz"))
+        write_slab(src / "imagesTr" / f"{case}_0000.nii.gz", src / "labelsTr" / f"{case}.nii.gz",
+                   dst / "imagesTr" / f"{case}_0000.nii.gz", dst / "labelsTr" / f"{case}.nii.gz", N_SLICES)
     return cases
 
 
