@@ -129,6 +129,13 @@ def check(settings: dict) -> dict:
             if not path.exists():
                 raise AutosamError(f"SAM {key} not found: {path} (AUTOSAM_{key.upper()})")
             settings[key] = str(path)
+    if settings.get("adapter"):  # a wrong adapter fails now, not when validation starts after training
+        from autosam.adapt.config import read_config
+
+        base = read_config(settings["adapter"]).base
+        if base != settings["sam"]:
+            raise AutosamError(f"{settings['adapter']}: adapter was trained on backend {base}, but the SAM backend "
+                               f"is {settings['sam']} (AUTOSAM_SAM); set AUTOSAM_SAM={base}")
     refine_config(settings).check()
     return settings
 

@@ -1,25 +1,29 @@
 #!/usr/bin/env python
 """Benchmark of SAM adaptation (``autosam finetune``): frozen LiteMedSAM vs decoder fine-tuning, LoRA and the
-DeSAM-style decoder, on held-out cases, with (a) boxes from the reference labels and (b) degraded boxes.
+DeSAM-style decoder, on held-out cases, with boxes from the reference labels and with automatic prompts.
 
 Held-out split: the cases (hc18: subjects) of each dataset are shuffled with a fixed seed; the first
 ``--test-cases`` are the test set, the next ``--train-cases`` the training set. The bundled sample cases (and
-hc18 subjects 719, 800, 801) are never used. Nothing is tuned on the test cases.
+hc18 subjects 719, 800, 801) are never used. Nothing is tuned on the test cases, and the run stops if the
+prompter was trained on one of them (its ``splits.json``).
 
-Prompts at test time, one box per connected component per slice, as ``autosam oracle`` does:
-- ``gt``: the tight box of the reference label;
-- ``degraded``: each such box rescaled by a factor drawn in [0.8, 1.25] per axis (erosion/dilation of the
-  object) and its centre shifted by N(0, 0.1 x side) per axis (seeded per case); a stand-in for the boxes
-  an automatic prompter would give.
+Prompts at test time, one box per connected component per slice:
+- ``gt``: the tight box of the reference label (as ``autosam oracle``);
+- ``degraded``: each such box rescaled by a factor drawn in [0.8, 1.25] per axis and its centre shifted by
+  N(0, 0.1 x side) per axis (seeded per case): a synthetic stand-in for a poor prompter;
+- ``prompter``: automatic: the boxes of the shipped prompter's coarse map (``autosam segment --prompt box``:
+  components of >= 4 pixels, gaps between slices filled). Its rows also give the gated fusion of SAM's masks
+  with the prompter's map (``--fusion gated``), and a ``prompter alone`` row scores the coarse map itself.
 
-Metrics per case and label, averaged over labels then cases: Dice, and NSD (normalised surface Dice) at a
-tolerance of 1 mm (hippocampus, 1 voxel) or 2 mm (hc18, with each image's pixel size from
-``pixel_size_and_HC.csv``). Seconds per case = encoder time of the prompted
-slices + decoding (frozen-encoder models share one encoding of each slice, whose time is charged to each).
+Metrics per case and label (whole cases, 3D for volumes), averaged over labels then cases: Dice, and NSD
+(normalised surface Dice) at a tolerance of 1 mm (hippocampus) or 2 mm (hc18, with each image's pixel size
+from ``pixel_size_and_HC.csv``). Seconds per case = encoder time of the prompted slices + decoding (models
+with a frozen encoder share one encoding of each slice, whose time is charged to each); the prompter's own
+time is in its ``prompter alone`` row.
 
-Run (CPU, one thread; about an hour):
-    OMP_NUM_THREADS=1 python scripts/benchmark_adapt.py --dataset hippocampus
+Run (CPU, one thread each; the two datasets can run side by side, about 50 minutes on 2 cores):
     OMP_NUM_THREADS=1 python scripts/benchmark_adapt.py --dataset hc18
+    OMP_NUM_THREADS=1 python scripts/benchmark_adapt.py --dataset hippocampus
 Work files go to --work (default /tmp/autosam_benchmark_adapt); reruns reuse finished adapters.
 """
 from __future__ import annotations
@@ -42,9 +46,10 @@ warnings.filterwarnings("ignore")
 
 from autosam import io, pipeline, slicing  # noqa: E402
 from autosam.adapt.config import PromptNoise  # noqa: E402
-from autosam.adapt.data import group_of, labelled_slices  # noqa: E402
+from autosam.adapt.data import group_of  # noqa: E402
 from autosam.adapt.train import finetune  # noqa: E402
 from autosam.prompts import ClassPrompt  # noqa: E402
+from autosam.refine import RefineConfig, refine_case  # noqa: E402
 from autosam.sam import SamPredictor, build_sam  # noqa: E402
 from autosam.sam import transforms as T  # noqa: E402
 
@@ -54,11 +59,13 @@ SAMPLE = {"hippocampus": ["hippocampus_148", "hippocampus_149", "hippocampus_165
 GROUP = {"hippocampus": None, "hc18": r"^[^_]+"}
 TOLERANCE = {"hippocampus": 1.0, "hc18": 2.0}  # mm (hc18: pixel size from pixel_size_and_HC.csv)
 #: per-dataset defaults: train cases, slices per case, epochs of decoder/desam, LoRA steps
-DEFAULTS = {"hippocampus": dict(train=20, slices=6, epochs=4, lora_steps=25),
-            "hc18": dict(train=30, slices=0, epochs=20, lora_steps=25)}
+DEFAULTS = {"hippocampus": dict(train=20, slices=6, epochs=4, lora_steps=40),
+            "hc18": dict(train=30, slices=0, epochs=20, lora_steps=40)}
 #: learning rates: MedSAM's 1e-4 for the pretrained decoder; new modules (DeSAM mask module, LoRA factors
 #: starting at zero) get 5e-4 because the CPU budget allows only a few dozen steps
 LR = {"decoder": 1e-4, "desam": 5e-4, "lora": 5e-4}
+#: LoRA's mask decoder is pretrained: it keeps MedSAM's 1e-4 while the LoRA factors take LR["lora"]
+DECODER_LR = {"lora": 1e-4}
 
 
 class MemoPredictor(SamPredictor):
@@ -157,10 +164,13 @@ def train_adapters(args, root: Path, work: Path, train_cases: list[str]) -> dict
         t = time.time()
         if method == "lora":
             finetune(root, work / method, method="lora", rank=args.rank, epochs=1, batch_size=2, lr=LR[method],
+                     decoder_lr=DECODER_LR["lora"],
                      iterations_per_epoch=args.lora_steps or d["lora_steps"], **common)
         else:
-            finetune(root, work / method, method=method, epochs=args.epochs or d["epochs"], batch_size=8,
-                     lr=LR[method], **common)
+            epochs = args.epochs or d["epochs"]
+            if method == "desam":  # its mask module starts from scratch: three times the decoder's epochs
+                epochs = args.desam_epochs or 3 * epochs
+            finetune(root, work / method, method=method, epochs=epochs, batch_size=8, lr=LR[method], **common)
         times[method] = time.time() - t
         io.write_json(times, times_file)
     return times
@@ -176,55 +186,84 @@ def pixel_sizes(root: Path) -> dict[str, float]:
     return {ln.split(",")[0]: float(ln.split(",")[col]) for ln in lines[1:] if ln.strip()}
 
 
+def scores(seg: np.ndarray, label: np.ndarray, labels, spacing, tol: float) -> np.ndarray:
+    """(Dice, NSD) of a whole case, averaged over the foreground labels."""
+    return np.mean([dice_nsd(seg == v, label == v, spacing, tol) for v in labels], axis=0)
+
+
+def load_prompter(args, test_cases: list[str]):
+    """The prompter for automatic prompts; refuses one whose training split holds a test case."""
+    from autosam.prompter import Prompter
+
+    prompter = Prompter.load(args.prompter or args.dataset)
+    split_file = prompter.folder / "splits.json"
+    trained_on = set(json.loads(split_file.read_text())["train"]) if split_file.is_file() else None
+    if trained_on is None:
+        raise SystemExit(f"{prompter.folder}: no splits.json, so the test cases cannot be checked as unseen")
+    seen = sorted(trained_on & set(test_cases))
+    if seen:
+        raise SystemExit(f"prompter {prompter.folder} was trained on test cases {seen}; choose another split")
+    return prompter
+
+
 def evaluate(args, root: Path, info: io.DatasetInfo, test_cases: list[str], work: Path) -> list[dict]:
     files = io.list_cases(root / "imagesTr", info.file_ending, info.num_channels)
     mm = pixel_sizes(root)
     rw = io.reader_writer(info.file_ending)
-    data = []
-    for case in test_cases:
+    tol = TOLERANCE[args.dataset]
+    prompter = load_prompter(args, test_cases) if "prompter" in args.prompts else None
+    data, rows, prompter_scores, prompter_seconds = [], [], [], []
+    for case in pipeline.progress(test_cases, "read + prompter"):
         c = io.read_case(case, files[case], rw)
         label, _ = io.read_label(root / "labelsTr" / f"{case}{info.file_ending}", rw)
         axis = slicing.choose_axis(c.spacing, label.shape)
-        image = T.normalize_case(c.image, info.channel_names)
         gt = pipeline.oracle_prompts(label, axis, info.foreground)
-        if args.eval_slices:  # a few evenly spread labelled slices per case, scored slice by slice
-            keep = set(labelled_slices(label, axis, args.eval_slices))
-            gt = [cp for cp in gt if cp.prompt.slice_index in keep]
         hw = slicing.to_slices(label[None], axis).shape[-2:]
         rng = np.random.default_rng([args.seed, zlib.crc32(case.encode())])
         spacing = (1.0, mm[case], mm[case]) if case in mm else c.spacing
-        data.append((case, image, label, axis, spacing, {"gt": gt, "degraded": degraded(gt, hw, rng)}))
-    rows, frozen_memo = [], {}
+        coarse = None
+        if prompter is not None:
+            t = time.perf_counter()
+            coarse = prompter.coarse(c, axis=axis)
+            prompter_seconds.append(time.perf_counter() - t)
+            prompter_scores.append(scores(coarse[0], label, info.foreground, spacing, tol))
+        data.append((c, label, axis, spacing, {"gt": gt, "degraded": degraded(gt, hw, rng)}, coarse))
+    if prompter is not None:
+        s = np.array(prompter_scores)
+        rows.append({"method": "prompter alone", "prompts": "-", "dice": float(s[:, 0].mean()),
+                     "nsd": float(s[:, 1].mean()), "s_per_case": float(np.mean(prompter_seconds)), "cases": len(data)})
+    refine = RefineConfig(prompt="box", fusion="gated")
+    frozen_memo: dict = {}
     for method in args.methods:
         model = build_sam("litemedsam", adapter=None if method == "frozen" else str(work / method))
         model = model.to("cpu").eval()
         memo = {} if method == "lora" else frozen_memo
-        for kind in ("gt", "degraded"):
+        for kind in args.prompts:
             predictor = MemoPredictor(model, memo)
-            scores, seconds = [], []
-            for case, image, label, axis, spacing, prompts in pipeline.progress(data, f"{method}/{kind}"):
+            sam_scores, fused_scores, seconds = [], [], []
+            for c, label, axis, spacing, prompts, coarse in pipeline.progress(data, f"{method}/{kind}"):
                 predictor.charged = 0.0
                 t = time.perf_counter()
                 before = set(memo)
-                run = pipeline.run_sam(predictor, image, axis, prompts[kind], info.foreground)
+                if kind == "prompter":
+                    result = refine_case(predictor, c, info, coarse[0], coarse[1], refine)
+                    run = result.sam
+                    fused_scores.append(scores(result.segmentation, label, info.foreground, spacing, tol))
+                else:
+                    image = T.normalize_case(c.image, info.channel_names)
+                    run = pipeline.run_sam(predictor, image, axis, prompts[kind], info.foreground)
                 wall = time.perf_counter() - t
                 fresh = sum(memo[k][1] for k in set(memo) - before)  # encoding done inside this call
                 seconds.append(wall - fresh + predictor.charged)
                 seg = pipeline.labels_from_probabilities(run.probabilities, info.foreground)
-                tol = TOLERANCE[args.dataset]
-                if args.eval_slices:
-                    keep = sorted({cp.prompt.slice_index for cp in prompts["gt"]})
-                    seg_s, lab_s = (slicing.to_slices(x[None], axis)[keep, 0] for x in (seg, label))
-                    sp = tuple(s for a, s in enumerate(spacing) if a != axis)
-                    per_label = [dice_nsd(seg_s[i][None] == v, lab_s[i][None] == v, (1.0,) + sp, tol)
-                                 for i in range(len(keep)) for v in info.foreground]
-                else:
-                    per_label = [dice_nsd(seg == v, label == v, spacing, tol) for v in info.foreground]
-                scores.append(np.mean(per_label, axis=0))
-            scores = np.array(scores)
-            rows.append({"method": method, "prompts": kind, "dice": float(scores[:, 0].mean()),
-                         "nsd": float(scores[:, 1].mean()), "s_per_case": float(np.mean(seconds)),
-                         "cases": len(data)})
+                sam_scores.append(scores(seg, label, info.foreground, spacing, tol))
+            s = np.array(sam_scores)
+            row = {"method": method, "prompts": kind, "dice": float(s[:, 0].mean()), "nsd": float(s[:, 1].mean()),
+                   "s_per_case": float(np.mean(seconds)), "cases": len(data)}
+            if fused_scores:
+                f = np.array(fused_scores)
+                row.update(fused_dice=float(f[:, 0].mean()), fused_nsd=float(f[:, 1].mean()))
+            rows.append(row)
             print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
@@ -241,8 +280,9 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lora-steps", type=int, default=None)
     p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--eval-slices", type=int, default=0,
-                   help="score only N evenly spread labelled slices per test case, each as a 2D image (0 = whole case)")
+    p.add_argument("--prompts", nargs="+", default=["gt", "degraded", "prompter"], choices=["gt", "degraded", "prompter"])
+    p.add_argument("--prompter", default=None, help="prompter folder or shipped name (default: the dataset's)")
+    p.add_argument("--desam-epochs", type=int, default=None, help="default: 3 x the decoder's epochs")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -258,14 +298,15 @@ def main() -> int:
     times = train_adapters(args, root, work, train)
     rows = evaluate(args, root, info, test, work)
     io.write_json({"rows": rows, "train_seconds": times, "train": train, "test": test}, work / "results.json")
-    scope = f", {args.eval_slices} labelled slices each, scored as 2D slices" if args.eval_slices else ""
-    print(f"\n{args.dataset}: {len(test)} held-out test cases{scope}, adapters trained on {len(train)} cases "
+    print(f"\n{args.dataset}: {len(test)} held-out test cases, adapters trained on {len(train)} cases "
           f"(CPU, 1 thread; embedding cache built in {times.get('cache', 0):.0f} s, not included below)\n")
-    print("| model | train time (s) | prompts | Dice | NSD | s/case |")
-    print("|---|---:|---|---:|---:|---:|")
+    print("| model | train time (s) | prompts | Dice | NSD | gated fusion Dice | gated fusion NSD | s/case |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        t = "-" if r["method"] == "frozen" else f"{times.get(r['method'], float('nan')):.0f}"
-        print(f"| {r['method']} | {t} | {r['prompts']} | {r['dice']:.4f} | {r['nsd']:.4f} | {r['s_per_case']:.1f} |")
+        t = f"{times[r['method']]:.0f}" if r["method"] in times else "-"
+        fused = (f"{r['fused_dice']:.4f} | {r['fused_nsd']:.4f}" if "fused_dice" in r else "- | -")
+        print(f"| {r['method']} | {t} | {r['prompts']} | {r['dice']:.4f} | {r['nsd']:.4f} | {fused} | "
+              f"{r['s_per_case']:.1f} |")
     return 0
 
 

@@ -39,6 +39,31 @@ def cli_env() -> dict:
     return env
 
 
+@pytest.fixture(scope="session")
+def adapter_cache_dir(tmp_path_factory):
+    """Embedding cache shared by the adapter trainings of a test session."""
+    return tmp_path_factory.mktemp("embedding_cache")
+
+
+#: the bundled hc18 cases the shared decoder adapter trains on; 801_HC stays unseen
+ADAPTER_TRAIN = ["719_HC", "800_HC"]
+
+
+@pytest.fixture(scope="session")
+def decoder_adapter(tmp_path_factory, adapter_cache_dir):
+    """A LiteMedSAM decoder adapter (3 steps on two bundled hc18 images): ``(folder, FinetuneResult)``.
+
+    Its weights differ from the base model's, so any verb given ``--adapter`` gives different probabilities."""
+    from autosam.adapt.train import finetune
+    from autosam.sample import sample_dataset
+
+    folder = tmp_path_factory.mktemp("adapters") / "decoder"
+    result = finetune(sample_dataset("hc18"), folder, method="decoder", epochs=3, batch_size=2, lr=1e-4,
+                      val_fraction=0.0, cases=ADAPTER_TRAIN, cache_dir=adapter_cache_dir, device="cpu",
+                      log=lambda m: None)
+    return folder, result
+
+
 # --- nnU-Net (integration) ---------------------------------------------------------------------------------------
 # A tiny nnU-Net 2d model trained once per session on the bundled hippocampus sample (real nnU-Net commands, CPU).
 # Its weights are nearly untrained (a couple of iterations): good for plumbing, not for scores.

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from autosam.adapt import PromptNoise, add_lora, adapter_state, load_adapter, read_config
+from autosam.adapt import PromptNoise, add_lora, adapter_state, load_adapter, prepare_model, read_config
 from autosam.adapt.cache import EmbeddingCache, cache_folder
 from autosam.adapt.data import group_of, split_cases
 from autosam.adapt.lora import LoRALinear
@@ -22,23 +22,16 @@ from autosam.prompts import bounding_box
 from autosam.sam import build_sam
 from autosam.sam import transforms as T
 from autosam.sample import sample_dataset
+from conftest import ADAPTER_TRAIN
 
 HC18 = sample_dataset("hc18")
-TRAIN = ["719_HC", "800_HC"]
+TRAIN = ADAPTER_TRAIN
 NO_NOISE = PromptNoise(jitter=0.0, margin=0.0)
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("embedding_cache")
-
-
-@pytest.fixture(scope="module")
-def decoder_adapter(tmp_path_factory, cache_dir):
-    folder = tmp_path_factory.mktemp("adapters") / "decoder"
-    result = finetune(HC18, folder, method="decoder", epochs=3, batch_size=2, lr=1e-4, val_fraction=0.0,
-                      cases=TRAIN, cache_dir=cache_dir, device="cpu", log=lambda m: None)
-    return folder, result
+@pytest.fixture
+def cache_dir(adapter_cache_dir):
+    return adapter_cache_dir
 
 
 def _loss(model, cache_dir, noise=NO_NOISE) -> float:
@@ -99,6 +92,24 @@ def test_lora_adds_rank_times_in_plus_out_per_qkv_and_leaves_base_untouched():
     assert sum(isinstance(m, LoRALinear) for m in model.modules()) == len(qkv)
     with torch.no_grad():
         assert torch.equal(model.embed(canvas), before)  # B = 0: a fresh adapter changes nothing
+
+
+def test_new_modules_and_sam_weights_get_their_own_learning_rates():
+    from autosam.adapt.config import AdapterConfig
+    from autosam.adapt.lora import is_lora_parameter
+    from autosam.adapt.train import parameter_groups
+
+    config = AdapterConfig(base="litemedsam", method="lora", rank=2, lr=5e-4, decoder_lr=1e-4)
+    model = prepare_model(build_sam("litemedsam"), config)
+    new, own = parameter_groups(model, config)
+    assert (new["lr"], own["lr"]) == (5e-4, 1e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(is_lora_parameter(names[id(p)]) for p in new["params"])
+    assert all(names[id(p)].startswith("mask_decoder.") for p in own["params"])
+    assert len(new["params"]) + len(own["params"]) == sum(p.requires_grad for p in model.parameters())
+    single = AdapterConfig(base="litemedsam", method="decoder", lr=3e-4)
+    (group,) = parameter_groups(prepare_model(build_sam("litemedsam"), single), single)
+    assert group["lr"] == 3e-4
 
 
 @pytest.mark.slow
@@ -225,3 +236,41 @@ def test_embedding_cache_matches_the_encoder_and_is_reused(tmp_path, litemedsam)
 
     again = cache.get("801_HC", 0, [0], must_not_encode)
     assert isinstance(again, np.memmap) and np.array_equal(again, emb)
+
+
+@pytest.mark.slow
+def test_adapter_reaches_segment_and_refine(decoder_adapter, tmp_path, capsys):
+    """``--adapter`` in the verbs that run SAM: the adapted model answers (other probabilities than the base
+    model's), the run records it, and ``refine`` of the prompter's map equals ``segment`` with the same adapter."""
+    folder, _ = decoder_adapter
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    shutil.copy(HC18 / "imagesTr" / "801_HC_0000.png", images)  # not one of the adapter's training images
+    common = ["-i", str(images), "--prompter", "hc18", "--save-probabilities", "--device", "cpu", "--prompt", "box",
+              "--fusion", "replace"]
+    adapted = ["--adapter", str(folder)]
+    assert main(["segment", *common, "-o", str(tmp_path / "base")]) == 0
+    assert main(["segment", *common, "-o", str(tmp_path / "adapted"), *adapted]) == 0
+    assert main(["segment", *common, "-o", str(tmp_path / "coarse"), "--no-sam"]) == 0
+    assert main(["refine", "-i", str(images), "-c", str(tmp_path / "coarse"), "-o", str(tmp_path / "refined"),
+                 "--save-probabilities", "--device", "cpu", "--prompt", "box", "--fusion", "replace", *adapted]) == 0
+
+    def probabilities(name: str) -> np.ndarray:
+        with np.load(tmp_path / name / "801_HC.npz") as data:
+            return data["probabilities"]
+
+    assert np.abs(probabilities("adapted") - probabilities("base")).max() > 1e-3
+    np.testing.assert_allclose(probabilities("refined"), probabilities("adapted"), atol=1e-4)
+    for name in ("adapted", "refined"):
+        assert json.loads((tmp_path / name / "autosam_run.json").read_text())["adapter"] == str(folder)
+    assert json.loads((tmp_path / "base" / "autosam_run.json").read_text())["adapter"] is None
+
+    # an adapter for another backend: one line, exit 2, no output folder
+    other = tmp_path / "vit_b_adapter"
+    shutil.copytree(folder, other)
+    config = json.loads((other / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps({**config, "base": "sam_vit_b"}))
+    capsys.readouterr()
+    assert main(["segment", *common, "-o", str(tmp_path / "refused"), "--adapter", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "sam_vit_b" in err and "litemedsam" in err and "Traceback" not in err

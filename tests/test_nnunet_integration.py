@@ -42,13 +42,17 @@ def load_npz(path: Path) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_nnunet_then_sam_through_nnunet_tools(trained_hippo_2d, cut_case, venv_bin, tmp_path, capsys):
+def test_nnunet_then_sam_through_nnunet_tools(trained_hippo_2d, cut_case, decoder_adapter, venv_bin, tmp_path,
+                                              capsys):
     env, model = trained_hippo_2d["env"], trained_hippo_2d["model"]
+    adapter = str(decoder_adapter[0])
     images, labels, case = cut_case
     # --min-size: the noise-level model marks ~150 specks on these slices; SAM decodes only the ~20 larger ones
     # --fusion replace: the default (gated) may rightly keep all of this barely trained model's masks, and the test
     # must see SAM's voxels reach the output
-    sam_args = ["--device", "cpu", "--save-probabilities", "--min-size", "40", "--fusion", "replace"]
+    # --adapter: an adapted SAM (a decoder adapter from autosam finetune) in both verbs
+    sam_args = ["--device", "cpu", "--save-probabilities", "--min-size", "40", "--fusion", "replace",
+                "--adapter", adapter]
 
     # 1. nnU-Net's own prediction with probabilities, then `autosam refine` on that folder
     coarse = tmp_path / "nnunet"
@@ -69,7 +73,7 @@ def test_nnunet_then_sam_through_nnunet_tools(trained_hippo_2d, cut_case, venv_b
         assert (predicted / f).is_file(), f
     assert not list(predicted.glob(".tmp*"))
     record = json.loads((predicted / "autosam_run.json").read_text())
-    assert record["verb"] == "predict" and record["folds"] == ["0"]
+    assert record["verb"] == "predict" and record["folds"] == ["0"] and record["adapter"] == adapter
 
     seg_nn, _ = io.read_label(coarse / f"{case}.nii.gz")
     seg_refined, _ = io.read_label(refined / f"{case}.nii.gz")

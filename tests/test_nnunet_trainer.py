@@ -66,9 +66,18 @@ def test_settings_from_environment_are_checked(tmp_path):
     assert settings["refine"]["fusion"] == "union"  # from the JSON next to the plans
     assert settings["refine"]["margin"] == 3.0 and settings["refine"]["axis"] == 2  # the environment wins
     for bad in ({"AUTOSAM_PROMPT": "nonsense"}, {"AUTOSAM_MIN_SIZE": "x"}, {"AUTOSAM_SAM": "sam_vit_q"},
-                {"AUTOSAM_CHECKPOINT": str(tmp_path / "missing.pth")}):
+                {"AUTOSAM_CHECKPOINT": str(tmp_path / "missing.pth")},
+                {"AUTOSAM_ADAPTER": str(tmp_path / "missing_adapter")}):
         with pytest.raises(AutosamError):
             autosam_settings.resolve(None, env=bad)
+    # an adapter for another backend is refused before any training starts, naming both backends
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base": "sam_vit_b", "method": "decoder"}))
+    with pytest.raises(AutosamError, match="sam_vit_b.*litemedsam"):
+        autosam_settings.resolve(None, env={"AUTOSAM_ADAPTER": str(adapter)})
+    assert autosam_settings.resolve(None, env={"AUTOSAM_ADAPTER": str(adapter), "AUTOSAM_SAM": "sam_vit_b",
+                                               "AUTOSAM_CHECKPOINT": str(adapter / "adapter_config.json")})
     recorded = tmp_path / "model" / "fold_0"
     autosam_settings.record(settings, recorded, {"device": "cpu", "batch_size": 4}, by="test")
     assert autosam_settings.load_recorded(tmp_path / "model", [0]) == settings
@@ -116,7 +125,7 @@ def cut_sample(dst: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path):
+def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path, decoder_adapter):
     """Plan, train (1 epoch x 3 iterations, CPU), validate with SAM, predict and select, all through nnU-Net's
     console scripts in an environment holding only the documented ``autosam nnunet-env`` line."""
     dataset = "Dataset951_HippoCut"
@@ -132,8 +141,11 @@ def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path):
     (tmp_path / "nnUNet_preprocessed" / dataset / "splits_final.json").write_text(json.dumps(split))
 
     # 1. training + final validation. SAM settings through the environment, other than the defaults: boxes only
-    #    for fragments of >= 8 pixels of the untrained network's noisy masks, SAM's answer replacing them
-    sam_env = {"AUTOSAM_PROMPT": "box", "AUTOSAM_FUSION": "replace", "AUTOSAM_MIN_SIZE": "8"}
+    #    for fragments of >= 8 pixels of the untrained network's noisy masks, SAM's answer replacing them, and
+    #    LiteMedSAM with a decoder adapter from autosam finetune
+    adapter = str(decoder_adapter[0].resolve())
+    sam_env = {"AUTOSAM_PROMPT": "box", "AUTOSAM_FUSION": "replace", "AUTOSAM_MIN_SIZE": "8",
+               "AUTOSAM_ADAPTER": adapter}
     train_env = {**env, **sam_env, "AUTOSAM_BATCH_SIZE": "8", "nnUNet_n_proc_DA": "0",
                  "AUTOSAM_NNUNET_EPOCHS": "1", "AUTOSAM_NNUNET_ITERATIONS": "3", "AUTOSAM_NNUNET_VAL_ITERATIONS": "1",
                  "AUTOSAM_NNUNET_SEED": "1"}
@@ -148,7 +160,7 @@ def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path):
         assert (fold / f).is_file(), f
     assert not list((fold / "validation").glob(".tmp*"))
     recorded = json.loads((fold / "autosam_sam.json").read_text())
-    assert recorded["sam"] == "litemedsam"
+    assert recorded["sam"] == "litemedsam" and recorded["adapter"] == adapter
     chosen = {k: recorded["refine"][k] for k in ("prompt", "fusion", "min_size")}
     assert chosen == {"prompt": "box", "fusion": "replace", "min_size": 8}
     refined = seg(fold / "validation" / f"{VAL_CASE}.nii.gz")
@@ -173,7 +185,7 @@ def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path):
     predict = ["nnUNetv2_predict", "-i", images, "-o", predicted, "-d", "951", "-c", "2d", "-tr", TRAINER, "-f", "0",
                "-device", "cpu", "-npp", "1", "-nps", "1"]
     out = run_cmd(venv_bin, env, *predict)
-    assert "predictions will be refined with SAM litemedsam" in out
+    assert f"predictions will be refined with SAM litemedsam, adapter={adapter}" in out
     assert json.loads((predicted / "autosam_sam.json").read_text())["refine"] == recorded["refine"]
     for f in (f"{VAL_CASE}.nii.gz", "dataset.json", "plans.json", f"unrefined/{VAL_CASE}.nii.gz"):
         assert (predicted / f).is_file(), f

@@ -59,7 +59,8 @@ class AdapterConfig:
     desam_channels: int = 64  # method desam: width of the prompt-invariant mask module
     epoch: int = 0  # epochs finished
     epochs: int = 0  # epochs asked for
-    lr: float = 1e-4
+    lr: float = 1e-4  # new modules (LoRA factors, DeSAM mask module); also SAM's own weights unless decoder_lr
+    decoder_lr: Optional[float] = None  # SAM's own trained weights (decoder, heads, encoder); None: lr
     batch_size: int = 8
     loss: str = "dice_bce"
     seed: int = 0

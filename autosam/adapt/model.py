@@ -26,6 +26,11 @@ def is_trainable(name: str, config: AdapterConfig) -> bool:
     return config.train_encoder and name.startswith("image_encoder.")
 
 
+def is_new_parameter(name: str) -> bool:
+    """Whether ``name`` belongs to a module the method adds (LoRA factors, the DeSAM mask module), not to SAM."""
+    return is_lora_parameter(name) or name.startswith("mask_decoder.mask_module.")
+
+
 def prepare_model(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Add the method's modules to ``model`` (in place) and set ``requires_grad`` to what the method trains.
 

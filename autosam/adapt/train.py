@@ -23,7 +23,7 @@ from .cache import EmbeddingCache, cache_folder
 from .config import CONFIG_NAME, SPLIT_NAME, STATE_NAME, WEIGHTS_NAME, AdapterConfig, PromptNoise
 from .data import Sample, TrainSlice, make_samples, read_training_case, select_cases, split_cases
 from .losses import LOSSES, hard_dice, hard_iou, mask_loss
-from .model import adapter_state, prepare_model, save_adapter
+from .model import adapter_state, is_new_parameter, prepare_model, save_adapter
 from .noise import prompt_kind, sample_prompt
 
 
@@ -162,6 +162,7 @@ def finetune(
     desam_channels: int = 64,
     prompt_noise: Optional[PromptNoise] = None,
     lr: float = 1e-4,
+    decoder_lr: Optional[float] = None,
     batch_size: int = 8,
     loss: str = "dice_bce",
     val_fraction: float = 0.2,
@@ -202,7 +203,8 @@ def finetune(
             base=base, method=method, rank=rank if method == "lora" else None,
             lora_alpha=(float(rank) if lora_alpha is None else lora_alpha) if method == "lora" else None,
             train_encoder=train_encoder and method == "decoder", desam_channels=desam_channels, epochs=epochs,
-            lr=lr, batch_size=batch_size, loss=loss, seed=seed, axis=axis, dataset=str(dataset_dir.resolve()),
+            lr=lr, decoder_lr=decoder_lr, batch_size=batch_size, loss=loss, seed=seed, axis=axis,
+            dataset=str(dataset_dir.resolve()),
             labels=dict(info.labels), prompt_noise=prompt_noise or PromptNoise(), base_checkpoint=checkpoint,
             autosam_version=__version__,
         )
@@ -213,8 +215,7 @@ def finetune(
     dev = resolve_device(device)
     model = prepare_model(build_sam(config.base, config.base_checkpoint), config).to(dev)
     model.eval()  # no dropout, BatchNorm statistics stay the base model's; gradients still flow
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), weight_decay=1e-4)
     if state is not None:
         named = dict(model.named_parameters())
         with torch.no_grad():
@@ -231,7 +232,7 @@ def finetune(
         raise AutosamError(f"{dataset_dir}: no labelled slices in the training cases")
     log(f"{config.method} on {config.base}: {len(train.samples)} training samples from {len(split['train'])} "
         f"case(s), {len(val.samples)} validation samples from {len(split['val'])} case(s); "
-        f"{sum(p.numel() for p in params)} trained parameters")
+        f"{sum(p.numel() for g in optimizer.param_groups for p in g['params'])} trained parameters")
     noise = config.prompt_noise
     for epoch in range(config.epoch, config.epochs):
         rng = np.random.default_rng([config.seed, epoch])
@@ -260,6 +261,16 @@ def finetune(
         log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         _checkpoint(model, optimizer, config, split, folder)
     return FinetuneResult(config, model)
+
+
+def parameter_groups(model: torch.nn.Module, config: AdapterConfig) -> list[dict]:
+    """The trained parameters in two groups: new modules at ``lr``, SAM's own weights at ``decoder_lr`` (or ``lr``)."""
+    new, pretrained = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (new if is_new_parameter(name) else pretrained).append(p)
+    own_lr = config.lr if config.decoder_lr is None else config.decoder_lr
+    return [g for g in ({"params": new, "lr": config.lr}, {"params": pretrained, "lr": own_lr}) if g["params"]]
 
 
 def _checkpoint(model, optimizer, config: AdapterConfig, split: dict, folder: Path) -> None:

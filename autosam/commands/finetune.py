@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (scale = alpha/rank; default rank)")
     p.add_argument("--train-encoder", action="store_true", help="method decoder: train the image encoder too")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--decoder-lr", type=float, default=None,
+                   help="learning rate of SAM's own trained weights (mask decoder, heads; the encoder with "
+                        "--train-encoder) when the new modules (LoRA, DeSAM mask module) take --lr (default: --lr)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per step (default 8)")
     p.add_argument("--loss", default="dice_bce", choices=("dice_bce", "dice_focal"), help="mask loss (default dice_bce)")
     g = p.add_argument_group("prompt noise (relative to the box side)")
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     config = finetune(
         args.dataset, args.output, base=args.sam, checkpoint=args.checkpoint, method=args.method, epochs=args.epochs,
         rank=args.rank, lora_alpha=args.lora_alpha, train_encoder=args.train_encoder, prompt_noise=noise, lr=args.lr,
+        decoder_lr=args.decoder_lr,
         batch_size=args.batch_size, loss=args.loss, val_fraction=args.val_fraction, seed=args.seed,
         group_pattern=args.group_pattern, exclude=args.exclude, max_cases=args.max_cases,
         max_slices_per_case=args.max_slices, iterations_per_epoch=args.iterations, cache_dir=args.cache_dir,
