@@ -23,8 +23,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def given_options(argv: Sequence[str]) -> set[str]:
+    """The destinations of the options that ``argv`` sets itself (not left at their defaults)."""
+    parser = build_parser()
+    for p in _parsers(parser):
+        p._defaults.clear()
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     args = build_parser().parse_args(argv)
+    args.given = given_options(argv)  # lets a verb tell an option given as its default from one left out
     try:
         return int(args.run(args) or 0)
     except AutosamError as e:

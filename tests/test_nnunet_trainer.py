@@ -196,6 +196,15 @@ def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path, dec
     run_cmd(venv_bin, env, *predict, "--continue_prediction")
     assert (predicted / f"{VAL_CASE}.nii.gz").stat().st_mtime_ns == stamp, "a finished case was redone"
 
+    # autosam predict on the same model uses the recorded settings too (adapter, prompts, fusion)
+    ours = tmp_path / "autosam_predicted"
+    out = run_cmd(venv_bin, env, "autosam", "predict", "-m", model, "-i", images, "-o", ours, "-f", "0",
+                  "--device", "cpu")
+    assert "using the SAM settings recorded in" in out
+    run_record = json.loads((ours / "autosam_run.json").read_text())
+    assert run_record["adapter"] == adapter and run_record["refine"] == recorded["refine"]
+    assert (seg(ours / f"{VAL_CASE}.nii.gz") == refined).mean() > 0.999
+
     # 3. nnU-Net's model selection reads the refined validation
     out = run_cmd(venv_bin, env, "nnUNetv2_find_best_configuration", "951", "-c", "2d", "-tr", TRAINER, "-f", "0",
                   "-np", "1", "--disable_ensembling")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -11,7 +12,7 @@ from ..pipeline import progress
 from ..refine import RefineConfig, refine_case
 from ..sam import SamPredictor
 from .common import add_sam_arguments, predictor_from_args, sam_args_record
-from .refine import add_refine_arguments, config_from_args
+from .refine import add_refine_arguments, config_from_args, config_from_record
 
 HELP = "predict with a trained nnU-Net model and refine its output with SAM"
 
@@ -32,6 +33,9 @@ def add_parser(sub) -> None:
                    help="nnU-Net sliding-window step as a fraction of the patch (default 0.5)")
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation in nnU-Net")
     add_refine_arguments(p, coarse="nnU-Net")
+    p.add_argument("--ignore-recorded", action="store_true",
+                   help="a model trained with nnUNetTrainerAutoSAM recorded its SAM settings (backend, adapter, "
+                        "prompts, fusion) in fold_X/autosam_sam.json; they are used unless given here or this is set")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <case>.npz (key 'probabilities') and <case>.pkl, as nnU-Net does")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
@@ -82,12 +86,33 @@ def predict_folder(
     return todo
 
 
+def recorded_settings(model: Path, folds: Sequence[str]) -> Optional[tuple[Path, dict]]:
+    """``(file, settings)`` recorded by the nnU-Net AutoSAM trainer in the folds' ``autosam_sam.json``, or None."""
+    from nnunet_plugins import autosam_settings
+
+    try:
+        settings = autosam_settings.load_recorded(model, folds)
+    except AutosamError as e:
+        raise AutosamError(f"{e}; to predict without the recorded settings, pass --ignore-recorded") from None
+    if settings is None:
+        return None
+    first = next(Path(model, f"fold_{f}", autosam_settings.SETTINGS_FILE) for f in folds
+                 if Path(model, f"fold_{f}", autosam_settings.SETTINGS_FILE).is_file())
+    return first, settings
+
+
 def run(args: argparse.Namespace) -> int:
     model = nnunet.check_model_folder(args.model)
     info = nnunet.model_dataset_info(model)
-    config = config_from_args(args)
-    config.check()
     folds = nnunet.resolve_folds(model, args.folds, args.nnunet_checkpoint)
+    recorded = None if args.ignore_recorded else recorded_settings(model, folds)
+    config = config_from_args(args) if recorded is None else config_from_record(args, recorded[1])
+    config.check()
+    if recorded is not None:
+        print(f"autosam predict: using the SAM settings recorded in {recorded[0]} (options given here override "
+              f"them; --ignore-recorded skips them): SAM {args.sam}"
+              + "".join(f", {k}={getattr(args, k)}" for k in ("checkpoint", "adapter") if getattr(args, k))
+              + f"; prompt={config.prompt}, fusion={config.fusion}", file=sys.stderr)
 
     def make_nnunet():
         return nnunet.load_nnunet_predictor(model, folds, args.nnunet_checkpoint, args.device,
@@ -96,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     record = {"verb": "predict", "model": str(model.resolve()), "folds": folds,
               "nnunet_checkpoint": args.nnunet_checkpoint, "step_size": args.step_size,
               "disable_tta": args.disable_tta, "images": str(Path(args.images)),
-              "save_probabilities": args.save_probabilities, "refine": config.to_dict(), **sam_args_record(args)}
+              "save_probabilities": args.save_probabilities, "refine": config.to_dict(),
+              "recorded_settings": str(recorded[0]) if recorded else None, **sam_args_record(args)}
     written = predict_folder(args.images, args.output, make_nnunet, info, lambda: predictor_from_args(args), config,
                              save_probabilities=args.save_probabilities, overwrite=args.overwrite,
                              run_args=record, plans=model / "plans.json")

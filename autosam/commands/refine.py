@@ -75,6 +75,34 @@ def config_from_args(args: argparse.Namespace) -> RefineConfig:
                         fill_gaps=not args.no_fill_gaps)
 
 
+#: options of :func:`add_refine_arguments` -> the :class:`RefineConfig` field each sets
+REFINE_FIELDS = {"prompt": "prompt", "fusion": "fusion", "margin": "margin", "margin_unit": "margin_unit",
+                 "min_size": "min_size", "axis": "axis", "positive_points": "n_positive",
+                 "negative_points": "n_negative", "no_fill_gaps": "fill_gaps"}
+SAM_MODEL_OPTIONS = ("sam", "checkpoint", "adapter")
+
+
+def config_from_record(args: argparse.Namespace, recorded: dict) -> RefineConfig:
+    """The recorded SAM settings (``autosam_sam.json`` of an nnU-Net AutoSAM trainer: backend, checkpoint, adapter
+    and refine fields), overridden by the options the command line gave (``args.given``, set by
+    :func:`autosam.cli.main`; without it every option counts as given). Sets ``args.sam/checkpoint/adapter``."""
+    given = getattr(args, "given", None)
+    if given is None:
+        return config_from_args(args)
+    cli = config_from_args(args).to_dict()
+    fields = dict(recorded["refine"])
+    for option, name in REFINE_FIELDS.items():
+        if option in given:
+            fields[name] = cli[name]
+    options = dict(fields.get("fusion_options") or {})
+    options.update({k: getattr(args, k) for k in ("weight", "min_iou", "min_agreement") if k in given})
+    fields["fusion_options"] = options
+    for key in SAM_MODEL_OPTIONS:
+        if key not in given:
+            setattr(args, key, recorded.get(key))
+    return RefineConfig(**fields)
+
+
 def run(args: argparse.Namespace) -> int:
     images, coarse = Path(args.images), Path(args.coarse)
     if not coarse.is_dir():
