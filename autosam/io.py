@@ -109,16 +109,18 @@ def list_cases(images_dir: str | os.PathLike, file_ending: str, num_channels: in
     return cases
 
 
-def label_files(labels_dir: str | os.PathLike, cases: list[str], file_ending: str) -> dict[str, Path]:
-    """Each case's label file ``<case><ending>``; an image without its label is an error."""
+def label_files(labels_dir: str | os.PathLike, cases: list[str], file_ending: str, what: str = "label"
+                ) -> dict[str, Path]:
+    """Each case's ``<case><ending>`` file in ``labels_dir`` (a label map; ``what`` names its kind in errors, e.g.
+    ``"coarse segmentation"``); a missing folder or file is an error naming it."""
     folder = Path(labels_dir)
     if not folder.is_dir():
-        raise AutosamError(f"label folder not found: {folder}")
+        raise AutosamError(f"{what} folder not found: {folder}")
     out = {}
     for case in cases:
         f = folder / f"{case}{file_ending}"
         if not f.is_file():
-            raise AutosamError(f"image {case} has no label file: {f} is missing")
+            raise AutosamError(f"image {case} has no {what} file: {f} is missing")
         out[case] = f
     return out
 

@@ -128,17 +128,9 @@ def refine_case(
 def find_coarse_files(coarse_dir, cases, file_ending: str) -> dict:
     """Each case's coarse segmentation ``<case><ending>`` (a missing one is an error) and its ``<case>.npz``
     probabilities when present (else None): ``{case: (seg_path, npz_path_or_None)}``."""
-    folder = Path(coarse_dir)
-    if not folder.is_dir():
-        raise AutosamError(f"coarse folder not found: {folder}")
-    out = {}
-    for case in cases:
-        seg = folder / f"{case}{file_ending}"
-        if not seg.is_file():
-            raise AutosamError(f"{seg}: coarse segmentation of case {case} is missing")
-        npz = folder / f"{case}.npz"
-        out[case] = (seg, npz if npz.is_file() else None)
-    return out
+    segs = io.label_files(coarse_dir, cases, file_ending, what="coarse segmentation")
+    return {case: (seg, seg.with_name(f"{case}.npz") if seg.with_name(f"{case}.npz").is_file() else None)
+            for case, seg in segs.items()}
 
 
 def read_coarse(case: io.Case, info: io.DatasetInfo, seg_path, npz_path=None, rw_class=None):
