@@ -181,6 +181,12 @@ def record(settings: dict, folder: str | os.PathLike, run: Optional[dict] = None
     return path
 
 
+def recorded_files(model_folder: str | os.PathLike, folds: Sequence) -> list[Path]:
+    """The folds' ``fold_X/autosam_sam.json`` files that exist, in the order of ``folds``."""
+    paths = (Path(model_folder) / f"fold_{fold}" / SETTINGS_FILE for fold in folds)
+    return [path for path in paths if path.is_file()]
+
+
 def load_recorded(model_folder: str | os.PathLike, folds: Sequence) -> Optional[dict]:
     """The settings recorded in ``model_folder/fold_X/autosam_sam.json`` for the given folds (first one found).
 
@@ -189,12 +195,10 @@ def load_recorded(model_folder: str | os.PathLike, folds: Sequence) -> Optional[
     from autosam.errors import AutosamError
 
     found: dict[str, dict] = {}
-    for fold in folds:
-        path = Path(model_folder) / f"fold_{fold}" / SETTINGS_FILE
-        if path.is_file():
-            settings = default_settings()
-            _merge(settings, read_json(path), str(path))
-            found[str(path)] = settings
+    for path in recorded_files(model_folder, folds):
+        settings = default_settings()
+        _merge(settings, read_json(path), str(path))
+        found[str(path)] = settings
     if not found:
         return None
     first_path, first = next(iter(found.items()))

@@ -96,9 +96,7 @@ def recorded_settings(model: Path, folds: Sequence[str]) -> Optional[tuple[Path,
         raise AutosamError(f"{e}; to predict without the recorded settings, pass --ignore-recorded") from None
     if settings is None:
         return None
-    first = next(Path(model, f"fold_{f}", autosam_settings.SETTINGS_FILE) for f in folds
-                 if Path(model, f"fold_{f}", autosam_settings.SETTINGS_FILE).is_file())
-    return first, settings
+    return autosam_settings.recorded_files(model, folds)[0], settings
 
 
 def run(args: argparse.Namespace) -> int:
