@@ -40,11 +40,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 warnings.filterwarnings("ignore")
 
-from autosam import io, pipeline, slicing  # noqa: E402
+from autosam import evaluation, io, pipeline, slicing  # noqa: E402
 from autosam.adapt.config import PromptNoise  # noqa: E402
 from autosam.adapt.data import group_of  # noqa: E402
 from autosam.adapt.train import finetune  # noqa: E402
@@ -110,24 +109,11 @@ def degraded(prompts: list[ClassPrompt], hw: tuple[int, int], rng: np.random.Gen
     return out
 
 
-def surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
-
-
 def dice_nsd(pred: np.ndarray, ref: np.ndarray, spacing, tol: float) -> tuple[float, float]:
-    """Dice and normalised surface Dice at tolerance ``tol`` (in spacing units) of two binary masks."""
-    if pred.shape[0] == 1:  # 2D image read as (1, H, W)
-        pred, ref, spacing = pred[0], ref[0], spacing[1:]
-    if not pred.any() and not ref.any():
-        return 1.0, 1.0
-    dice = 2 * np.logical_and(pred, ref).sum() / (pred.sum() + ref.sum())
-    if not pred.any() or not ref.any():
-        return float(dice), 0.0
-    sp, sr = surface(pred), surface(ref)
-    d_to_ref = ndimage.distance_transform_edt(~sr, sampling=spacing)
-    d_to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)
-    nsd = ((d_to_ref[sp] <= tol).sum() + (d_to_pred[sr] <= tol).sum()) / (sp.sum() + sr.sum())
-    return float(dice), float(nsd)
+    """Dice and normalised surface Dice at tolerance ``tol`` (mm) of two binary masks (NSD as ``autosam evaluate``)."""
+    total = pred.sum() + ref.sum()
+    dice = 2 * np.logical_and(pred, ref).sum() / total if total else 1.0
+    return float(dice), evaluation.nsd_and_hd95(pred, ref, spacing, tol)[0]
 
 
 def choose_split(cases: list[str], dataset: str, n_test: int, n_train: int, seed: int) -> tuple[list[str], list[str]]:
