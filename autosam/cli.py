@@ -8,13 +8,22 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .errors import AutosamError
+from .progress import clear_bars
 
 #: Verb modules under autosam.commands, in the order ``--help`` lists them.
-VERBS = ["demo", "oracle", "predict", "refine", "evaluate", "finetune", "train-prompter", "segment", "nnunet-env"]
+VERBS = ["demo", "oracle", "predict", "refine", "evaluate", "finetune", "train-prompter", "segment", "report",
+         "nnunet-env"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``autosam VERB: error: ...``), like every other autosam error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autosam", description="Automatic SAM prompting inside nnU-Net workflows.")
+    parser = Parser(prog="autosam", description="Automatic SAM prompting inside nnU-Net workflows.")
     parser.add_argument("--version", action="version", version=f"autosam {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
@@ -48,9 +57,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.run(args) or 0)
     except AutosamError as e:
+        clear_bars()
         print(f"autosam {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        clear_bars()
         print(f"autosam {args.verb}: interrupted; finished cases are kept, rerun to resume", file=sys.stderr)
         return 130
 

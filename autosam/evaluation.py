@@ -25,29 +25,13 @@ from scipy import ndimage
 
 from . import io
 from .errors import AutosamError
+from .progress import progress
 
 
-def nnunet_summary(
-    gt_dir: str | os.PathLike,
-    pred_dir: str | os.PathLike,
-    info: io.DatasetInfo,
-    output_file: Optional[str | os.PathLike] = None,
-    num_processes: int = 2,
-) -> dict:
-    """nnU-Net's ``summary.json`` content (Dice, IoU, ... per case and label) for the cases in ``pred_dir``."""
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
-
-    pred = Path(pred_dir)
-    if not any(f.name.endswith(info.file_ending) and not f.name.startswith(".") for f in pred.iterdir()):
-        raise AutosamError(f"no {info.file_ending} predictions in {pred}")
-    for f in pred.iterdir():
-        if f.name.endswith(info.file_ending) and not f.name.startswith(".") and not (Path(gt_dir) / f.name).is_file():
-            raise AutosamError(f"prediction {f.name} has no reference file in {gt_dir}")
-    rw = io.reader_writer(info.file_ending)
-    return compute_metrics_on_folder(
-        str(gt_dir), str(pred), None if output_file is None else str(output_file), rw(), info.file_ending,
-        info.foreground, ignore_label=info.ignore_label, num_processes=num_processes,
-    )
+def label_mean(summary: dict, value: int) -> dict:
+    """The ``mean`` entry of one label in a summary (keys are ints in memory, strings once read from JSON)."""
+    means = summary["mean"]
+    return means[value] if value in means else means[str(value)]
 
 
 def dice_table(summary: dict, info: io.DatasetInfo) -> str:
@@ -55,7 +39,7 @@ def dice_table(summary: dict, info: io.DatasetInfo) -> str:
     names = {v: k for k, v in info.labels.items()}
     rows = [f"{'label':<14}{'Dice':>8}"]
     for value in info.foreground:
-        rows.append(f"{names[value]:<14}{summary['mean'][value]['Dice']:>8.4f}")
+        rows.append(f"{names[value]:<14}{label_mean(summary, value)['Dice']:>8.4f}")
     rows.append(f"{'mean':<14}{summary['foreground_mean']['Dice']:>8.4f}")
     return "\n".join(rows)
 
@@ -169,8 +153,6 @@ def evaluate_folder(
     from nnunetv2.evaluation.evaluate_predictions import save_summary_json
     from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
-    from .pipeline import progress
-
     gt, pred = Path(gt_dir), Path(pred_dir)
     for folder, what in ((gt, "reference"), (pred, "prediction")):
         if not folder.is_dir():
@@ -213,9 +195,8 @@ def summary_table(summary: dict, info: io.DatasetInfo) -> str:
     def row(name, m, n_inf):
         return f"{name[:15]:<16}{m['Dice']:>8.4f}{m['IoU']:>8.4f}{m['NSD']:>12.4f}{m['HD95']:>10.2f}{n_inf:>5}"
 
-    means = summary["mean"]
     for value in info.foreground:
-        m = means.get(value, means.get(str(value)))
+        m = label_mean(summary, value)
         rows.append(row(names.get(value, str(value)), m, int(m.get("HD95_n_inf", 0))))
     fg = summary["foreground_mean"]
     rows.append(row("foreground mean", fg, int(fg.get("HD95_n_inf", 0))))

@@ -1,4 +1,4 @@
-"""Prediction folders in nnU-Net's layout, written atomically (used by ``refine``, ``predict`` and ``segment``).
+"""Prediction folders in nnU-Net's layout, written atomically (through :mod:`autosam.runner`).
 
 A folder holds, per case, ``<case><file_ending>`` (nnU-Net's writer, the input geometry) and, with probabilities,
 ``<case>.npz`` (key ``probabilities``, ``(C, *shape as nnU-Net reads the image)`` float32, background first) and
@@ -61,8 +61,7 @@ def prepare_folder(
     if out.exists() and not out.is_dir():
         raise AutosamError(f"output {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".tmp*"):  # leftovers of an interrupted run
-        stale.unlink(missing_ok=True)
+    clear_temporary(out)
     _copy_atomic(info.path, out / "dataset.json")
     if isinstance(plans, dict):
         io.write_json(plans, out / "plans.json")
@@ -86,6 +85,13 @@ def prepare_folder(
     return out
 
 
+def clear_temporary(out_dir: str | os.PathLike) -> None:
+    """Remove the temporary files an interrupted run left in ``out_dir`` (call it only while holding the folder's
+    lock, :class:`autosam.runner.FolderLock`, so no running writer loses its files)."""
+    for stale in Path(out_dir).glob(".tmp*"):
+        stale.unlink(missing_ok=True)
+
+
 def case_files(out_dir: str | os.PathLike, case_id: str, file_ending: str, probabilities: bool) -> list[Path]:
     """The files a finished case has in ``out_dir``."""
     out = Path(out_dir)
@@ -93,19 +99,6 @@ def case_files(out_dir: str | os.PathLike, case_id: str, file_ending: str, proba
     if probabilities:
         files += [out / f"{case_id}.npz", out / f"{case_id}.pkl"]
     return files
-
-
-def pending_cases(cases: Sequence[str], out_dir: str | os.PathLike, file_ending: str, probabilities: bool = False,
-                  overwrite: bool = False) -> list[str]:
-    """Cases not finished in ``out_dir`` (all with ``overwrite``; skipped ones are reported on stderr); a case with
-    probabilities requested is finished only when its segmentation, npz and pkl all exist."""
-    if overwrite:
-        return list(cases)
-    todo = [c for c in cases if not all(f.is_file() for f in case_files(out_dir, c, file_ending, probabilities))]
-    if len(todo) < len(cases):
-        print(f"{len(cases) - len(todo)} case(s) already in {out_dir}, skipped (use --overwrite to redo them)",
-              file=sys.stderr)
-    return todo
 
 
 def check_probability_layout(info: io.DatasetInfo) -> None:

@@ -1,9 +1,9 @@
 """Coarse (nnU-Net or prompter) + SAM -> fused foreground probabilities; strategies registered by name.
 
 Every strategy takes the coarse foreground probabilities ``(K, Z, Y, X)`` (one map per foreground label), SAM's
-:class:`~autosam.pipeline.SamRun` for the same labels, and keyword options; it returns fused ``(K, Z, Y, X)``.
+:class:`~autosam.sam_run.SamRun` for the same labels, and keyword options; it returns fused ``(K, Z, Y, X)``.
 Where SAM got no prompt (``run.prompted`` is False for that label and slice) every strategy keeps the coarse map.
-Labels are decided afterwards from the fused maps (:func:`to_distribution`, :func:`to_segmentation`): where two
+Labels are decided afterwards from the fused maps (:mod:`autosam.labels`): where two
 labels compete for a voxel the more probable one wins, whatever their label values.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import AutosamError
-from .pipeline import SamRun
+from .labels import to_distribution, to_segmentation
+from .sam_run import SamRun
 
 
 def _per_slice(run: SamRun, values: np.ndarray) -> np.ndarray:
@@ -75,19 +76,6 @@ fusion_strategies: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def to_distribution(foreground: np.ndarray) -> np.ndarray:
-    """``(K, ...)`` foreground probabilities -> ``(K+1, ...)`` with background first, summing to 1 per voxel.
-
-    Background gets ``1 - sum_k p_k`` (at least 0), then every voxel is normalised. Where the maps are an untouched
-    softmax (nnU-Net's), the argmax is nnU-Net's own decision; where labels compete (sum above 1), the most probable
-    label wins, whatever its value.
-    """
-    fg = np.asarray(foreground, dtype=np.float32)
-    bg = np.clip(1.0 - fg.sum(axis=0, keepdims=True), 0.0, 1.0) if len(fg) else np.ones((1,) + fg.shape[1:])
-    stacked = np.concatenate([bg.astype(np.float32), fg])
-    return stacked / np.maximum(stacked.sum(axis=0, keepdims=True), 1e-6)
-
-
 def fuse(coarse: np.ndarray, run: SamRun, strategy: str = "replace", **options) -> np.ndarray:
     """Apply a named strategy; ``coarse`` and ``run.probabilities`` must both be ``(K, Z, Y, X)``."""
     if strategy not in fusion_strategies:
@@ -97,10 +85,4 @@ def fuse(coarse: np.ndarray, run: SamRun, strategy: str = "replace", **options) 
     return fusion_strategies[strategy](coarse, run, **options)
 
 
-def to_segmentation(distribution: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    """``(K+1, ...)`` background-first distribution -> label map (argmax: conflicts go to the most probable)."""
-    lut = np.asarray([0, *labels], dtype=np.int16)
-    return lut[distribution.argmax(axis=0)]
-
-
-__all__ = ["fusion_strategies", "fuse", "to_distribution", "to_segmentation", "slice_dice"] + list(fusion_strategies)
+__all__ = ["fusion_strategies", "fuse", "slice_dice"] + list(fusion_strategies)

@@ -78,6 +78,28 @@ def load_dataset_json(folder_or_file: str | os.PathLike) -> DatasetInfo:
                        file_ending=ending, raw=raw)
 
 
+def find_dataset_json(given: Optional[str | os.PathLike] = None, *, predictions: Optional[str | os.PathLike] = None,
+                      images: Optional[str | os.PathLike] = None, labels: Optional[str | os.PathLike] = None) -> Path:
+    """The one dataset.json lookup of every verb: ``given`` (a file, or a dataset folder holding one); else the
+    predictions folder's own (coarse, or scored, predictions carry the dataset.json they were written with); else
+    the raw dataset's, beside the image folder (``DIR/imagesTs`` -> ``DIR/dataset.json``) or in it; else beside or
+    in the label folder."""
+    if given is not None:
+        path = Path(given)
+        return path / "dataset.json" if path.is_dir() else path
+    folders = []
+    if predictions is not None:
+        folders.append(Path(predictions))
+    for folder in (images, labels):
+        if folder is not None:
+            folders += [Path(folder).parent, Path(folder)]
+    for folder in folders:
+        if (folder / "dataset.json").is_file():
+            return folder / "dataset.json"
+    where = ", ".join(dict.fromkeys(str(f) for f in folders)) or "nowhere"
+    raise AutosamError(f"dataset.json not found (looked in {where}); pass --dataset-json FILE or -d DATASET_DIR")
+
+
 def list_cases(images_dir: str | os.PathLike, file_ending: str, num_channels: int) -> dict[str, list[Path]]:
     """Map case id -> its channel files ``<case>_0000<ending>``, ``<case>_0001<ending>`` ... (sorted by case)."""
     folder = Path(images_dir)
@@ -232,3 +254,18 @@ def write_json(obj, path: str | os.PathLike) -> None:
 
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=default))
+
+
+def load_torch(path: str | os.PathLike, what: str):
+    """``torch.load`` (weights only, on the CPU) of a file autosam or the user wrote; a missing, empty or corrupt
+    file is one :class:`AutosamError` line naming the file and ``what`` it should hold."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise AutosamError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line message
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise AutosamError(f"cannot read {what} {path}: {type(e).__name__}: {first}") from None

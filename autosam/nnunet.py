@@ -8,6 +8,7 @@ in memory for the refinement step.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Optional, Sequence, Type
@@ -30,6 +31,13 @@ def check_model_folder(model_folder: str | os.PathLike) -> Path:
         if not (folder / name).is_file():
             raise AutosamError(f"{folder}: not an nnU-Net model folder ({name} is missing; expected "
                                "nnUNet_results/DatasetXXX_Name/Trainer__Plans__configuration)")
+        try:
+            content = json.loads((folder / name).read_text())
+        except (OSError, ValueError) as e:
+            raise AutosamError(f"{folder / name}: not valid JSON ({e})") from None
+        if not isinstance(content, dict) or (name == "plans.json" and "configurations" not in content):
+            raise AutosamError(f"{folder / name}: not an nnU-Net {name} (no 'configurations')" if
+                               name == "plans.json" else f"{folder / name}: expected a JSON object")
     if not any(p.is_dir() and p.name.startswith("fold_") for p in folder.iterdir()):
         raise AutosamError(f"{folder}: no fold_* folders; train a fold first (nnUNetv2_train)")
     return folder
@@ -93,13 +101,15 @@ def load_nnunet_predictor(
     try:
         predictor.initialize_from_trained_model_folder(
             str(folder), tuple(int(f) if f.isdigit() else f for f in chosen), checkpoint_name=checkpoint)
-    except RuntimeError as e:
-        if "Unable to find" in str(e) or "trainer" in str(e).lower():
-            raise AutosamError(f"{folder}: nnU-Net cannot find the trainer class of this model ({e}); put its "
-                               "module on nnUNet_extTrainer") from None
+    except AutosamError:
         raise
-    except (KeyError, EOFError, OSError) as e:
-        raise AutosamError(f"{folder}: cannot load checkpoint {checkpoint}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a broken model folder is one line naming it, never a traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, RuntimeError) and ("Unable to find" in first or "trainer" in first.lower()):
+            raise AutosamError(f"{folder}: nnU-Net cannot find the trainer class of this model ({first}); put its "
+                               "module on nnUNet_extTrainer") from None
+        raise AutosamError(f"{folder}: cannot load the model (folds {', '.join(chosen)}, checkpoint {checkpoint}): "
+                           f"{type(e).__name__}: {first}") from None
     if getattr(predictor.configuration_manager, "previous_stage_name", None):
         raise AutosamError(f"{folder}: a cascade stage needs the previous stage's segmentation; predict with "
                            "nnUNetv2_predict (-prev_stage_predictions) and refine that folder with 'autosam refine'")

@@ -13,13 +13,14 @@ LiteMedSAM was trained with boxes only; see the README for the measured comparis
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from .errors import AutosamError
+from .labels import labels_from_probabilities
 from .sam import SamPrompt
 
 #: 8-connectivity in 2D.
@@ -38,7 +39,8 @@ class ClassPrompt:
 class PromptOptions:
     """Knobs shared by all strategies.
 
-    ``margin`` widens each box on every side, in ``margin_unit`` (``"px"`` or ``"mm"``); ``min_size`` (pixels)
+    ``margin`` widens each box on every side, in ``margin_unit`` (``"px"``, ``"mm"`` or ``"box"``: a fraction of
+    the component's box side); ``min_size`` (pixels)
     drops smaller components; ``n_positive``/``n_negative`` points per component; ``mask_logit`` bounds the
     logits of the mask prompt (a probability of 1 becomes ``+mask_logit``).
     """
@@ -50,22 +52,47 @@ class PromptOptions:
     n_negative: int = 1
     mask_logit: float = 8.0
 
-    def margin_px(self, spacing: Sequence[float]) -> tuple[float, float]:
-        """The margin in pixels along (y, x) for an in-plane ``spacing`` (y, x)."""
+    def margin_px(self, spacing: Sequence[float], box_hw: Sequence[float] = (1.0, 1.0)) -> tuple[float, float]:
+        """The margin in pixels along (y, x) for an in-plane ``spacing`` (y, x) and a box of ``box_hw`` pixels."""
         if self.margin_unit == "px":
             return float(self.margin), float(self.margin)
         if self.margin_unit == "mm":
             return self.margin / float(spacing[0]), self.margin / float(spacing[1])
-        raise AutosamError(f"margin unit must be 'px' or 'mm', got {self.margin_unit!r}")
+        if self.margin_unit == "box":
+            return self.margin * float(box_hw[0]), self.margin * float(box_hw[1])
+        raise AutosamError(f"margin unit must be 'mm', 'px' or 'box', got {self.margin_unit!r}")
+
+
+#: A rectangle of a slice: ``(rows, columns)`` slices.
+Window = tuple[slice, slice]
 
 
 def components(mask: np.ndarray, min_size: int = 1) -> list[np.ndarray]:
     """Connected components (8-connected in 2D) of a binary mask with at least ``min_size`` pixels."""
+    return [_full(crop, window, mask.shape) for window, crop in _components(mask, min_size)]
+
+
+def _components(mask: np.ndarray, min_size: int = 1) -> Iterator[tuple[Window, np.ndarray]]:
+    """Each component's bounding window and its binary crop there: the slice is labelled once, never compared
+    with each label as a whole."""
     lab, n = ndimage.label(mask, structure=_FULL)
     if n == 0:
-        return []
+        return
     sizes = np.bincount(lab.ravel())[1:]
-    return [lab == i + 1 for i in range(n) if sizes[i] >= min_size]
+    for i, window in enumerate(ndimage.find_objects(lab)):
+        if window is not None and sizes[i] >= min_size:
+            yield window, lab[window] == i + 1
+
+
+def _full(crop: np.ndarray, window: Window, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(shape, dtype=bool)
+    out[window] = crop
+    return out
+
+
+def _window(mask: np.ndarray) -> Window:
+    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1)
 
 
 def bounding_box(mask: np.ndarray, margin: float | Sequence[float] = 0.0) -> np.ndarray:
@@ -93,14 +120,25 @@ def positive_points(component: np.ndarray, n: int = 1, spacing: Sequence[float] 
     The first point is the pixel farthest from the border; each next one is the farthest pixel outside the
     disc already covered by the previous points, so several points spread over elongated shapes.
     """
-    dist = ndimage.distance_transform_edt(np.pad(component, 1), sampling=spacing)[1:-1, 1:-1]
-    yy, xx = np.indices(component.shape)
+    if n <= 0 or not component.any():
+        return np.zeros((0, 2), dtype=np.float32)
+    window = _window(component)
+    return _positive_points(component[window], window, n, spacing)
+
+
+def _positive_points(crop: np.ndarray, window: Window, n: int, spacing: Sequence[float]) -> np.ndarray:
+    """:func:`positive_points` of the component whose bounding window is ``window`` and crop there ``crop``.
+
+    Outside its bounding box the component is background, and the one-pixel zero ring around the crop is as near
+    to every inside pixel as any background beyond it, so the crop's distance transform is the slice's."""
+    dist = ndimage.distance_transform_edt(np.pad(crop, 1), sampling=spacing)[1:-1, 1:-1]
+    yy, xx = np.indices(crop.shape)
     points = []
     for _ in range(max(0, n)):
         if dist.max() <= 0:
             break
         y, x = np.unravel_index(np.argmax(dist), dist.shape)
-        points.append((x, y))
+        points.append((x + window[1].start, y + window[0].start))
         radius = dist[y, x]
         covered = ((yy - y) * spacing[0]) ** 2 + ((xx - x) * spacing[1]) ** 2 <= radius ** 2
         dist = np.where(covered, 0.0, dist)
@@ -114,17 +152,41 @@ def negative_points(component: np.ndarray, class_mask: np.ndarray, n: int = 1) -
     point is the ring pixel closest to the component's centre of mass (where leaks into the background are most
     likely to start from), further ones are spread by farthest-point sampling.
     """
+    if n <= 0 or not component.any():
+        return np.zeros((0, 2), dtype=np.float32)
+    window = _window(component)
+    return _negative_points(component[window], window, class_mask, n)
+
+
+def _negative_points(crop: np.ndarray, window: Window, class_mask: np.ndarray, n: int) -> np.ndarray:
+    """:func:`negative_points` of the component with bounding window ``window`` and crop ``crop`` there.
+
+    The ring lies within ``2r`` of the component, so it is found in the window widened by ``2r``; only when that
+    ring is empty does the fallback (any pixel outside the class) need the whole slice."""
     if n <= 0:
         return np.zeros((0, 2), dtype=np.float32)
-    r = max(2.0, 0.15 * np.sqrt(component.sum()))
+    area = int(crop.sum())
+    r = max(2.0, 0.15 * np.sqrt(area))
+    reach = int(np.floor(2 * r)) + 1
+    h, w = class_mask.shape
+    y0, x0 = max(0, window[0].start - reach), max(0, window[1].start - reach)
+    wide = (slice(y0, min(h, window[0].stop + reach)), slice(x0, min(w, window[1].stop + reach)))
+    component = np.zeros((wide[0].stop - y0, wide[1].stop - x0), dtype=bool)
+    component[window[0].start - y0 : window[0].stop - y0, window[1].start - x0 : window[1].stop - x0] = crop
     outside = ndimage.distance_transform_edt(~component)
-    ring = (outside >= r) & (outside <= 2 * r) & ~class_mask
-    if not ring.any():
+    ring = (outside >= r) & (outside <= 2 * r) & ~class_mask[wide]
+    if not ring.any():  # rare: then the whole slice, as before
+        y0 = x0 = 0
+        component = _full(crop, window, class_mask.shape)
+        outside = ndimage.distance_transform_edt(~component)
         ring = ~class_mask & (outside > 0)
     if not ring.any():
         return np.zeros((0, 2), dtype=np.float32)
     ys, xs = np.nonzero(ring)
-    cy, cx = ndimage.center_of_mass(component)
+    ys, xs = ys + y0, xs + x0
+    cys, cxs = np.nonzero(crop)  # the centre of mass exactly as ndimage computes it on the whole slice
+    cy = float(np.sum((cys + window[0].start).astype(float))) / area
+    cx = float(np.sum((cxs + window[1].start).astype(float))) / area
     chosen = [int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))]
     nearest = (ys - ys[chosen[0]]) ** 2 + (xs - xs[chosen[0]]) ** 2
     while len(chosen) < min(n, len(ys)):
@@ -156,15 +218,40 @@ class Component:
     prob: np.ndarray
     spacing: tuple[float, float]
     options: PromptOptions
+    #: the component's bounding window (found from ``mask`` when not given)
+    window: Optional[Window] = None
+    #: what the components of one class on one slice share (the mask prompt's logits, computed once)
+    shared: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.window is None and self.mask.any():
+            self.window = _window(self.mask)
 
     def box(self) -> np.ndarray:
-        return bounding_box(self.mask, self.options.margin_px(self.spacing))
+        rows, cols = self.window
+        hw = (float(rows.stop - rows.start), float(cols.stop - cols.start))
+        my, mx = self.options.margin_px(self.spacing, hw)
+        h, w = self.mask.shape
+        return np.array([max(0.0, cols.start - mx), max(0.0, rows.start - my),
+                         min(w - 1.0, cols.stop - 1 + mx), min(h - 1.0, rows.stop - 1 + my)], dtype=np.float32)
 
     def points(self, negatives: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        pos = positive_points(self.mask, self.options.n_positive, self.spacing)
-        neg = negative_points(self.mask, self.class_mask, self.options.n_negative if negatives else 0)
+        crop = self.mask[self.window]
+        pos = _positive_points(crop, self.window, self.options.n_positive, self.spacing)
+        neg = _negative_points(crop, self.window, self.class_mask, self.options.n_negative if negatives else 0)
         labels = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.float32)
         return np.concatenate([pos, neg]).astype(np.float32), labels
+
+    def mask_prompt(self, box: np.ndarray) -> np.ndarray:
+        """:func:`mask_logits` of the class probabilities within ``box``; the logits are computed once per slice."""
+        bound = self.options.mask_logit
+        if self.shared.get("bound") != bound or self.shared.get("prob") is not self.prob:
+            self.shared.update(bound=bound, prob=self.prob, logits=mask_logits(self.prob, None, bound))
+        logits = self.shared["logits"]
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        out = np.full(logits.shape, -bound, dtype=np.float32)
+        out[y0 : y1 + 1, x0 : x1 + 1] = logits[y0 : y1 + 1, x0 : x1 + 1]
+        return out
 
 
 def _box(c: Component) -> SamPrompt:
@@ -178,13 +265,13 @@ def _box_points(c: Component) -> SamPrompt:
 
 def _box_mask(c: Component) -> SamPrompt:
     box = c.box()
-    return SamPrompt(-1, box=box, mask=mask_logits(c.prob, box, c.options.mask_logit))
+    return SamPrompt(-1, box=box, mask=c.mask_prompt(box))
 
 
 def _box_points_mask(c: Component) -> SamPrompt:
     box = c.box()
     pts, lab = c.points()
-    return SamPrompt(-1, box=box, points=pts, point_labels=lab, mask=mask_logits(c.prob, box, c.options.mask_logit))
+    return SamPrompt(-1, box=box, points=pts, point_labels=lab, mask=c.mask_prompt(box))
 
 
 def _points(c: Component) -> SamPrompt:
@@ -212,12 +299,6 @@ def fill_gaps(masks: np.ndarray) -> np.ndarray:
             both = masks[s - 1] & masks[s + 1]
             out[s] = both if both.any() else masks[s - 1] | masks[s + 1]
     return out
-
-
-def labels_from_probabilities(prob_slices: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    """``(S, K, h, w)`` foreground probabilities -> ``(S, h, w)`` label map (most probable label above 0.5)."""
-    best = np.asarray(labels, dtype=np.int16)[prob_slices.argmax(axis=1)]
-    return np.where(prob_slices.max(axis=1) > 0.5, best, 0).astype(np.int16)
 
 
 def prompts_for_slices(
@@ -249,7 +330,7 @@ def prompts_for_slices(
     if label_slices is None:
         if prob_slices is None:
             raise AutosamError("prompts need a label map or probabilities")
-        label_slices = labels_from_probabilities(prob_slices, labels)
+        label_slices = labels_from_probabilities(prob_slices, labels, axis=1)
     options = PromptOptions(margin=margin, margin_unit=margin_unit, min_size=min_size, n_positive=n_positive,
                             n_negative=n_negative, mask_logit=mask_logit)
     options.margin_px(spacing)  # validates the unit
@@ -271,8 +352,10 @@ def prompts_for_slices(
                 prob = 0.5 * (prob_slices[s - 1, k] + prob_slices[s + 1, k])
             else:
                 prob = prob_slices[s, k]
-            for comp in components(masks[s], min_size):
-                p = make(Component(comp, masks[s], prob, spacing, options))
+            shared: dict = {}
+            for window, crop in _components(masks[s], min_size):
+                comp = _full(crop, window, masks[s].shape)
+                p = make(Component(comp, masks[s], prob, spacing, options, window, shared))
                 p.slice_index = s if slice_indices is None else int(slice_indices[s])
                 out.append(ClassPrompt(int(value), p))
     return out

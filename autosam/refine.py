@@ -8,19 +8,26 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from . import export, io, slicing
+from . import io, slicing
 from .errors import AutosamError
-from .fusion import fuse, fusion_strategies, to_distribution, to_segmentation
-from .pipeline import SamRun, progress, run_sam
+from .fusion import fuse, fusion_strategies
+from .labels import to_distribution, to_segmentation
+from .sam_run import SamRun, run_sam
 from .prompts import PromptOptions, prompt_strategies, prompts_for_slices
+from .runner import CaseOutput, CaseRunner
 from .sam import SamPredictor
 from .sam.transforms import normalize_case
+
+
+#: fusion strategy -> the options it takes (``RefineConfig.fusion_options``)
+FUSION_OPTIONS = {"average": ("weight",), "gated": ("min_iou", "min_agreement")}
 
 
 @dataclass
@@ -55,6 +62,11 @@ class RefineConfig:
         if self.margin < 0 or self.min_size < 0 or self.n_positive < 0 or self.n_negative < 0:
             raise AutosamError("margin, min_size and point counts must not be negative")
         PromptOptions(margin_unit=self.margin_unit).margin_px((1.0, 1.0))
+        unknown = sorted(set(self.fusion_options) - set(FUSION_OPTIONS.get(self.fusion, ())))
+        if unknown:
+            uses = "; ".join(f"{k}: {v}" for k, v in FUSION_OPTIONS.items() if v)
+            raise AutosamError(f"fusion option(s) {', '.join(unknown)} do not apply to fusion {self.fusion!r} "
+                               f"({uses})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,10 +75,11 @@ class RefineConfig:
 @dataclass
 class Refined:
     """``segmentation`` ``(Z, Y, X)`` label map, ``probabilities`` ``(C, Z, Y, X)`` (background first, nnU-Net
-    label order), and SAM's raw answer."""
+    label order), and SAM's raw answer; with ``keep=False`` both probability volumes are None (``sam`` keeps
+    ``prompted`` and ``iou``)."""
 
     segmentation: np.ndarray
-    probabilities: np.ndarray
+    probabilities: Optional[np.ndarray]
     sam: SamRun
 
 
@@ -77,19 +90,24 @@ def coarse_foreground(info: io.DatasetInfo, coarse_seg: np.ndarray, coarse_probs
     order (the ignore label, if any, has no channel), as ``nnUNetv2_predict --save_probabilities`` writes it.
     """
     if coarse_probs is not None:
-        n = len(info.foreground) + 1
-        if coarse_probs.ndim != 4 or coarse_probs.shape[0] != n or coarse_probs.shape[1:] != coarse_seg.shape:
-            raise AutosamError(f"coarse probabilities of shape {coarse_probs.shape} do not fit {n} classes "
-                               f"(background + {len(info.foreground)} labels) and a segmentation of shape "
-                               f"{coarse_seg.shape}")
+        check_coarse_probabilities(info, coarse_seg, coarse_probs)
         return np.ascontiguousarray(coarse_probs[1:], dtype=np.float32)
     return np.stack([(coarse_seg == v) for v in info.foreground]).astype(np.float32)
 
 
-def in_plane_spacing(spacing, axis: int) -> tuple[float, float]:
-    """The (y, x) spacing of slices cut along ``axis`` of a (Z, Y, X) spacing."""
-    rest = [float(s) for a, s in enumerate(spacing) if a != axis]
-    return rest[0], rest[1]
+def check_coarse_probabilities(info: io.DatasetInfo, coarse_seg: np.ndarray, coarse_probs: np.ndarray) -> None:
+    n = len(info.foreground) + 1
+    if coarse_probs.ndim != 4 or coarse_probs.shape[0] != n or coarse_probs.shape[1:] != coarse_seg.shape:
+        raise AutosamError(f"coarse probabilities of shape {coarse_probs.shape} do not fit {n} classes "
+                           f"(background + {len(info.foreground)} labels) and a segmentation of shape "
+                           f"{coarse_seg.shape}")
+
+
+def _along(axis: int, start: int, stop: int, leading: int = 1) -> tuple:
+    """Index of slices ``start:stop`` along spatial ``axis`` of an array with ``leading`` non-spatial axes."""
+    index = [slice(None)] * (leading + 3)
+    index[leading + axis] = slice(start, stop)
+    return tuple(index)
 
 
 def refine_case(
@@ -99,30 +117,64 @@ def refine_case(
     coarse_seg: np.ndarray,
     coarse_probs: Optional[np.ndarray] = None,
     config: RefineConfig = RefineConfig(),
+    keep: bool = True,
+    slab: int = 32,
 ) -> Refined:
     """Refine one case. ``coarse_seg`` is ``(Z, Y, X)``; ``coarse_probs`` (optional) ``(C, Z, Y, X)`` softmax.
 
-    Voxels of the ignore label (if the dataset has one) in ``coarse_seg`` count as background.
+    The case is refined ``slab`` slices at a time (prompts, SAM, fusion and the label decision per slab), so
+    memory stays bounded on large volumes; with ``keep=False`` no whole-case probability volume is held at all
+    (what the folder verbs use unless probabilities are saved). Voxels of the ignore label (if the dataset has
+    one) in ``coarse_seg`` count as background.
     """
     config.check()
     if coarse_seg.shape != case.image.shape[1:]:
         raise AutosamError(f"case {case.case_id}: coarse segmentation shape {coarse_seg.shape} differs from the "
                            f"image shape {case.image.shape[1:]}")
-    labels = info.foreground
-    axis = slicing.choose_axis(case.spacing, coarse_seg.shape, config.axis)
-    coarse = coarse_foreground(info, coarse_seg, coarse_probs)
-    label_slices = slicing.to_slices(coarse_seg[None], axis)[:, 0]
-    prompts = prompts_for_slices(
-        label_slices, labels, strategy=config.prompt, margin=config.margin, min_size=config.min_size,
-        prob_slices=slicing.to_slices(coarse, axis), spacing=in_plane_spacing(case.spacing, axis),
-        margin_unit=config.margin_unit, n_positive=config.n_positive, n_negative=config.n_negative,
-        mask_logit=config.mask_logit, gaps=config.fill_gaps,
-    )
+    if coarse_probs is not None:
+        check_coarse_probabilities(info, coarse_seg, coarse_probs)
+    labels, shape = info.foreground, coarse_seg.shape
+    axis = slicing.choose_axis(case.spacing, shape, config.axis)
     image = normalize_case(case.image, info.channel_names)
-    run = run_sam(predictor, image, axis, prompts, labels)
-    fused = fuse(coarse, run, config.fusion, **config.fusion_options)
-    probabilities = to_distribution(fused)
-    return Refined(segmentation=to_segmentation(probabilities, labels), probabilities=probabilities, sam=run)
+    n = shape[axis]
+    seg = np.zeros(shape, dtype=np.int16)
+    probabilities = np.zeros((len(labels) + 1, *shape), np.float32) if keep else None
+    sam_probs = np.zeros((len(labels), *shape), np.float32) if keep else None
+    prompted, iou = np.zeros((len(labels), n), bool), np.zeros((len(labels), n), np.float32)
+    for start in range(0, n, max(1, slab)):
+        stop = min(n, start + max(1, slab))
+        run, dist = _refine_slab(predictor, case, info, config, image, coarse_seg, coarse_probs, axis, start, stop)
+        seg[_along(axis, start, stop, 0)] = to_segmentation(dist, labels)
+        prompted[:, start:stop], iou[:, start:stop] = run.prompted, run.iou
+        if keep:
+            probabilities[_along(axis, start, stop)] = dist
+            sam_probs[_along(axis, start, stop)] = run.probabilities
+    return Refined(segmentation=seg, probabilities=probabilities,
+                   sam=SamRun(labels=list(labels), axis=axis, probabilities=sam_probs, prompted=prompted, iou=iou))
+
+
+def _refine_slab(predictor, case, info, config, image, coarse_seg, coarse_probs, axis, start, stop):
+    """Slices ``start:stop`` along ``axis``: SAM's run there and the fused distribution ``(K+1, ...)``.
+
+    Prompts are built on the slab widened by one slice on each side, so gap filling sees both neighbours, and
+    only the slab's own prompts go to SAM."""
+    labels, n = info.foreground, coarse_seg.shape[axis]
+    lo, hi = max(0, start - 1), min(n, stop + 1)
+    seg_part = coarse_seg[_along(axis, lo, hi, 0)]
+    probs_part = None if coarse_probs is None else coarse_probs[_along(axis, lo, hi)]
+    coarse = coarse_foreground(info, seg_part, probs_part)
+    prompts = prompts_for_slices(
+        slicing.to_slices(seg_part[None], axis)[:, 0], labels, strategy=config.prompt, margin=config.margin,
+        min_size=config.min_size, prob_slices=slicing.to_slices(coarse, axis),
+        spacing=slicing.in_plane_spacing(case.spacing, axis), margin_unit=config.margin_unit,
+        n_positive=config.n_positive, n_negative=config.n_negative, mask_logit=config.mask_logit,
+        gaps=config.fill_gaps,
+    )
+    own = [replace(cp, prompt=replace(cp.prompt, slice_index=cp.prompt.slice_index - (start - lo)))
+           for cp in prompts if start - lo <= cp.prompt.slice_index < stop - lo]
+    run = run_sam(predictor, image[_along(axis, start, stop)], axis, own, labels)
+    core = coarse[_along(axis, start - lo, stop - lo)]
+    return run, to_distribution(fuse(core, run, config.fusion, **config.fusion_options))
 
 
 def find_coarse_files(coarse_dir, cases, file_ending: str) -> dict:
@@ -169,35 +221,32 @@ def refine_folder(
     info: io.DatasetInfo,
     make_predictor: Callable[[], SamPredictor],
     config: RefineConfig = RefineConfig(),
-    save_probabilities: bool = False,
-    overwrite: bool = False,
     run_args: Optional[dict] = None,
+    **options,
 ) -> list[str]:
     """Refine every case of ``images_dir`` with the coarse predictions in ``coarse_dir``; write ``out_dir``.
 
-    ``make_predictor()`` is called once, when the first pending case has been read and checked. Finished cases are skipped unless
-    ``overwrite``; returns the cases written.
+    ``make_predictor()`` is called once per process, when the first pending case has been read; returns the cases
+    written. ``options`` go to :class:`~autosam.runner.CaseRunner` (``save_probabilities``, ``overwrite``,
+    ``overlays``, ``parallel``: parts of the cases, or Ray workers, which get ``make_predictor`` with the job).
     """
+    from .runner import FunctionJob
+
     config.check()
-    images, coarse, out = Path(images_dir), Path(coarse_dir), Path(out_dir)
-    if out.resolve() in (coarse.resolve(), images.resolve()):
-        raise AutosamError(f"output folder {out} must differ from the image and coarse folders")
-    if save_probabilities:
-        export.check_probability_layout(info)
+    images, coarse = Path(images_dir), Path(coarse_dir)
+    record = {"verb": "refine", "images": str(images), "coarse": str(coarse), "dataset_json": str(info.path),
+              "save_probabilities": bool(options.get("save_probabilities")), "refine": config.to_dict(),
+              **(run_args or {})}
+    plans = coarse / "plans.json"
+    runner = CaseRunner(out_dir, info, inputs={"image": images, "coarse": coarse}, record=record,
+                        plans=plans if plans.is_file() else None, desc="refine", **options)
     cases = io.list_cases(images, info.file_ending, info.num_channels)
     sources = find_coarse_files(coarse, list(cases), info.file_ending)
-    plans = coarse / "plans.json"
-    record = {"verb": "refine", "images": str(images), "coarse": str(coarse), "dataset_json": str(info.path),
-              "save_probabilities": save_probabilities, "refine": config.to_dict(), **(run_args or {})}
-    export.prepare_folder(out, info, record, plans if plans.is_file() else None)
-    todo = export.pending_cases(list(cases), out, info.file_ending, save_probabilities, overwrite)
-    predictor = None
     rw = io.reader_writer(info.file_ending)
-    for case_id in progress(todo, "refine"):
-        case = io.read_case(case_id, cases[case_id], rw)
-        seg, probs = read_coarse(case, info, *sources[case_id], rw_class=rw)
-        predictor = predictor or make_predictor()  # built after the first case's inputs are known to be sound
-        result = refine_case(predictor, case, info, seg, probs, config)
-        export.write_case(out, case_id, result.segmentation, case.properties, info,
-                          result.probabilities if save_probabilities else None, rw)
-    return todo
+
+    def process(sam: SamPredictor, case: io.Case) -> CaseOutput:
+        seg, probs = read_coarse(case, info, *sources[case.case_id], rw_class=rw)
+        result = refine_case(sam, case, info, seg, probs, config)
+        return CaseOutput(result.segmentation, result.probabilities, coarse=seg)
+
+    return runner.run(cases, FunctionJob(make_predictor, process))

@@ -35,3 +35,9 @@ def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
 def from_slices(slices: np.ndarray, axis: int) -> np.ndarray:
     """Inverse of :func:`to_slices`: ``(S, C, h, w)`` -> ``(C, Z, Y, X)``."""
     return np.moveaxis(slices, 0, axis + 1)
+
+
+def in_plane_spacing(spacing: Sequence[float], axis: int) -> tuple[float, float]:
+    """The (y, x) spacing of slices cut along ``axis`` of a (Z, Y, X) spacing."""
+    rest = [float(s) for a, s in enumerate(spacing) if a != axis]
+    return rest[0], rest[1]

@@ -5,6 +5,6 @@ top-level module while it searches for a ``-tr`` name, so modules here import ea
 (``nnunet_plugins.x``) and import autosam lazily.
 
 * ``nnUNetTrainerAutoSAM``, ``nnUNetTrainerAutoSAM_Short`` (:mod:`.autosam_trainers`): SAM refinement in the final
-  validation and in ``nnUNetv2_predict``; settings in :mod:`.autosam_settings`.
+  validation and in ``nnUNetv2_predict``; settings in :mod:`autosam.sam_settings`.
 * ``nnUNetTrainer_autosam_Short`` (:mod:`.short_schedule`): plain nnU-Net with an environment-configured schedule.
 """

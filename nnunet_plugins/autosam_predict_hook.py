@@ -13,7 +13,6 @@ import functools
 import inspect
 import os
 import sys
-from pathlib import Path
 from types import FrameType, MethodType
 from typing import Optional
 
@@ -45,7 +44,7 @@ def attach_from_caller(frame: Optional[FrameType]) -> bool:
 
 def attach(predictor, model_folder: str, folds: list, trainer_name: str) -> None:
     """Wrap ``predictor.predict_from_files(_sequential)`` so that their outputs are SAM-refined."""
-    from nnunet_plugins import autosam_settings
+    from autosam import sam_settings as autosam_settings
 
     settings = autosam_settings.load_recorded(model_folder, folds)
     if settings is None:
@@ -92,7 +91,8 @@ def _case_lists(predictor, source, part_id: int, num_parts: int) -> tuple[list[s
 
 
 def _predict_and_refine(predictor, original, arguments: dict):
-    from nnunet_plugins import autosam_refinement, autosam_settings
+    from autosam import sam_settings as autosam_settings
+    from nnunet_plugins import autosam_refinement
 
     source = arguments["list_of_lists_or_source_folder"]
     target = arguments["output_folder_or_list_of_truncated_output_files"]
@@ -110,7 +110,7 @@ def _predict_and_refine(predictor, original, arguments: dict):
     todo = [i for i, t in enumerate(refined) if arguments["overwrite"] or not _done(t, ending, keep_probabilities)]
     out_dirs = sorted({os.path.dirname(t) or os.curdir for t in refined})
     for folder in out_dirs:
-        _prepare_output(predictor, folder, predictor.__dict__[_ATTACHED])
+        _prepare_output(predictor, folder, predictor.__dict__[_ATTACHED], _inputs(source, predictor.__dict__[_ATTACHED]))
     if not todo:
         return None
     unrefined = [_unrefined_name(refined[i]) for i in todo]
@@ -124,16 +124,28 @@ def _predict_and_refine(predictor, original, arguments: dict):
     run = autosam_settings.runtime(str(predictor.device))
     sam = autosam_settings.build_predictor(state["settings"], run)
     dataset_json = os.path.join(state["model_folder"], "dataset.json")
+    by_folder: dict[tuple[str, str], list[int]] = {}
     for i, u in zip(todo, unrefined):
-        name = os.path.basename(refined[i])
+        by_folder.setdefault((os.path.dirname(u), os.path.dirname(refined[i]) or os.curdir), []).append(i)
+    for (unrefined_dir, out_dir), members in by_folder.items():
+        names = [os.path.basename(refined[i]) for i in members]
         autosam_refinement.refine_cases(
-            os.path.dirname(u), os.path.dirname(refined[i]) or os.curdir, {name: lists[i]}, dataset_json,
-            state["settings"], sam, cases=[name], save_probabilities=keep_probabilities,
-            log=lambda msg: print(f"autosam: {msg}", file=sys.stderr),
+            unrefined_dir, out_dir, {name: lists[i] for name, i in zip(names, members)}, dataset_json,
+            state["settings"], sam, cases=names, save_probabilities=keep_probabilities,
+            log=lambda msg: print(f"autosam: {msg}", file=sys.stderr), inputs=_inputs(source, state),
         )
         if not keep_probabilities:
-            autosam_refinement.drop_probabilities(os.path.dirname(u), [name])
+            autosam_refinement.drop_probabilities(unrefined_dir, names)
     return result
+
+
+def _inputs(source, state: dict) -> dict:
+    """The folders nnU-Net's prediction reads (the output must stay out of them): images and the model."""
+    if isinstance(source, str):
+        folders = {"image": source}
+    else:
+        folders = {f"image {i}": d for i, d in enumerate(sorted({os.path.dirname(f[0]) for f in source}))}
+    return {**folders, "model": state["model_folder"]}
 
 
 def _unrefined_name(truncated: str) -> str:
@@ -145,16 +157,16 @@ def _done(truncated: str, ending: str, with_probabilities: bool) -> bool:
     return done and (not with_probabilities or os.path.isfile(truncated + ".npz"))
 
 
-def _prepare_output(predictor, folder: str, state: dict) -> None:
-    """dataset.json, plans.json and the SAM settings in the refined output folder (as nnU-Net's folders have)."""
-    from batchgenerators.utilities.file_and_folder_operations import save_json
+def _prepare_output(predictor, folder: str, state: dict, inputs: dict) -> None:
+    """dataset.json, plans.json and the SAM settings in the refined output folder (as nnU-Net's folders have),
+    written atomically, after checking that the folder lies outside every input folder."""
+    from autosam import sam_settings as autosam_settings
+    from autosam.io import write_json
+    from autosam.runner import guard_output
 
-    from nnunet_plugins import autosam_settings
-
+    guard_output(folder, inputs)
     os.makedirs(os.path.join(folder, UNREFINED), exist_ok=True)
-    save_json(predictor.dataset_json, os.path.join(folder, "dataset.json"), sort_keys=False)
-    save_json(predictor.plans_manager.plans, os.path.join(folder, "plans.json"), sort_keys=False)
+    write_json(predictor.dataset_json, os.path.join(folder, "dataset.json"))
+    write_json(predictor.plans_manager.plans, os.path.join(folder, "plans.json"))
     autosam_settings.record(state["settings"], folder, by=f"nnUNetv2_predict -tr {state['trainer']}, model "
                                                           f"{state['model_folder']}")
-    for stale in Path(folder).glob(".tmp*"):  # leftovers of an interrupted run
-        stale.unlink(missing_ok=True)

@@ -5,7 +5,7 @@ Training is nnU-Net's, unchanged. The final validation keeps nnU-Net's own predi
 with SAM and writes the refined cases and their ``summary.json`` to ``fold_X/validation/``
 (``validation/summary_unrefined.json`` is a copy of the unrefined summary). The SAM settings used are recorded in
 ``fold_X/autosam_sam.json``; ``nnUNetv2_predict -tr nnUNetTrainerAutoSAM`` refines with them (see
-:mod:`nnunet_plugins.autosam_predict_hook`). SAM options: see :mod:`nnunet_plugins.autosam_settings`.
+:mod:`nnunet_plugins.autosam_predict_hook`). SAM options: see :mod:`autosam.sam_settings`.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
 
     # -- settings --------------------------------------------------------------------------------------------
     def _sam_settings(self) -> dict:
-        from nnunet_plugins import autosam_settings
+        from autosam import sam_settings as autosam_settings
 
         return autosam_settings.resolve(self.preprocessed_dataset_folder_base)
 
@@ -58,14 +58,14 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
         settings = self._sam_settings()  # bad AUTOSAM_* values fail now, not after training
         super().on_train_start()
         if self.local_rank == 0:
-            from nnunet_plugins import autosam_settings
+            from autosam import sam_settings as autosam_settings
 
             self.print_to_log_file(f"autosam: validation will refine with {autosam_settings.describe(settings)}")
 
     # -- validation ------------------------------------------------------------------------------------------
     def perform_actual_validation(self, save_probabilities: bool = False):
         """nnU-Net's validation (kept in ``validation_unrefined``), then SAM refinement into ``validation``."""
-        from nnunet_plugins import autosam_settings
+        from autosam import sam_settings as autosam_settings
 
         settings = self._sam_settings() if self.local_rank == 0 else None
         super().perform_actual_validation(save_probabilities=True)
@@ -100,7 +100,7 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
 
     def _refine_validation(self, unrefined: str, validation: str, settings: dict, run: dict,
                            save_probabilities: bool) -> list[str]:
-        from nnunet_plugins import autosam_settings
+        from autosam import sam_settings as autosam_settings
         from nnunet_plugins.autosam_refinement import refine_cases
 
         sam = autosam_settings.build_predictor(settings, run)

@@ -29,7 +29,6 @@ Work files go to --work (default /tmp/autosam_benchmark_adapt); reruns reuse fin
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -43,19 +42,24 @@ import torch
 
 warnings.filterwarnings("ignore")
 
-from autosam import evaluation, io, pipeline, slicing  # noqa: E402
+from autosam import evaluation, io, slicing  # noqa: E402
 from autosam.adapt.config import PromptNoise  # noqa: E402
-from autosam.adapt.data import group_of  # noqa: E402
 from autosam.adapt.train import finetune  # noqa: E402
+from autosam.labels import labels_from_probabilities  # noqa: E402
+from autosam.oracle import oracle_prompts  # noqa: E402
+from autosam.progress import progress  # noqa: E402
 from autosam.prompts import ClassPrompt  # noqa: E402
 from autosam.refine import RefineConfig, refine_case  # noqa: E402
-from autosam.sam import SamPredictor, build_sam  # noqa: E402
+from autosam.sam import build_sam  # noqa: E402
 from autosam.sam import transforms as T  # noqa: E402
+from autosam.sam.cache import CachingPredictor, EmbeddingCache  # noqa: E402
+from autosam.sam_run import run_sam  # noqa: E402
+from autosam.splits import subject_of  # noqa: E402
 
 SAMPLE = {"hippocampus": ["hippocampus_148", "hippocampus_149", "hippocampus_165", "hippocampus_221",
                           "hippocampus_319", "hippocampus_320"],
           "hc18": ["719", "800", "801"]}
-GROUP = {"hippocampus": None, "hc18": r"^[^_]+"}
+SUBJECT = {"hippocampus": None, "hc18": r"^[^_]+"}
 TOLERANCE = {"hippocampus": 1.0, "hc18": 2.0}  # mm (hc18: pixel size from pixel_size_and_HC.csv)
 #: per-dataset defaults: train cases, slices per case, epochs of decoder/desam, LoRA steps
 DEFAULTS = {"hippocampus": dict(train=20, slices=6, epochs=4, lora_steps=40),
@@ -65,32 +69,6 @@ DEFAULTS = {"hippocampus": dict(train=20, slices=6, epochs=4, lora_steps=40),
 LR = {"decoder": 1e-4, "desam": 5e-4, "lora": 5e-4}
 #: LoRA's mask decoder is pretrained: it keeps MedSAM's 1e-4 while the LoRA factors take LR["lora"]
 DECODER_LR = {"lora": 1e-4}
-
-
-class MemoPredictor(SamPredictor):
-    """A SamPredictor that encodes each distinct slice once per ``memo`` (shared by models with the same
-    frozen encoder) and charges the measured encoding time of every slice it is asked for."""
-
-    def __init__(self, model, memo: dict, **kw) -> None:
-        super().__init__(model, device="cpu", **kw)
-        self.memo = memo
-        self.charged = 0.0
-
-    @torch.inference_mode()
-    def set_slices(self, slices) -> None:
-        keys = [hashlib.sha1(np.ascontiguousarray(s, dtype=np.float32).tobytes()
-                             + str(np.shape(s)).encode()).hexdigest() for s in slices]
-        todo = [i for i, k in enumerate(keys) if k not in self.memo]
-        for start in range(0, len(todo), self.batch_size):
-            part = todo[start : start + self.batch_size]
-            t = time.perf_counter()
-            emb = self.model.embed(T.to_canvas([slices[i] for i in part], self.model.image_size)).float()
-            dt = (time.perf_counter() - t) / len(part)
-            for j, i in enumerate(part):
-                self.memo[keys[i]] = (emb[j].clone(), dt)
-        self.sizes = [tuple(np.asarray(s).shape[-2:]) for s in slices]
-        self.embeddings = torch.stack([self.memo[k][0] for k in keys]) if keys else None
-        self.charged += sum(self.memo[k][1] for k in keys)
 
 
 def degraded(prompts: list[ClassPrompt], hw: tuple[int, int], rng: np.random.Generator) -> list[ClassPrompt]:
@@ -117,11 +95,11 @@ def dice_nsd(pred: np.ndarray, ref: np.ndarray, spacing, tol: float) -> tuple[fl
 
 
 def choose_split(cases: list[str], dataset: str, n_test: int, n_train: int, seed: int) -> tuple[list[str], list[str]]:
-    pattern = GROUP[dataset]
+    pattern = SUBJECT[dataset]
     banned = set(SAMPLE[dataset])
-    groups = sorted({group_of(c, pattern) for c in cases} - banned)
+    groups = sorted({subject_of(c, pattern) for c in cases} - banned)
     groups = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
-    members = {g: sorted(c for c in cases if group_of(c, pattern) == g) for g in groups}
+    members = {g: sorted(c for c in cases if subject_of(c, pattern) == g) for g in groups}
     test, train = [], []
     for g in groups:
         if len(test) < n_test:
@@ -136,7 +114,7 @@ def train_adapters(args, root: Path, work: Path, train_cases: list[str]) -> dict
     d = DEFAULTS[args.dataset]
     times_file = work / "train_seconds.json"
     times = json.loads(times_file.read_text()) if times_file.is_file() else {}
-    common = dict(cases=train_cases, val_fraction=0.0, seed=args.seed, group_pattern=GROUP[args.dataset],
+    common = dict(cases=train_cases, val_fraction=0.0, seed=args.seed, subject_pattern=SUBJECT[args.dataset],
                   max_slices_per_case=args.max_slices if args.max_slices is not None else d["slices"],
                   cache_dir=work / "cache", device="cpu", overwrite=True,
                   prompt_noise=PromptNoise(types=("box",), jitter=0.1, margin=0.1))
@@ -192,18 +170,19 @@ def load_prompter(args, test_cases: list[str]):
     return prompter
 
 
-def evaluate(args, root: Path, info: io.DatasetInfo, test_cases: list[str], work: Path) -> list[dict]:
+def read_test_cases(args, root: Path, info: io.DatasetInfo, test_cases: list[str]) -> tuple[list, list[dict]]:
+    """Per test case: image, label, axis, spacing, the gt and degraded prompts and the prompter's coarse map; and
+    the ``prompter alone`` row."""
     files = io.list_cases(root / "imagesTr", info.file_ending, info.num_channels)
     mm = pixel_sizes(root)
     rw = io.reader_writer(info.file_ending)
-    tol = TOLERANCE[args.dataset]
     prompter = load_prompter(args, test_cases) if "prompter" in args.prompts else None
     data, rows, prompter_scores, prompter_seconds = [], [], [], []
-    for case in pipeline.progress(test_cases, "read + prompter"):
+    for case in progress(test_cases, "read + prompter"):
         c = io.read_case(case, files[case], rw)
         label, _ = io.read_label(root / "labelsTr" / f"{case}{info.file_ending}", rw)
         axis = slicing.choose_axis(c.spacing, label.shape)
-        gt = pipeline.oracle_prompts(label, axis, info.foreground)
+        gt = oracle_prompts(label, axis, info.foreground)
         hw = slicing.to_slices(label[None], axis).shape[-2:]
         rng = np.random.default_rng([args.seed, zlib.crc32(case.encode())])
         spacing = (1.0, mm[case], mm[case]) if case in mm else c.spacing
@@ -212,44 +191,52 @@ def evaluate(args, root: Path, info: io.DatasetInfo, test_cases: list[str], work
             t = time.perf_counter()
             coarse = prompter.coarse(c, axis=axis)
             prompter_seconds.append(time.perf_counter() - t)
-            prompter_scores.append(scores(coarse[0], label, info.foreground, spacing, tol))
+            prompter_scores.append(scores(coarse[0], label, info.foreground, spacing, TOLERANCE[args.dataset]))
         data.append((c, label, axis, spacing, {"gt": gt, "degraded": degraded(gt, hw, rng)}, coarse))
     if prompter is not None:
         s = np.array(prompter_scores)
         rows.append({"method": "prompter alone", "prompts": "-", "dice": float(s[:, 0].mean()),
                      "nsd": float(s[:, 1].mean()), "s_per_case": float(np.mean(prompter_seconds)), "cases": len(data)})
-    refine = RefineConfig(prompt="box", fusion="gated")
-    frozen_memo: dict = {}
+    return data, rows
+
+
+def score_prompts(predictor: CachingPredictor, data: list, kind: str, info: io.DatasetInfo, tol: float,
+                  desc: str) -> dict:
+    """Mean Dice/NSD of SAM (and of the gated fusion, for prompter prompts) over the test cases, and seconds per
+    case with every prompted slice's encoding charged at its measured cost (shared encodings counted for each)."""
+    stats = predictor.cache.stats
+    sam_scores, fused_scores, seconds = [], [], []
+    for c, label, axis, spacing, prompts, coarse in progress(data, desc):
+        t, spent, charged = time.perf_counter(), stats.encode_seconds, stats.charged_seconds
+        if kind == "prompter":
+            result = refine_case(predictor, c, info, coarse[0], coarse[1], RefineConfig(prompt="box", fusion="gated"))
+            run = result.sam
+            fused_scores.append(scores(result.segmentation, label, info.foreground, spacing, tol))
+        else:
+            image = T.normalize_case(c.image, info.channel_names)
+            run = run_sam(predictor, image, axis, prompts[kind], info.foreground)
+        wall = time.perf_counter() - t
+        seconds.append(wall - (stats.encode_seconds - spent) + (stats.charged_seconds - charged))
+        seg = labels_from_probabilities(run.probabilities, info.foreground)
+        sam_scores.append(scores(seg, label, info.foreground, spacing, tol))
+    s = np.array(sam_scores)
+    row = {"prompts": kind, "dice": float(s[:, 0].mean()), "nsd": float(s[:, 1].mean()),
+           "s_per_case": float(np.mean(seconds)), "cases": len(data)}
+    if fused_scores:
+        f = np.array(fused_scores)
+        row.update(fused_dice=float(f[:, 0].mean()), fused_nsd=float(f[:, 1].mean()))
+    return row
+
+
+def evaluate(args, root: Path, info: io.DatasetInfo, test_cases: list[str], work: Path) -> list[dict]:
+    data, rows = read_test_cases(args, root, info, test_cases)
+    cache = EmbeddingCache()  # models with the image encoder unchanged share their embeddings (same fingerprint)
     for method in args.methods:
         model = build_sam("litemedsam", adapter=None if method == "frozen" else str(work / method))
-        model = model.to("cpu").eval()
-        memo = {} if method == "lora" else frozen_memo
+        predictor = CachingPredictor(model.to("cpu").eval(), device="cpu", cache=cache)
         for kind in args.prompts:
-            predictor = MemoPredictor(model, memo)
-            sam_scores, fused_scores, seconds = [], [], []
-            for c, label, axis, spacing, prompts, coarse in pipeline.progress(data, f"{method}/{kind}"):
-                predictor.charged = 0.0
-                t = time.perf_counter()
-                before = set(memo)
-                if kind == "prompter":
-                    result = refine_case(predictor, c, info, coarse[0], coarse[1], refine)
-                    run = result.sam
-                    fused_scores.append(scores(result.segmentation, label, info.foreground, spacing, tol))
-                else:
-                    image = T.normalize_case(c.image, info.channel_names)
-                    run = pipeline.run_sam(predictor, image, axis, prompts[kind], info.foreground)
-                wall = time.perf_counter() - t
-                fresh = sum(memo[k][1] for k in set(memo) - before)  # encoding done inside this call
-                seconds.append(wall - fresh + predictor.charged)
-                seg = pipeline.labels_from_probabilities(run.probabilities, info.foreground)
-                sam_scores.append(scores(seg, label, info.foreground, spacing, tol))
-            s = np.array(sam_scores)
-            row = {"method": method, "prompts": kind, "dice": float(s[:, 0].mean()), "nsd": float(s[:, 1].mean()),
-                   "s_per_case": float(np.mean(seconds)), "cases": len(data)}
-            if fused_scores:
-                f = np.array(fused_scores)
-                row.update(fused_dice=float(f[:, 0].mean()), fused_nsd=float(f[:, 1].mean()))
-            rows.append(row)
+            rows.append({"method": method, **score_prompts(predictor, data, kind, info, TOLERANCE[args.dataset],
+                                                           f"{method}/{kind}")})
             print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 

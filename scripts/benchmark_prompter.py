@@ -29,29 +29,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autosam import evaluation, io, pipeline
+from autosam import evaluation, io
 from autosam.fusion import fusion_strategies
+from autosam.oracle import segment_case_from_labels
+from autosam.progress import progress
 from autosam.prompter import Prompter
-from autosam.prompter.cache import CachingPredictor
 from autosam.prompter.infer import WEIGHTS_ROOT
 from autosam.refine import RefineConfig, refine_case
 from autosam.sam import build_sam
+from autosam.sam.cache import CachingPredictor
 
 
 class Charged:
-    """Seconds of one run with the encoder charged per requested slice at the measured mean cost."""
+    """Seconds of one run with the encoder charged per requested slice at its measured cost, cached or not."""
 
     def __init__(self, predictor: CachingPredictor) -> None:
-        self.p = predictor
+        self.stats = predictor.cache.stats
 
     def __enter__(self):
-        self.t0, self.enc0, self.req0 = time.perf_counter(), self.p.encode_seconds, self.p.requested
+        self.t0, self.spent, self.charged = time.perf_counter(), self.stats.encode_seconds, self.stats.charged_seconds
         return self
 
     def __exit__(self, *exc):
         wall = time.perf_counter() - self.t0
-        per_slice = self.p.encode_seconds / max(self.p.encoded, 1)
-        self.seconds = wall - (self.p.encode_seconds - self.enc0) + (self.p.requested - self.req0) * per_slice
+        self.seconds = wall - (self.stats.encode_seconds - self.spent) + (self.stats.charged_seconds - self.charged)
 
 
 def score(ref: np.ndarray, seg: np.ndarray, spacing, info: io.DatasetInfo) -> dict:
@@ -73,7 +74,7 @@ def run_case(prompter: Prompter, predictor: CachingPredictor, case: io.Case, ref
         out[f"prompter + SAM ({fusion})"] = {"seconds": t_prompter + c.seconds,
                                              "metrics": score(ref, result.segmentation, case.spacing, info)}
     with Charged(predictor) as c:
-        oracle = pipeline.segment_case_from_labels(predictor, case, ref, info)
+        oracle = segment_case_from_labels(predictor, case, ref, info)
     out["label boxes + SAM (oracle)"] = {"seconds": c.seconds, "metrics": score(ref, oracle, case.spacing, info)}
     return out
 
@@ -124,7 +125,7 @@ def main() -> int:
         held_out = json.loads((WEIGHTS_ROOT / name / "splits.json").read_text())["val"][: args.cases]
         files = io.list_cases(dataset / "imagesTr", info.file_ending, info.num_channels)
         done = results.setdefault(name, {})
-        for case_id in pipeline.progress([c for c in held_out if c not in done], name):
+        for case_id in progress([c for c in held_out if c not in done], name):
             case = io.read_case(case_id, files[case_id])
             ref = io.read_label(dataset / "labelsTr" / f"{case_id}{info.file_ending}")[0]
             done[case_id] = run_case(prompter, predictor, case, ref, info, args.fusions)

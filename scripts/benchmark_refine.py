@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import os
@@ -41,7 +40,8 @@ from autosam import evaluation, io, nnunet
 from autosam.fusion import fuse, fusion_strategies, to_distribution, to_segmentation
 from autosam.nnunet_env import ensure_ext_trainer_env
 from autosam.refine import RefineConfig, coarse_foreground, refine_case
-from autosam.sam import SamPredictor, build_sam
+from autosam.sam import build_sam
+from autosam.sam.cache import CachingPredictor
 from autosam.sample import sample_dataset
 
 DATASET_ID, DATASET_NAME = 950, "Dataset950_HippoRefineBench"
@@ -156,38 +156,14 @@ def train_nnunet(work: Path, split: dict, args) -> tuple[Path, dict]:
 # --- 3. SAM with embeddings shared between prompt strategies ------------------------------------------------------
 
 
-class SharedEncoderPredictor(SamPredictor):
-    """Benchmark helper: slices already encoded (same pixels) reuse their embedding; the encoder seconds spent
-    (``spent``) and those a standalone run would have spent (``charged``) are counted."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.cache: dict[str, tuple[torch.Tensor, float]] = {}
-        self.spent = 0.0
-        self.charged = 0.0
-
-    def set_slices(self, slices):
-        keys = [hashlib.sha1(np.ascontiguousarray(s).tobytes() + str(np.shape(s)).encode()).hexdigest() for s in slices]
-        missing = [i for i, k in enumerate(keys) if k not in self.cache]
-        if missing:
-            start = time.perf_counter()
-            super().set_slices([slices[i] for i in missing])
-            each = (time.perf_counter() - start) / len(missing)
-            self.spent += each * len(missing)
-            for j, i in enumerate(missing):
-                self.cache[keys[i]] = (self.embeddings[j : j + 1].clone(), each)
-        self.charged += sum(self.cache[k][1] for k in keys)
-        self.embeddings = torch.cat([self.cache[k][0] for k in keys]) if keys else None
-        self.sizes = [tuple(np.asarray(s).shape[-2:]) for s in slices]
-
-
-def timed_refine(sam: SharedEncoderPredictor, *args, **kw):
+def timed_refine(sam: CachingPredictor, *args, **kw):
     """refine_case and the seconds it would take alone (wall time, encoder time as if nothing were cached)."""
-    spent, charged = sam.spent, sam.charged
+    stats = sam.cache.stats
+    spent, charged = stats.encode_seconds, stats.charged_seconds
     start = time.perf_counter()
     result = refine_case(sam, *args, **kw)
     wall = time.perf_counter() - start
-    return result, wall - (sam.spent - spent) + (sam.charged - charged)
+    return result, wall - (stats.encode_seconds - spent) + (stats.charged_seconds - charged)
 
 
 def scores(gt, seg, spacing, info, tol) -> dict:
@@ -201,7 +177,7 @@ def evaluate_case(case_id, files, gt_file, nn_predictor, sam, info, args) -> dic
     gt, props = io.read_label(gt_file, rw)
     io.check_same_geometry(case.properties, props, str(gt_file))
     tol = args.tolerance_mm
-    sam.cache.clear()
+    sam.clear()
     start = time.perf_counter()
     seg, probs = nnunet.coarse_prediction(nn_predictor, case)
     coarse_s = time.perf_counter() - start
@@ -281,7 +257,7 @@ def main(argv=None) -> int:
 
     info = nnunet.model_dataset_info(model)
     nn_predictor = nnunet.load_nnunet_predictor(model, ["0"], device="cpu")
-    sam = SharedEncoderPredictor(build_sam("litemedsam"), device="cpu")
+    sam = CachingPredictor(build_sam("litemedsam"), device="cpu")
     data_info = io.load_dataset_json(data)
     files = io.list_cases(work / "heldout" / "imagesTs", data_info.file_ending, data_info.num_channels)
     cache = work / "cases"

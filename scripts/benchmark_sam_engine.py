@@ -57,11 +57,12 @@ def oracle_quality(data: str, max_cases: int, device: str) -> tuple[str, int, di
             for f in cases[c]:
                 (images / f.name).symlink_to(f.resolve())
         start = time.perf_counter()
-        oracle_folder(images, root / "labelsTr", Path(tmp) / "out", info, predictor)
+        oracle_folder(images, root / "labelsTr", Path(tmp) / "out", info, lambda: predictor)
         seconds = (time.perf_counter() - start) / len(chosen)
-        summary = evaluation.nnunet_summary(root / "labelsTr", Path(tmp) / "out", info)
+        summary = evaluation.evaluate_folder(root / "labelsTr", Path(tmp) / "out", info)
     names = {v: k for k, v in info.labels.items()}
-    return root.name, len(chosen), {names[v]: summary["mean"][v]["Dice"] for v in info.foreground}, seconds
+    dice = {names[v]: evaluation.label_mean(summary, v)["Dice"] for v in info.foreground}
+    return root.name, len(chosen), dice, seconds
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ Needs /work/shared/data (or --data ROOT with hippocampus/ and hc18/ in nnU-Net r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import sys
 import time
@@ -28,27 +27,10 @@ from autosam.evaluation import case_metrics
 from autosam.fusion import fuse, fusion_strategies, to_distribution, to_segmentation
 from autosam.prompts import prompt_strategies
 from autosam.refine import RefineConfig, coarse_foreground, refine_case
-from autosam.sam import SamPredictor, build_sam
+from autosam.sam import build_sam
+from autosam.sam.cache import CachingPredictor
 
 SAMPLE_SUBJECTS = {"hippocampus": {"148", "149", "165", "221", "319", "320"}, "hc18": {"719", "800", "801"}}
-
-
-class CachingPredictor(SamPredictor):
-    """Encodes each distinct slice once (keyed by its pixels), so many prompt variants cost one encoding."""
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.cache: dict[str, tuple[torch.Tensor, tuple]] = {}
-
-    def set_slices(self, slices):
-        keys = [hashlib.sha1(np.ascontiguousarray(s).tobytes() + str(np.shape(s)).encode()).hexdigest() for s in slices]
-        new = [i for i, k in enumerate(keys) if k not in self.cache]
-        if new:
-            super().set_slices([slices[i] for i in new])
-            for j, i in enumerate(new):
-                self.cache[keys[i]] = (self.embeddings[j : j + 1], self.sizes[j])
-        self.embeddings = torch.cat([self.cache[k][0] for k in keys])
-        self.sizes = [self.cache[k][1] for k in keys]
 
 
 def subject(dataset: str, case: str) -> str:

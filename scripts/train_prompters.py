@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from autosam import io
-from autosam.prompter.data import subject_of
 from autosam.prompter.infer import WEIGHTS_ROOT, Prompter
 from autosam.prompter.train import TrainOptions, train_prompter
 from autosam.sample import sample_dataset
+from autosam.splits import subject_of
 
 HC18_SUBJECT = r"^([^_]+)_"
 #: Per shipped prompter: the development dataset and the training settings (sized for ~15 min on one CPU core).

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,8 +11,7 @@ import torch
 from torch import nn
 
 from autosam.adapt import PromptNoise, add_lora, adapter_state, load_adapter, prepare_model, read_config
-from autosam.adapt.cache import EmbeddingCache, cache_folder
-from autosam.adapt.data import group_of, split_cases
+from autosam.adapt.data import select_cases
 from autosam.adapt.lora import LoRALinear
 from autosam.adapt.noise import noisy_box, noisy_points
 from autosam.adapt.train import evaluate, finetune, load_training_set
@@ -21,7 +21,9 @@ from autosam import io
 from autosam.prompts import bounding_box
 from autosam.sam import build_sam
 from autosam.sam import transforms as T
+from autosam.sam.cache import EmbeddingCache
 from autosam.sample import sample_dataset
+from autosam.splits import split_by_subject, subject_of
 from conftest import ADAPTER_TRAIN
 
 HC18 = sample_dataset("hc18")
@@ -36,8 +38,7 @@ def cache_dir(adapter_cache_dir):
 
 def _loss(model, cache_dir, noise=NO_NOISE) -> float:
     info = io.load_dataset_json(HC18)
-    cache = EmbeddingCache(cache_folder(cache_dir, model, HC18), model, torch.device("cpu"))
-    data = load_training_set(HC18, info, TRAIN, None, 0, cache, "test")
+    data = load_training_set(HC18, info, TRAIN, None, 0, "test", EmbeddingCache(cache_dir), model)
     return evaluate(model, data, noise, "dice_bce", torch.device("cpu"))["loss"]
 
 
@@ -46,12 +47,50 @@ def _loss(model, cache_dir, noise=NO_NOISE) -> float:
 
 def test_split_is_deterministic_and_keeps_subjects_together():
     cases = ["010_HC", "010_2HC", "032_HC", "032_2HC", "045_HC", "051_HC", "053_HC", "055_HC", "063_HC", "063_2HC"]
-    a = split_cases(cases, 0.3, seed=3, group_pattern=r"^[^_]+")
-    assert a == split_cases(list(reversed(cases)), 0.3, seed=3, group_pattern=r"^[^_]+")
+    a = split_by_subject(cases, 0.3, seed=3, subject_pattern=r"^[^_]+")
+    assert a == split_by_subject(list(reversed(cases)), 0.3, seed=3, subject_pattern=r"^[^_]+")
     assert sorted(a["train"] + a["val"]) == sorted(cases) and a["val"]
-    train_groups = {group_of(c, r"^[^_]+") for c in a["train"]}
-    assert not train_groups & {group_of(c, r"^[^_]+") for c in a["val"]}
-    assert split_cases(cases, 0.3, seed=4, group_pattern=r"^[^_]+") != a  # the seed matters
+    train_subjects = {subject_of(c, r"^[^_]+") for c in a["train"]}
+    assert not train_subjects & {subject_of(c, r"^[^_]+") for c in a["val"]}
+    assert split_by_subject(cases, 0.3, seed=4, subject_pattern=r"^[^_]+") != a  # the seed matters
+    # the pattern with a group finds the same subjects, so the same split
+    assert {k: v for k, v in split_by_subject(cases, 0.3, 3, r"^([^_]+)_").items() if k != "subject_pattern"} == \
+        {k: v for k, v in a.items() if k != "subject_pattern"}
+    assert select_cases(cases, exclude=["063", "045_HC"], subject_pattern=r"^[^_]+") == \
+        sorted(c for c in cases if not c.startswith(("063", "045")))
+
+
+def test_adapter_config_written_with_group_pattern_still_loads(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"base": "litemedsam", "method": "decoder", "group_pattern": "^[^_]+", "some_future_key": 1}))
+    assert read_config(tmp_path).subject_pattern == "^[^_]+"
+
+
+def test_finetune_cli_speaks_the_common_vocabulary(monkeypatch, capsys):
+    """-d is the dataset folder; --subject-pattern, --exclude, --margin 0.1box; the old spellings still work
+    with a deprecation notice."""
+    seen = []
+
+    def fake_finetune(dataset, output, **kw):
+        seen.append((dataset, kw))
+        config = SimpleNamespace(method="decoder", base="litemedsam", epoch=1, epochs=1)
+        return SimpleNamespace(config=config)
+
+    monkeypatch.setattr("autosam.adapt.train.finetune", fake_finetune)
+    new = ["finetune", "-d", str(HC18), "-o", "unused", "--subject-pattern", "^[^_]+", "--exclude", "801,719",
+           "--margin", "0.2box"]
+    old = ["finetune", "-d", str(HC18), "-o", "unused", "--group-pattern", "^[^_]+", "--exclude-cases", "801,719",
+           "--margin", "0.2"]
+    assert main(new) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main(old) == 0
+    assert capsys.readouterr().err.count("deprecated") == 3
+    for dataset, kw in seen:
+        assert dataset == HC18 and kw["subject_pattern"] == "^[^_]+" and kw["exclude"] == ["801", "719"]
+        assert kw["prompt_noise"].margin == 0.2
+    assert main(["finetune", "-d", str(HC18), "-o", "unused", "--margin", "2mm"]) == 2
+    assert "0.2box" not in capsys.readouterr().err
+    assert main(["finetune", "-d", str(HC18 / "dataset.json"), "-o", "unused"]) == 2
 
 
 def test_noisy_prompts_stay_valid_and_vanish_without_noise():
@@ -207,7 +246,7 @@ def test_adapter_for_another_backend_is_refused(decoder_adapter, tmp_path):
 def test_cli_finetune_resumes_and_refuses_to_overwrite(tmp_path, cache_dir, capsys):
     out = tmp_path / "adapter"
     args = ["finetune", "-d", str(HC18), "-o", str(out), "--method", "desam", "--epochs", "1", "--iterations", "1",
-            "--batch-size", "1", "--exclude", "801", "--group-pattern", "^[^_]+", "--val-fraction", "0.5",
+            "--batch-size", "1", "--exclude", "801", "--subject-pattern", "^[^_]+", "--val-fraction", "0.5",
             "--cache-dir", str(cache_dir), "--device", "cpu"]
     assert main(args) == 0
     split = json.loads((out / "split.json").read_text())
@@ -221,21 +260,19 @@ def test_cli_finetune_resumes_and_refuses_to_overwrite(tmp_path, cache_dir, caps
     assert json.loads((out / "split.json").read_text()) == split
 
 
-def test_embedding_cache_matches_the_encoder_and_is_reused(tmp_path, litemedsam):
+def test_training_embeddings_come_from_the_cache(tmp_path, litemedsam):
     info = io.load_dataset_json(HC18)
     files = io.list_cases(HC18 / "imagesTr", info.file_ending, info.num_channels)
     image = T.normalize_case(io.read_case("801_HC", files["801_HC"]).image, info.channel_names)[:, 0]
-    cache = EmbeddingCache(tmp_path, litemedsam, torch.device("cpu"))
-    emb = cache.get("801_HC", 0, [0], lambda: [image])
+    cache = EmbeddingCache(tmp_path)
+    data = load_training_set(HC18, info, ["801_HC"], None, 0, "test", cache, litemedsam)
     with torch.no_grad():
         direct = litemedsam.embed(T.to_canvas([image], 256))
-    assert np.array_equal(np.asarray(emb), direct.numpy())
-
-    def must_not_encode():
-        raise AssertionError("cache miss")
-
-    again = cache.get("801_HC", 0, [0], must_not_encode)
-    assert isinstance(again, np.memmap) and np.array_equal(again, emb)
+    assert len(data.embeddings) == 1 and torch.equal(data.embeddings[0], direct[0])
+    assert data.slices[0].image is None  # dropped once embedded
+    again = EmbeddingCache(tmp_path)  # a later run: read from disk, nothing encoded
+    data = load_training_set(HC18, info, ["801_HC"], None, 0, "test", again, litemedsam)
+    assert again.stats.encoded == 0 and torch.equal(data.embeddings[0], direct[0])
 
 
 @pytest.mark.slow

@@ -86,14 +86,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, probl
 
 def test_console_script_exit_code(tmp_path, venv_bin, cli_env):
     proc = subprocess.run([str(venv_bin / "autosam"), "oracle", "-i", str(tmp_path), "-l", str(tmp_path), "-o",
-                           str(tmp_path / "o"), "-d", str(tmp_path / "dataset.json")],
+                           str(tmp_path / "o"), "--dataset-json", str(tmp_path / "dataset.json")],
                           capture_output=True, text=True, env=cli_env)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"autosam oracle: error: dataset.json not found: {tmp_path / 'dataset.json'}"
 
 
 def test_label_map_from_probabilities_resolves_overlap_by_probability():
-    from autosam.pipeline import labels_from_probabilities
+    from autosam.labels import labels_from_probabilities
 
     probs = np.zeros((2, 1, 2, 2), dtype=np.float32)
     probs[0, 0, 0, 0], probs[1, 0, 0, 0] = 0.9, 0.7
@@ -108,7 +108,7 @@ def test_recorded_sam_settings_yield_to_options_given_on_the_command_line(tmp_pa
     command line left out, even where an option given equals its default."""
     from autosam.cli import build_parser, given_options
     from autosam.commands.refine import config_from_record
-    from nnunet_plugins import autosam_settings
+    from autosam import sam_settings as autosam_settings
 
     recorded = autosam_settings.default_settings()
     recorded["refine"].update(prompt="box", fusion="union", min_size=8, fusion_options={"min_iou": 0.5})

@@ -95,7 +95,11 @@ def test_evaluate_folder_matches_nnunet_summary(hippocampus_folders):
     gt, pred = hippocampus_folders
     info = io.load_dataset_json(pred)
     ours = evaluation.evaluate_folder(gt, pred, info, tolerance_mm=1.0)
-    theirs = evaluation.nnunet_summary(gt, pred, info, num_processes=1)
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+
+    theirs = compute_metrics_on_folder(str(gt), str(pred), None, io.reader_writer(info.file_ending)(),
+                                       info.file_ending, info.foreground, ignore_label=info.ignore_label,
+                                       num_processes=1)
     for mine, ref in zip(ours["metric_per_case"], sorted(theirs["metric_per_case"], key=lambda c: c["prediction_file"])):
         for label in (1, 2):
             for key, value in ref["metrics"][label].items():
@@ -132,5 +136,5 @@ def test_evaluate_cli_errors_are_one_line(hippocampus_folders, tmp_path, capsys)
     assert "dataset.json not found" in err and len(err.splitlines()) == 1
     root = sample_dataset("hippocampus")
     shutil.copy(root / "labelsTr" / "hippocampus_221.nii.gz", pred)  # no reference for it
-    assert cli.main(["evaluate", str(gt), str(pred), "-d", str(root / "dataset.json")]) == 2
+    assert cli.main(["evaluate", str(gt), str(pred), "--dataset-json", str(root / "dataset.json")]) == 2
     assert "no reference" in capsys.readouterr().err

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from autosam.errors import AutosamError
-from autosam.fusion import fuse, fusion_strategies, to_distribution, to_segmentation
-from autosam.pipeline import SamRun
+from autosam.fusion import fuse, fusion_strategies
+from autosam.labels import to_distribution, to_segmentation
+from autosam.sam_run import SamRun
 
 
 def _run(sam, prompted, iou=None, axis=0, labels=(1,)):

@@ -59,7 +59,7 @@ def test_import_autosam_sets_the_variable_and_stays_light():
 
 def test_settings_from_environment_are_checked(tmp_path):
     from autosam.errors import AutosamError
-    from nnunet_plugins import autosam_settings
+    from autosam import sam_settings as autosam_settings
 
     (tmp_path / autosam_settings.SETTINGS_FILE).write_text(json.dumps({"fusion": "union", "margin": 2.0}))
     settings = autosam_settings.resolve(tmp_path, env={"AUTOSAM_MARGIN": "3", "AUTOSAM_AXIS": "2"})

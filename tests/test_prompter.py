@@ -12,8 +12,8 @@ import torch
 from autosam import cli, io
 from autosam.prompter import Prompter, shipped_prompters
 from autosam.prompter.infer import WEIGHTS_ROOT, dice_per_label
-from autosam.prompter.train import make_split
 from autosam.sample import sample_dataset
+from autosam.splits import split_by_subject
 
 HIPPO, HC18 = sample_dataset("hippocampus"), sample_dataset("hc18")
 
@@ -62,7 +62,7 @@ def test_train_lowers_loss_writes_checkpoint_and_resumes(tmp_path, capsys):
     info = io.load_dataset_json(HIPPO)
     cases = list(io.list_cases(HIPPO / "imagesTr", info.file_ending, 1))
     split = json.loads((model / "splits.json").read_text())
-    assert split == make_split(cases, 0.2, 3, None)
+    assert split == split_by_subject(cases, 0.2, 3, None)
     assert sorted(split["train"] + split["val"]) == sorted(cases) and split["val"]
 
     # the final weights load from config.json alone and give per-class probabilities on the case grid
@@ -81,15 +81,23 @@ def test_train_lowers_loss_writes_checkpoint_and_resumes(tmp_path, capsys):
     assert rc == 2 and "other settings (seed" in err
 
 
-def test_exclude_cases_keeps_cases_out(tmp_path, capsys):
+@pytest.mark.parametrize("spelling", ["--exclude", "--exclude-cases"])
+def test_exclude_keeps_cases_out(spelling, tmp_path, capsys):
     excluded = tmp_path / "exclude.txt"
     excluded.write_text("hippocampus_148\nhippocampus_149  # sample\n")
     rc, _, err = run_cli(["train-prompter", "-d", HIPPO, "-o", tmp_path / "m", "--input-size", 32, "--base", 8,
-                          "--epochs", 1, "--iterations", 1, "--batch-size", 2, "--exclude-cases", excluded], capsys)
+                          "--epochs", 1, "--iterations", 1, "--batch-size", 2, spelling, excluded], capsys)
     assert rc == 0, err
+    assert ("--exclude-cases is deprecated" in err) == (spelling == "--exclude-cases")
     split = json.loads((tmp_path / "m" / "splits.json").read_text())
     assert not {"hippocampus_148", "hippocampus_149"} & set(split["train"] + split["val"])
     assert len(split["train"] + split["val"]) == 4
+
+
+def test_train_prompter_takes_a_dataset_folder(tmp_path, capsys):
+    rc, _, err = run_cli(["train-prompter", "-d", HIPPO / "dataset.json", "-o", tmp_path / "m"], capsys)
+    assert rc == 2 and "-d takes an nnU-Net raw dataset folder" in err
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("name", ["hippocampus", "hc18"])
@@ -171,7 +179,7 @@ def test_embedding_mode_trains_through_the_frozen_decoder(tmp_path, capsys, lite
                           "--base", 8, "--epochs", 2, "--iterations", 3, "--batch-size", 2, "--val-fraction", 0,
                           "--max-embedding-slices", 2], capsys)
     assert rc == 0, err
-    assert (model / "embeddings.pt").is_file()
+    assert (model / "embedding_cache" / "index.json").is_file()  # SAM embeddings of the training slices
     prompter = Prompter.load(model)
     assert prompter.mode == "embedding"
     assert prompter.net.project.weight.abs().sum() > 0  # the dense-embedding head learned (it starts at zero)

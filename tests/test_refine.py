@@ -212,7 +212,7 @@ def test_refine_errors_are_one_line_exit_2(hippo, tmp_path, capsys):
     regions["labels"] = {"background": 0, "whole": [1, 2], "posterior": 2}
     regions["regions_class_order"] = [1, 2]
     (tmp_path / "regions.json").write_text(json.dumps(regions))
-    assert "region-based" in _error(capsys, "-i", images, "-c", good, "-o", tmp_path / "o6", "-d",
+    assert "region-based" in _error(capsys, "-i", images, "-c", good, "-o", tmp_path / "o6", "--dataset-json",
                                     tmp_path / "regions.json")
 
     assert "must differ" in _error(capsys, "-i", images, "-c", good, "-o", good)

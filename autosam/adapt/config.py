@@ -65,6 +65,7 @@ class AdapterConfig:
     loss: str = "dice_bce"
     seed: int = 0
     axis: Optional[int] = None
+    subject_pattern: Optional[str] = None  # regex of autosam.splits: a subject's cases stay on one side of the split
     dataset: str = ""
     labels: dict = field(default_factory=dict)
     split: str = SPLIT_NAME
@@ -91,6 +92,16 @@ class AdapterConfig:
         d["prompt_noise"]["types"] = list(self.prompt_noise.types)
         return d
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> "AdapterConfig":
+        """A config from its dict, also as older versions wrote it (``group_pattern`` for ``subject_pattern``);
+        unknown keys are ignored."""
+        raw = dict(raw)
+        if "group_pattern" in raw:
+            raw.setdefault("subject_pattern", raw.pop("group_pattern"))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
 
 def read_config(adapter_dir: str | Path) -> AdapterConfig:
     """Read ``adapter_config.json`` of an adapter folder; any problem is an :class:`AutosamError` naming it."""
@@ -102,12 +113,10 @@ def read_config(adapter_dir: str | Path) -> AdapterConfig:
         raise AutosamError(f"{folder}: not an adapter folder ({CONFIG_NAME} is missing)")
     try:
         raw = json.loads(path.read_text())
+        if not isinstance(raw, dict) or "base" not in raw or "method" not in raw:
+            raise AutosamError(f"{path}: needs at least 'base' (backend) and 'method'")
+        return AdapterConfig.from_dict(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AutosamError(f"{path} is not valid JSON: {e}") from None
-    known = {f.name for f in fields(AdapterConfig)}
-    if not isinstance(raw, dict) or "base" not in raw or "method" not in raw:
-        raise AutosamError(f"{path}: needs at least 'base' (backend) and 'method'")
-    try:
-        return AdapterConfig(**{k: v for k, v in raw.items() if k in known})
     except TypeError as e:
         raise AutosamError(f"{path}: {e}") from None

@@ -1,8 +1,7 @@
-"""Training material from an nnU-Net raw dataset: a deterministic split by case (or subject), the labelled
-slices of each case, and one sample per (slice, label, connected component)."""
+"""Training material from an nnU-Net raw dataset: the cases to use (split by subject in :mod:`autosam.splits`), the
+labelled slices of each case, and one sample per (slice, label, connected component)."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -13,6 +12,7 @@ from .. import io, slicing
 from ..errors import AutosamError
 from ..prompts import components
 from ..sam.transforms import normalize_case
+from ..splits import subject_of
 
 
 @dataclass
@@ -39,43 +39,17 @@ class Sample:
     mask: np.ndarray = field(repr=False)
 
 
-def group_of(case: str, pattern: Optional[str]) -> str:
-    """The group a case belongs to for splitting: the first match of ``pattern`` (e.g. ``^[^_]+`` = subject id
-    before the first underscore), or the case itself."""
-    if not pattern:
-        return case
-    m = re.search(pattern, case)
-    return m.group(0) if m else case
-
-
-def split_cases(cases: Sequence[str], val_fraction: float, seed: int, group_pattern: Optional[str] = None) -> dict:
-    """Deterministic train/validation split by group (all cases of a group land on the same side)."""
-    if not 0 <= val_fraction < 1:
-        raise AutosamError(f"validation fraction must be in [0, 1), got {val_fraction}")
-    groups = sorted({group_of(c, group_pattern) for c in cases})
-    order = np.random.default_rng(seed).permutation(len(groups))
-    n_val = int(round(val_fraction * len(groups)))
-    if val_fraction > 0 and len(groups) > 1:
-        n_val = min(max(1, n_val), len(groups) - 1)
-    val_groups = {groups[i] for i in order[:n_val]}
-    return {
-        "train": sorted(c for c in cases if group_of(c, group_pattern) not in val_groups),
-        "val": sorted(c for c in cases if group_of(c, group_pattern) in val_groups),
-        "val_fraction": val_fraction, "seed": seed, "group_pattern": group_pattern,
-    }
-
-
 def select_cases(all_cases: Iterable[str], include: Optional[Sequence[str]] = None, exclude: Sequence[str] = (),
-                 max_cases: int = 0, seed: int = 0, group_pattern: Optional[str] = None) -> list[str]:
-    """Cases to use: ``include`` (default all) minus ``exclude`` (case ids, or groups under ``group_pattern``),
-    then at most ``max_cases`` of them drawn by a seeded shuffle (0 = all)."""
+                 max_cases: int = 0, seed: int = 0, subject_pattern: Optional[str] = None) -> list[str]:
+    """Cases to use: ``include`` (default all) minus ``exclude`` (case ids, or subjects under ``subject_pattern``,
+    see :mod:`autosam.splits`), then at most ``max_cases`` of them drawn by a seeded shuffle (0 = all)."""
     all_cases = sorted(all_cases)
     chosen = list(all_cases) if include is None else list(include)
     unknown = [c for c in chosen if c not in all_cases]
     if unknown:
         raise AutosamError(f"case {unknown[0]} is not in the dataset")
     excluded = set(exclude)
-    chosen = [c for c in chosen if c not in excluded and group_of(c, group_pattern) not in excluded]
+    chosen = [c for c in chosen if c not in excluded and subject_of(c, subject_pattern) not in excluded]
     if max_cases and len(chosen) > max_cases:
         pick = np.random.default_rng(seed).permutation(len(chosen))[:max_cases]
         chosen = [chosen[i] for i in sorted(pick)]

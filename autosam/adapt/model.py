@@ -9,7 +9,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import AutosamError
-from ..io import atomic_output, write_json
+from ..io import atomic_output, load_torch, write_json
 from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, read_config
 from .desam import attach_desam, desam_trainable
 from .lora import add_lora, is_lora_parameter
@@ -76,10 +76,9 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
     path = folder / WEIGHTS_NAME
     if not path.is_file():
         raise AutosamError(f"{folder}: {WEIGHTS_NAME} is missing")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - one line naming the file
-        raise AutosamError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    state = load_torch(path, "adapter weights")
+    if not isinstance(state, dict):
+        raise AutosamError(f"{path}: adapter weights must be a state dict")
     prepare_model(model, config)
     params = dict(model.named_parameters())
     expected = {k for k, p in params.items() if p.requires_grad}

@@ -16,15 +16,19 @@ import torch.nn.functional as F
 
 from .. import __version__, io
 from ..errors import AutosamError
-from ..pipeline import progress
+from ..losses import LOSSES, hard_dice, hard_iou, mask_loss
+from ..progress import progress
 from ..sam import build_sam, resolve_device
 from ..sam import transforms as T
-from .cache import EmbeddingCache, cache_folder
+from ..sam.cache import EmbeddingCache
+from ..splits import split_by_subject
 from .config import CONFIG_NAME, SPLIT_NAME, STATE_NAME, WEIGHTS_NAME, AdapterConfig, PromptNoise
-from .data import Sample, TrainSlice, make_samples, read_training_case, select_cases, split_cases
-from .losses import LOSSES, hard_dice, hard_iou, mask_loss
+from .data import Sample, TrainSlice, make_samples, read_training_case, select_cases
 from .model import adapter_state, is_new_parameter, prepare_model, save_adapter
 from .noise import prompt_kind, sample_prompt
+
+#: Default embedding cache of an adapter folder (frozen-encoder methods; see :mod:`autosam.sam.cache`).
+CACHE_NAME = "embedding_cache"
 
 
 @dataclass
@@ -41,7 +45,7 @@ class TrainingSet:
 
     slices: list[TrainSlice]
     samples: list[Sample]
-    embeddings: list[Optional[np.ndarray]] = field(default_factory=list)
+    embeddings: list[Optional[torch.Tensor]] = field(default_factory=list)
     _targets: dict = field(default_factory=dict, repr=False)
 
     def target(self, i: int, image_size: int, low_res: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,21 +60,20 @@ class TrainingSet:
 
 
 def load_training_set(
-    dataset_dir: Path, info: io.DatasetInfo, cases: Sequence[str], axis: Optional[int], max_slices: int,
-    cache: Optional[EmbeddingCache], desc: str,
+    dataset_dir: Path, info: io.DatasetInfo, cases: Sequence[str], axis: Optional[int], max_slices: int, desc: str,
+    cache: Optional[EmbeddingCache] = None, model=None,
 ) -> TrainingSet:
-    """Read the cases' labelled slices; with a cache, embed them (once) and drop the images."""
+    """Read the cases' labelled slices; with a cache, embed them by ``model`` (once) and drop the images."""
     files = io.list_cases(dataset_dir / "imagesTr", info.file_ending, info.num_channels)
     labels = io.label_files(dataset_dir / "labelsTr", list(cases), info.file_ending)
     slices: list[TrainSlice] = []
-    embeddings: list[Optional[np.ndarray]] = []
+    embeddings: list[Optional[torch.Tensor]] = []
     for case in progress(list(cases), desc):
         part = read_training_case(case, files[case], labels[case], info, axis, max_slices)
         if cache is not None and part:
-            emb = cache.get(case, part[0].axis, [s.index for s in part], lambda: [s.image for s in part])
-            for j, s in enumerate(part):
+            embeddings.extend(cache.fetch(model, [s.image for s in part]))
+            for s in part:
                 s.image = None
-                embeddings.append(emb[j])
         else:
             embeddings.extend([None] * len(part))
         slices.extend(part)
@@ -85,7 +88,7 @@ def batch_loss(
     size, low = model.image_size, model.low_res_size
     samples = [data.samples[i] for i in idx]
     if all(data.embeddings[s.slice] is not None for s in samples):
-        emb = torch.from_numpy(np.stack([data.embeddings[s.slice] for s in samples])).to(device)
+        emb = torch.stack([data.embeddings[s.slice] for s in samples]).to(device)
     else:  # the encoder is trained: embed each distinct slice of the batch once
         order = sorted({s.slice for s in samples})
         canvas = T.to_canvas([data.slices[k].image for k in order], size).to(device)
@@ -141,7 +144,7 @@ def _prepare_folder(folder: Path, resume: bool, overwrite: bool) -> Optional[dic
     if resume:
         if not (folder / STATE_NAME).is_file():
             raise AutosamError(f"{folder}: nothing to resume ({STATE_NAME} is missing)")
-        return torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
+        return io.load_torch(folder / STATE_NAME, "adapter training state")
     if exists and not overwrite:
         raise AutosamError(f"{folder}: an adapter is already there; use --resume to continue or --overwrite")
     for name in (CONFIG_NAME, WEIGHTS_NAME, STATE_NAME, SPLIT_NAME):
@@ -150,41 +153,22 @@ def _prepare_folder(folder: Path, resume: bool, overwrite: bool) -> Optional[dic
 
 
 def finetune(
-    dataset_dir: str | os.PathLike,
-    adapter_dir: str | os.PathLike,
-    base: str = "litemedsam",
-    checkpoint: Optional[str] = None,
-    method: str = "decoder",
-    epochs: int = 5,
-    rank: int = 4,
-    lora_alpha: Optional[float] = None,
-    train_encoder: bool = False,
-    desam_channels: int = 64,
-    prompt_noise: Optional[PromptNoise] = None,
-    lr: float = 1e-4,
-    decoder_lr: Optional[float] = None,
-    batch_size: int = 8,
-    loss: str = "dice_bce",
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    group_pattern: Optional[str] = None,
-    cases: Optional[Sequence[str]] = None,
-    exclude: Sequence[str] = (),
-    max_cases: int = 0,
-    max_slices_per_case: int = 0,
-    iterations_per_epoch: int = 0,
-    cache_dir: Optional[str | os.PathLike] = None,
-    use_cache: bool = True,
-    axis: Optional[int] = None,
-    device: str = "auto",
-    resume: bool = False,
-    overwrite: bool = False,
+    dataset_dir: str | os.PathLike, adapter_dir: str | os.PathLike, base: str = "litemedsam",
+    checkpoint: Optional[str] = None, method: str = "decoder", epochs: int = 5, rank: int = 4,
+    lora_alpha: Optional[float] = None, train_encoder: bool = False, desam_channels: int = 64,
+    prompt_noise: Optional[PromptNoise] = None, lr: float = 1e-4, decoder_lr: Optional[float] = None,
+    batch_size: int = 8, loss: str = "dice_bce", val_fraction: float = 0.2, seed: int = 0,
+    subject_pattern: Optional[str] = None, cases: Optional[Sequence[str]] = None, exclude: Sequence[str] = (),
+    max_cases: int = 0, max_slices_per_case: int = 0, iterations_per_epoch: int = 0,
+    cache_dir: Optional[str | os.PathLike] = None, use_cache: bool = True, axis: Optional[int] = None,
+    device: str = "auto", resume: bool = False, overwrite: bool = False,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> FinetuneResult:
     """Train an adapter on the nnU-Net raw dataset ``dataset_dir`` and write it to ``adapter_dir``.
 
     After every epoch the folder holds a usable adapter (``adapter.pt``, ``adapter_config.json``), the split
-    (``split.json``) and ``train_state.pt`` (optimizer state, for ``resume``).
+    (``split.json``) and ``train_state.pt`` (optimizer state, for ``resume``). Cases are split by subject
+    (``subject_pattern``, see :mod:`autosam.splits`); ``exclude`` takes case ids or subjects.
     """
     dataset_dir, folder = Path(dataset_dir), Path(adapter_dir)
     if loss not in LOSSES:
@@ -196,25 +180,49 @@ def finetune(
     folder.mkdir(parents=True, exist_ok=True)
     state = _prepare_folder(folder, resume, overwrite)
     if state is not None:
-        config = AdapterConfig(**{**state["config"], "epochs": epochs})
-        split = state["split"]
+        config, split = _resumed(state, epochs)
     else:
         config = AdapterConfig(
             base=base, method=method, rank=rank if method == "lora" else None,
             lora_alpha=(float(rank) if lora_alpha is None else lora_alpha) if method == "lora" else None,
             train_encoder=train_encoder and method == "decoder", desam_channels=desam_channels, epochs=epochs,
             lr=lr, decoder_lr=decoder_lr, batch_size=batch_size, loss=loss, seed=seed, axis=axis,
-            dataset=str(dataset_dir.resolve()),
-            labels=dict(info.labels), prompt_noise=prompt_noise or PromptNoise(), base_checkpoint=checkpoint,
-            autosam_version=__version__,
+            subject_pattern=subject_pattern, dataset=str(dataset_dir.resolve()), labels=dict(info.labels),
+            prompt_noise=prompt_noise or PromptNoise(), base_checkpoint=checkpoint, autosam_version=__version__,
         )
-        chosen = select_cases(all_cases, cases, exclude, max_cases, seed, group_pattern)
-        split = split_cases(chosen, val_fraction, seed, group_pattern)
-        split["max_slices_per_case"] = max_slices_per_case
+        chosen = select_cases(all_cases, cases, exclude, max_cases, seed, subject_pattern)
+        split = {**split_by_subject(chosen, val_fraction, seed, subject_pattern),
+                 "max_slices_per_case": max_slices_per_case}
         io.write_json(split, folder / SPLIT_NAME)
     dev = resolve_device(device)
-    model = prepare_model(build_sam(config.base, config.base_checkpoint), config).to(dev)
-    model.eval()  # no dropout, BatchNorm statistics stay the base model's; gradients still flow
+    model, optimizer = _build_model(config, state, dev)
+    cache = EmbeddingCache(cache_dir or folder / CACHE_NAME) if config.frozen_encoder and use_cache else None
+    n_slices = split.get("max_slices_per_case", 0)
+    train = load_training_set(dataset_dir, info, split["train"], config.axis, n_slices, "reading train cases",
+                              cache, model)
+    val = load_training_set(dataset_dir, info, split["val"], config.axis, n_slices, "reading val cases", cache, model)
+    if not train.samples:
+        raise AutosamError(f"{dataset_dir}: no labelled slices in the training cases")
+    log(f"{config.method} on {config.base}: {len(train.samples)} training samples from {len(split['train'])} "
+        f"case(s), {len(val.samples)} validation samples from {len(split['val'])} case(s); "
+        f"{sum(p.numel() for g in optimizer.param_groups for p in g['params'])} trained parameters")
+    _train(model, optimizer, train, val, config, split, folder, iterations_per_epoch, dev, log)
+    return FinetuneResult(config, model)
+
+
+def _resumed(state: dict, epochs: int) -> tuple[AdapterConfig, dict]:
+    """Config (asking for ``epochs`` in total now) and split of a training state (older ones too)."""
+    split = dict(state["split"])
+    if "group_pattern" in split:
+        split.setdefault("subject_pattern", split.pop("group_pattern"))
+    return AdapterConfig.from_dict({**state["config"], "epochs": epochs}), split
+
+
+def _build_model(config: AdapterConfig, state: Optional[dict], device: torch.device):
+    """The adapted model (in eval mode: no dropout, BatchNorm statistics stay the base model's; gradients still
+    flow) and its optimizer, both restored from ``state`` when resuming."""
+    model = prepare_model(build_sam(config.base, config.base_checkpoint), config).to(device)
+    model.eval()
     optimizer = torch.optim.AdamW(parameter_groups(model, config), weight_decay=1e-4)
     if state is not None:
         named = dict(model.named_parameters())
@@ -222,45 +230,43 @@ def finetune(
             for k, v in state["adapter"].items():
                 named[k].copy_(v)
         optimizer.load_state_dict(state["optimizer"])
-    cache = None
-    if config.frozen_encoder and use_cache:
-        cache = EmbeddingCache(cache_folder(cache_dir or folder / "embedding_cache", model, dataset_dir), model, dev)
-    n_slices = split.get("max_slices_per_case", 0)
-    train = load_training_set(dataset_dir, info, split["train"], config.axis, n_slices, cache, "reading train cases")
-    val = load_training_set(dataset_dir, info, split["val"], config.axis, n_slices, cache, "reading val cases")
-    if not train.samples:
-        raise AutosamError(f"{dataset_dir}: no labelled slices in the training cases")
-    log(f"{config.method} on {config.base}: {len(train.samples)} training samples from {len(split['train'])} "
-        f"case(s), {len(val.samples)} validation samples from {len(split['val'])} case(s); "
-        f"{sum(p.numel() for g in optimizer.param_groups for p in g['params'])} trained parameters")
-    noise = config.prompt_noise
+    return model, optimizer
+
+
+def _train(model, optimizer, train: TrainingSet, val: TrainingSet, config: AdapterConfig, split: dict, folder: Path,
+           iterations: int, device: torch.device, log: Callable[[str], None]) -> None:
+    """Epochs ``config.epoch`` to ``config.epochs``, each validated, logged and checkpointed."""
     for epoch in range(config.epoch, config.epochs):
-        rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(len(train.samples))
-        if iterations_per_epoch:
-            order = order[: iterations_per_epoch * config.batch_size]
-        batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-        start, total, count = time.time(), 0.0, 0
-        bar = progress(batches, f"epoch {epoch + 1}/{config.epochs}")
-        if hasattr(bar, "unit"):
-            bar.unit = "step"
-        for idx in bar:
-            loss_s, iou_s, _ = batch_loss(model, train, idx, prompt_kind(noise, rng), noise, rng, config.loss, dev)
-            value = (loss_s + iou_s).mean()
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            optimizer.step()
-            total, count = total + value.item() * len(idx), count + len(idx)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{total / count:.4f}")
-        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "seconds": round(time.time() - start, 1)}
+        record = train_epoch(model, optimizer, train, config, epoch, iterations, device)
         if val.samples:
-            record.update({f"val_{k}": v for k, v in evaluate(model, val, noise, config.loss, dev).items()})
+            scores = evaluate(model, val, config.prompt_noise, config.loss, device)
+            record.update({f"val_{k}": v for k, v in scores.items()})
         config.epoch = epoch + 1
         config.history.append(record)
         log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         _checkpoint(model, optimizer, config, split, folder)
-    return FinetuneResult(config, model)
+
+
+def train_epoch(model, optimizer, data: TrainingSet, config: AdapterConfig, epoch: int, iterations: int,
+                device: torch.device) -> dict:
+    """One pass over the shuffled samples (or ``iterations`` steps, 0 = a pass); returns the epoch's record."""
+    rng = np.random.default_rng([config.seed, epoch])
+    order = rng.permutation(len(data.samples))
+    if iterations:
+        order = order[: iterations * config.batch_size]
+    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    noise, start, total, count = config.prompt_noise, time.time(), 0.0, 0
+    bar = progress(batches, f"epoch {epoch + 1}/{config.epochs}", unit="step")
+    for idx in bar:
+        loss_s, iou_s, _ = batch_loss(model, data, idx, prompt_kind(noise, rng), noise, rng, config.loss, device)
+        value = (loss_s + iou_s).mean()
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        total, count = total + value.item() * len(idx), count + len(idx)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{total / count:.4f}")
+    return {"epoch": epoch + 1, "train_loss": total / max(count, 1), "seconds": round(time.time() - start, 1)}
 
 
 def parameter_groups(model: torch.nn.Module, config: AdapterConfig) -> list[dict]:
@@ -286,4 +292,4 @@ def remove_training_state(folder: str | os.PathLike) -> None:
     """Delete what only training needs (``train_state.pt``, the embedding cache) from an adapter folder."""
     folder = Path(folder)
     (folder / STATE_NAME).unlink(missing_ok=True)
-    shutil.rmtree(folder / "embedding_cache", ignore_errors=True)
+    shutil.rmtree(folder / CACHE_NAME, ignore_errors=True)

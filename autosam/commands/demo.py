@@ -38,25 +38,21 @@ def _link_cases(cases: dict, chosen: list[str], images: Path) -> None:
                 link.symlink_to(f.resolve())
 
 
-def _mean_dice(summary: dict, value: int) -> float:
-    means = summary["mean"]
-    return float(means.get(value, means.get(str(value)))["Dice"])
-
-
 def automatic_table(info: io.DatasetInfo, columns: dict[str, dict]) -> str:
     """Dice per label (rows) for each run (columns: name -> nnU-Net summary)."""
     names = {v: k for k, v in info.labels.items()}
     head = f"{'label':<14}" + "".join(f"{c:>24}" for c in columns)
     rows = [head]
     for value in info.foreground:
-        rows.append(f"{names[value]:<14}" + "".join(f"{_mean_dice(s, value):>24.4f}" for s in columns.values()))
+        dice = (evaluation.label_mean(s, value)["Dice"] for s in columns.values())
+        rows.append(f"{names[value]:<14}" + "".join(f"{d:>24.4f}" for d in dice))
     rows.append(f"{'mean':<14}" + "".join(f"{s['foreground_mean']['Dice']:>24.4f}" for s in columns.values()))
     return "\n".join(rows)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..prompter import Prompter, shipped_prompters
-    from ..prompter.cache import CachingPredictor
+    from ..sam.cache import CachingPredictor
     from ..refine import RefineConfig
     from ..sam import build_sam
     from .segment import segment_folder
@@ -73,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         _link_cases(cases, chosen, images)
         out = Path(args.output) / name / "prediction"
         record = {"verb": "demo", "sample": name, "cases": chosen, **sam_args_record(args)}
-        oracle_folder(images, root / "labelsTr", out, info, predictor, args.axis, 0.0, args.overwrite, record)
-        summary = evaluation.nnunet_summary(root / "labelsTr", out, info, out / "summary.json")
+        oracle_folder(images, root / "labelsTr", out, info, lambda: predictor, args.axis, 0.0, args.overwrite, record)
+        summary = evaluation.evaluate_folder(root / "labelsTr", out, info, out / "summary.json")
         print(f"\n{name}: LiteMedSAM with label boxes ({len(chosen)} case(s)) -> {out}"
               if args.sam == "litemedsam" else f"\n{name}: {args.sam} with label boxes -> {out}")
         print(evaluation.dice_table(summary, info))
@@ -85,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
         segment_folder(images, auto, prompter, info, lambda: predictor, RefineConfig(axis=args.axis),
                        overwrite=args.overwrite, run_args=record, coarse_dir=coarse)
         columns = {
-            "prompter alone": evaluation.nnunet_summary(root / "labelsTr", coarse, info, coarse / "summary.json"),
-            "prompter + SAM": evaluation.nnunet_summary(root / "labelsTr", auto, info, auto / "summary.json"),
+            "prompter alone": evaluation.evaluate_folder(root / "labelsTr", coarse, info, coarse / "summary.json"),
+            "prompter + SAM": evaluation.evaluate_folder(root / "labelsTr", auto, info, auto / "summary.json"),
             "SAM + label boxes": summary,
         }
         print(f"\n{name}: fully automatic (shipped prompter {name!r} -> SAM, no labels used) -> {auto}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .. import evaluation, io
 from ..errors import AutosamError
+from .options import add_dataset_arguments, dataset_json_from_args
 
 HELP = "score a prediction folder against reference labels (nnU-Net summary + NSD + HD95)"
 
@@ -16,25 +17,17 @@ def add_parser(sub) -> None:
     p.add_argument("gt_dir", help="reference label folder (<case><file_ending>)")
     p.add_argument("pred_dir", help="prediction folder (<case><file_ending>)")
     p.add_argument("-o", "--output", default=None, help="summary file (default PRED_DIR/summary.json)")
-    p.add_argument("-d", "--dataset-json", default=None,
-                   help="dataset.json (default: the prediction folder's, else beside or in GT_DIR)")
+    add_dataset_arguments(p, what=" (default: the prediction folder's, else beside or in GT_DIR)")
     p.add_argument("--tolerance-mm", type=float, default=1.0, help="NSD tolerance in mm (default 1.0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing summary file")
     p.set_defaults(run=run)
-
-
-def find_dataset_json(pred: Path, gt: Path) -> Path:
-    for folder in (pred, gt.parent, gt):
-        if (folder / "dataset.json").is_file():
-            return folder / "dataset.json"
-    raise AutosamError(f"dataset.json not found in {pred} nor beside {gt}; pass it with -d")
 
 
 def run(args: argparse.Namespace) -> int:
     gt, pred = Path(args.gt_dir), Path(args.pred_dir)
     if not pred.is_dir():
         raise AutosamError(f"prediction folder not found: {pred}")
-    info = io.load_dataset_json(args.dataset_json or find_dataset_json(pred, gt))
+    info = io.load_dataset_json(io.find_dataset_json(dataset_json_from_args(args), predictions=pred, labels=gt))
     output = Path(args.output) if args.output else pred / "summary.json"
     if output.suffix != ".json":
         raise AutosamError(f"{output}: the summary file must end with .json")

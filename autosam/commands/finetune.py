@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import AutosamError
 from ..sam import sam_registry
+from . import options
+from .options import Margin
 
 HELP = "adapt SAM to an nnU-Net dataset (decoder, LoRA or DeSAM-style); writes an adapter folder for --adapter"
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("finetune", help=HELP, description=HELP)
-    p.add_argument("-d", "--dataset", required=True, help="nnU-Net raw dataset folder (dataset.json, imagesTr, labelsTr)")
+    options.add_dataset_arguments(p, required=True)
     p.add_argument("-o", "--output", required=True, help="adapter folder to write (use it later with --adapter)")
     p.add_argument("--sam", default="litemedsam", choices=sorted(sam_registry), help="base backend (default litemedsam)")
     p.add_argument("--checkpoint", default=None, help="base weights file; required for the ViT backends")
@@ -31,14 +34,14 @@ def add_parser(sub) -> None:
     p.add_argument("--loss", default="dice_bce", choices=("dice_bce", "dice_focal"), help="mask loss (default dice_bce)")
     g = p.add_argument_group("prompt noise (relative to the box side)")
     g.add_argument("--jitter", type=float, default=0.1, help="std of each box edge's shift (default 0.1)")
-    g.add_argument("--margin", type=float, default=0.1, help="extra box margin drawn in [0, MARGIN] (default 0.1)")
+    options.add_margin_argument(g, default=Margin(0.1, "box"), allowed=("box",),
+                                help_extra="; each box edge is widened by a margin drawn in [0, MARGIN]")
     g.add_argument("--max-points", type=int, default=3, help="positive points per prompt: 1 to N (default 3)")
     d = p.add_argument_group("data")
-    d.add_argument("--val-fraction", type=float, default=0.2, help="cases (groups) held out for validation (default 0.2)")
-    d.add_argument("--group-pattern", default=None,
-                   help="regex whose first match in a case id is its group (split and --exclude by group), "
-                        "e.g. '^[^_]+' for the subject id before the first underscore")
-    d.add_argument("--exclude", nargs="*", default=[], help="case ids (or groups) never to train on")
+    d.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of subjects held out for validation (default 0.2)")
+    options.add_subject_argument(d)
+    options.add_exclude_argument(d, what="cases never to train on")
     d.add_argument("--max-cases", type=int, default=0, help="use at most N cases, seeded draw (default 0 = all)")
     d.add_argument("--max-slices", type=int, default=0, help="labelled slices per case, evenly spread (0 = all)")
     d.add_argument("--iterations", type=int, default=0, help="steps per epoch (default 0 = one pass over the samples)")
@@ -60,16 +63,35 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise AutosamError("--resume and --overwrite exclude each other")
     kinds = tuple(k.strip() for k in args.prompts.split(",") if k.strip())
-    noise = PromptNoise(types=kinds, jitter=args.jitter, margin=args.margin, max_points=args.max_points)
-    config = finetune(
-        args.dataset, args.output, base=args.sam, checkpoint=args.checkpoint, method=args.method, epochs=args.epochs,
-        rank=args.rank, lora_alpha=args.lora_alpha, train_encoder=args.train_encoder, prompt_noise=noise, lr=args.lr,
-        decoder_lr=args.decoder_lr,
-        batch_size=args.batch_size, loss=args.loss, val_fraction=args.val_fraction, seed=args.seed,
-        group_pattern=args.group_pattern, exclude=args.exclude, max_cases=args.max_cases,
-        max_slices_per_case=args.max_slices, iterations_per_epoch=args.iterations, cache_dir=args.cache_dir,
-        use_cache=not args.no_cache, axis=args.axis, device=args.device, resume=args.resume, overwrite=args.overwrite,
-    ).config
+    margin = options.resolve_margin(args, old_unit="box", allowed=("box",))
+    noise = PromptNoise(types=kinds, jitter=args.jitter, margin=margin.value, max_points=args.max_points)
+    dataset = options.dataset_folder(args)
+    with options.exclusive_output(args.output, {"dataset": dataset}):
+        config = finetune(
+            dataset, args.output, base=args.sam, checkpoint=args.checkpoint, method=args.method,
+            epochs=args.epochs, rank=args.rank, lora_alpha=args.lora_alpha, train_encoder=args.train_encoder,
+            prompt_noise=noise, lr=args.lr, decoder_lr=args.decoder_lr, batch_size=args.batch_size, loss=args.loss,
+            val_fraction=args.val_fraction, seed=args.seed, subject_pattern=options.subject_pattern(args),
+            exclude=options.excluded_cases(args), max_cases=args.max_cases, max_slices_per_case=args.max_slices,
+            iterations_per_epoch=args.iterations, cache_dir=args.cache_dir, use_cache=not args.no_cache, axis=args.axis,
+            device=args.device, resume=args.resume, overwrite=args.overwrite,
+        ).config
+    if args.resume:
+        report_resumed(args, config)
     print(f"wrote {args.output} ({config.method} adapter on {config.base}, epoch {config.epoch}/{config.epochs}); "
           f"use it with --sam {config.base} --adapter {args.output}")
     return 0
+
+
+#: options a resumed training may change; every other one comes from the stored configuration
+RESUMABLE = {"resume", "output", "dataset", "epochs", "device", "cache_dir", "no_cache", "iterations"}
+
+
+def report_resumed(args: argparse.Namespace, config) -> None:
+    """Say which stored options a ``--resume`` continued with, and which given ones it therefore ignored."""
+    given = sorted((getattr(args, "given", None) or set()) - RESUMABLE)
+    stored = ", ".join(f"{k}={getattr(config, k)}" for k in ("method", "base", "lr", "batch_size", "loss", "seed")
+                       if hasattr(config, k))
+    ignored = f"; ignored here: {', '.join('--' + g.replace('_', '-') for g in given)}" if given else ""
+    print(f"autosam finetune: resumed with the options stored in {args.output} ({stored}){ignored}",
+          file=sys.stderr)

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-from .. import export, io, nnunet
+from .. import io, nnunet
 from ..errors import AutosamError
-from ..pipeline import progress
 from ..refine import RefineConfig, refine_case
+from ..runner import CaseJob, CaseOutput, CaseRunner, CasesFailed
 from ..sam import SamPredictor
-from .common import add_sam_arguments, predictor_from_args, sam_args_record
+from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
+                     parallel_from_args, predictor_from_args, report_failed_cases, sam_args_record)
 from .refine import add_refine_arguments, config_from_args, config_from_record
 
 HELP = "predict with a trained nnU-Net model and refine its output with SAM"
@@ -36,11 +38,45 @@ def add_parser(sub) -> None:
     p.add_argument("--ignore-recorded", action="store_true",
                    help="a model trained with nnUNetTrainerAutoSAM recorded its SAM settings (backend, adapter, "
                         "prompts, fusion) in fold_X/autosam_sam.json; they are used unless given here or this is set")
-    p.add_argument("--save-probabilities", action="store_true",
-                   help="also write <case>.npz (key 'probabilities') and <case>.pkl, as nnU-Net does")
-    p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
+    add_output_arguments(p)
     add_sam_arguments(p)
+    add_parallel_arguments(p)
     p.set_defaults(run=run)
+
+
+@dataclass
+class PredictJob(CaseJob):
+    """One case of ``predict``: nnU-Net's prediction (``make_nnunet()``) refined with SAM (``make_predictor()``);
+    both models are built once per process."""
+
+    make_nnunet: Callable[[], object]
+    make_predictor: Callable[[], SamPredictor]
+    info: io.DatasetInfo
+    config: RefineConfig
+    _nnunet: Any = field(default=None, init=False, repr=False)
+    _sam: Any = field(default=None, init=False, repr=False)
+
+    def nnunet(self):
+        """nnU-Net's predictor, built on first use."""
+        if self._nnunet is None:
+            self._nnunet = self.make_nnunet()
+        return self._nnunet
+
+    def setup(self) -> None:
+        self.nnunet()
+        self._sam = self.make_predictor()
+
+    def process(self, case: io.Case) -> CaseOutput:
+        seg, probs = nnunet.coarse_prediction(self.nnunet(), case)
+        result = refine_case(self._sam, case, self.info, seg, probs, self.config)
+        return CaseOutput(result.segmentation, result.probabilities, coarse=seg)
+
+
+def plans_reader_writer(plans: str | Path):
+    """The image reader/writer class named in an nnU-Net ``plans.json`` (the model's, without loading it)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    return PlansManager(str(plans)).image_reader_writer_class
 
 
 def predict_folder(
@@ -50,45 +86,39 @@ def predict_folder(
     info: io.DatasetInfo,
     make_predictor: Callable[[], SamPredictor],
     config: RefineConfig = RefineConfig(),
-    save_probabilities: bool = False,
-    overwrite: bool = False,
     run_args: Optional[dict] = None,
-    plans: Optional[Path] = None,
+    model_dir: Optional[Path] = None,
+    **options,
 ) -> list[str]:
     """nnU-Net + SAM on every pending case of ``images_dir``; writes ``out_dir``; returns the cases written.
 
     ``make_nnunet()`` returns nnU-Net's predictor (e.g. :func:`autosam.nnunet.load_nnunet_predictor`) and
-    ``make_predictor()`` the SAM predictor; both are called once, only if a case is pending. ``plans`` (the model's
-    plans.json) is copied to the output so nnU-Net's ensembling and postprocessing find the reader/writer and label
-    manager. Nothing is written when every case is finished already.
+    ``make_predictor()`` the SAM predictor; both are called once per process, only if a case is pending (in a
+    single process nnU-Net's before anything is written, so a broken model leaves the output folder untouched; Ray
+    workers build their own, and this process reads only the reader/writer from ``plans``). ``options`` go to
+    :class:`~autosam.runner.CaseRunner`; give ``plans`` (the model's plans.json) so nnU-Net's ensembling and
+    postprocessing find the reader/writer and label manager in the output.
     """
     config.check()
-    images, out = Path(images_dir), Path(out_dir)
-    if out.exists() and out.resolve() == images.resolve():
-        raise AutosamError(f"output folder {out} must differ from the image folder")
-    if save_probabilities:
-        export.check_probability_layout(info)
+    images = Path(images_dir)
+    runner = CaseRunner(out_dir, info, inputs={"image": images, "model": model_dir}, record=run_args or {},
+                        desc="predict", **options)
     cases = io.list_cases(images, info.file_ending, info.num_channels)
-    todo = export.pending_cases(list(cases), out, info.file_ending, save_probabilities, overwrite)
-    if not todo:
-        return []
-    nnunet_predictor = make_nnunet()  # a broken model fails here, before the output folder is touched
-    rw = nnunet.model_reader_writer(nnunet_predictor)
-    export.prepare_folder(out, info, run_args or {}, plans)
-    sam = None
-    for case_id in progress(todo, "predict"):
-        case = io.read_case(case_id, cases[case_id], rw)
-        seg, probs = nnunet.coarse_prediction(nnunet_predictor, case)
-        sam = sam or make_predictor()
-        result = refine_case(sam, case, info, seg, probs, config)
-        export.write_case(out, case_id, result.segmentation, case.properties, info,
-                          result.probabilities if save_probabilities else None, rw)
-    return todo
+    job = PredictJob(make_nnunet, make_predictor, info, config)
+    plans = options.get("plans")
+
+    def prepare() -> None:  # the model's reader: the same geometry as nnU-Net's own prediction
+        if runner.distributed and isinstance(plans, (str, Path)) and Path(plans).is_file():
+            runner.rw_class = plans_reader_writer(plans)
+        else:
+            runner.rw_class = nnunet.model_reader_writer(job.nnunet())
+
+    return runner.run(cases, job, prepare=prepare)
 
 
 def recorded_settings(model: Path, folds: Sequence[str]) -> Optional[tuple[Path, dict]]:
     """``(file, settings)`` recorded by the nnU-Net AutoSAM trainer in the folds' ``autosam_sam.json``, or None."""
-    from nnunet_plugins import autosam_settings
+    from autosam import sam_settings as autosam_settings
 
     try:
         settings = autosam_settings.load_recorded(model, folds)
@@ -121,11 +151,15 @@ def run(args: argparse.Namespace) -> int:
               "disable_tta": args.disable_tta, "images": str(Path(args.images)),
               "save_probabilities": args.save_probabilities, "refine": config.to_dict(),
               "recorded_settings": str(recorded[0]) if recorded else None, **sam_args_record(args)}
-    written = predict_folder(args.images, args.output, make_nnunet, info, lambda: predictor_from_args(args), config,
-                             save_probabilities=args.save_probabilities, overwrite=args.overwrite,
-                             run_args=record, plans=model / "plans.json")
+    parallel = parallel_from_args(args)
+    try:
+        written = predict_folder(args.images, args.output, make_nnunet, info, lambda: predictor_from_args(args),
+                                 config, **output_options(args), run_args=record, plans=model / "plans.json",
+                                 model_dir=model, parallel=parallel)
+    except CasesFailed as failed:
+        return report_failed_cases(args, failed)
     print(f"predicted and refined {len(written)} case(s) -> {args.output}")
     return 0
 
 
-__all__: Sequence[str] = ["predict_folder", "add_parser", "run"]
+__all__: Sequence[str] = ["PredictJob", "predict_folder", "add_parser", "run"]

@@ -9,7 +9,10 @@ from ..errors import AutosamError
 from ..fusion import fusion_strategies
 from ..prompts import prompt_strategies
 from ..refine import RefineConfig, refine_folder
-from .common import add_sam_arguments, predictor_from_args, sam_args_record
+from ..runner import CasesFailed
+from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
+                     parallel_from_args, predictor_from_args, report_failed_cases, sam_args_record)
+from .options import Margin, add_dataset_arguments, add_margin_argument, dataset_json_from_args, resolve_margin
 
 HELP = "refine a coarse (nnU-Net) prediction folder with SAM"
 
@@ -21,13 +24,11 @@ def add_parser(sub) -> None:
     p.add_argument("-i", "--images", required=True, help="nnU-Net image folder (<case>_0000<file_ending> ...)")
     p.add_argument("-c", "--coarse", required=True, help="coarse prediction folder (nnU-Net output or hand-made)")
     p.add_argument("-o", "--output", required=True, help="output folder (nnU-Net prediction layout)")
-    p.add_argument("-d", "--dataset-json", default=None,
-                   help="dataset.json (default: the coarse folder's, else the one beside the image folder)")
+    add_dataset_arguments(p, what=" (default: the coarse folder's, else the one beside the image folder)")
     add_refine_arguments(p)
-    p.add_argument("--save-probabilities", action="store_true",
-                   help="also write <case>.npz (key 'probabilities') and <case>.pkl, as nnU-Net does")
-    p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
+    add_output_arguments(p)
     add_sam_arguments(p)
+    add_parallel_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -40,9 +41,8 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
                    help=f"prompt strategy (default {d.prompt})")
     g.add_argument("--fusion", default=d.fusion, choices=list(fusion_strategies),
                    help=f"how SAM's answer is fused with the {coarse} map (default {d.fusion})")
-    g.add_argument("--margin", type=float, default=d.margin, help=f"box margin (default {d.margin:g})")
-    g.add_argument("--margin-unit", default=d.margin_unit, choices=("mm", "px"),
-                   help=f"unit of --margin (default {d.margin_unit}; uses the case spacing)")
+    add_margin_argument(g, default=Margin(d.margin, d.margin_unit), unit_option=True,
+                        help_extra="; mm uses the case spacing")
     g.add_argument("--min-size", type=int, default=d.min_size,
                    help=f"components smaller than this many pixels get no prompt (default {d.min_size})")
     g.add_argument("--positive-points", type=int, default=d.n_positive,
@@ -57,19 +57,33 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
                    help=f"Dice with the {coarse} slice needed by --fusion gated (default 0.5)")
 
 
-def find_dataset_json(coarse: Path, images: Path) -> Path:
-    """The coarse folder's dataset.json, else the one beside (or in) the image folder."""
-    for folder in (coarse, images.parent, images):
-        if (folder / "dataset.json").is_file():
-            return folder / "dataset.json"
-    raise AutosamError(f"dataset.json not found in the coarse folder {coarse} nor beside {images}; pass it with -d")
+#: fusion options -> the strategy that uses them
+FUSION_OPTIONS = {"weight": "average", "min_iou": "gated", "min_agreement": "gated"}
 
 
-def config_from_args(args: argparse.Namespace) -> RefineConfig:
-    """The :class:`RefineConfig` of options added by :func:`add_refine_arguments` (and ``--axis``)."""
+def check_applicable(args: argparse.Namespace, prompt: str, fusion: str) -> None:
+    """Refuse options given on the command line that the chosen prompt strategy or fusion would ignore."""
+    given = getattr(args, "given", None)
+    given = set(vars(args)) if given is None else given
+    for option, strategy in FUSION_OPTIONS.items():
+        if option in given and getattr(args, option) is not None and fusion != strategy:
+            raise AutosamError(f"--{option.replace('_', '-')} applies to --fusion {strategy} only (fusion is "
+                               f"{fusion})")
+    for option in ("positive_points", "negative_points"):
+        if option in given and "points" not in prompt:
+            raise AutosamError(f"--{option.replace('_', '-')} applies to prompt strategies with points "
+                               f"(box+points, box+points+mask, points); the prompt strategy is {prompt}")
+
+
+def config_from_args(args: argparse.Namespace, check: bool = True) -> RefineConfig:
+    """The :class:`RefineConfig` of options added by :func:`add_refine_arguments` (and ``--axis``); ``check``
+    refuses options that the chosen strategies would ignore."""
+    if check:
+        check_applicable(args, args.prompt, args.fusion)
+    margin = resolve_margin(args, old_unit=getattr(args, "margin_unit", None) or "mm")
     options = {k: v for k, v in (("weight", args.weight), ("min_iou", args.min_iou),
                                  ("min_agreement", args.min_agreement)) if v is not None}
-    return RefineConfig(prompt=args.prompt, fusion=args.fusion, margin=args.margin, margin_unit=args.margin_unit,
+    return RefineConfig(prompt=args.prompt, fusion=args.fusion, margin=margin.value, margin_unit=margin.unit,
                         min_size=args.min_size, axis=args.axis, fusion_options=options,
                         n_positive=args.positive_points, n_negative=args.negative_points,
                         fill_gaps=not args.no_fill_gaps)
@@ -89,12 +103,16 @@ def config_from_record(args: argparse.Namespace, recorded: dict) -> RefineConfig
     given = getattr(args, "given", None)
     if given is None:
         return config_from_args(args)
-    cli = config_from_args(args).to_dict()
+    cli = config_from_args(args, check=False).to_dict()
     fields = dict(recorded["refine"])
     for option, name in REFINE_FIELDS.items():
         if option in given:
             fields[name] = cli[name]
-    options = dict(fields.get("fusion_options") or {})
+    if "margin" in given:  # a margin carries its unit
+        fields["margin_unit"] = cli["margin_unit"]
+    check_applicable(args, fields["prompt"], fields["fusion"])
+    applicable = [k for k, strategy in FUSION_OPTIONS.items() if strategy == fields["fusion"]]
+    options = {k: v for k, v in (fields.get("fusion_options") or {}).items() if k in applicable}
     options.update({k: getattr(args, k) for k in ("weight", "min_iou", "min_agreement") if k in given})
     fields["fusion_options"] = options
     for key in SAM_MODEL_OPTIONS:
@@ -107,10 +125,14 @@ def run(args: argparse.Namespace) -> int:
     images, coarse = Path(args.images), Path(args.coarse)
     if not coarse.is_dir():
         raise AutosamError(f"coarse folder not found: {coarse}")
-    info = io.load_dataset_json(args.dataset_json or find_dataset_json(coarse, images))
+    info = io.load_dataset_json(io.find_dataset_json(dataset_json_from_args(args), predictions=coarse,
+                                                     images=images))
     config = config_from_args(args)
-    written = refine_folder(images, coarse, args.output, info, lambda: predictor_from_args(args), config,
-                            save_probabilities=args.save_probabilities, overwrite=args.overwrite,
-                            run_args=sam_args_record(args))
+    parallel = parallel_from_args(args)
+    try:
+        written = refine_folder(images, coarse, args.output, info, lambda: predictor_from_args(args), config,
+                                **output_options(args), run_args=sam_args_record(args), parallel=parallel)
+    except CasesFailed as failed:
+        return report_failed_cases(args, failed)
     print(f"refined {len(written)} case(s) -> {args.output}")
     return 0

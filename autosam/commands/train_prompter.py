@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..errors import AutosamError
+from . import options
 
 HELP = "train a small 2D network that prompts SAM automatically (for 'autosam segment')"
 
@@ -14,7 +13,7 @@ def add_parser(sub) -> None:
 
     d = TrainOptions()
     p = sub.add_parser("train-prompter", help=HELP, description=HELP)
-    p.add_argument("-d", "--dataset", required=True, help="nnU-Net raw dataset folder (dataset.json, imagesTr, labelsTr)")
+    options.add_dataset_arguments(p, required=True)
     p.add_argument("-o", "--output", required=True, help="model folder (config.json, model.pt, checkpoint.pt ...); "
                                                          "rerunning with the same folder resumes")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
@@ -34,29 +33,14 @@ def add_parser(sub) -> None:
     p.add_argument("--axis", type=int, default=None, choices=(0, 1, 2),
                    help="slice axis of (Z, Y, X); default: the SAM path's rule (coarsest spacing)")
     p.add_argument("--mirror", action="store_true", help="mirror augmentation (only if labels do not depend on side)")
-    p.add_argument("--exclude-cases", default=None,
-                   help="cases to leave out: comma-separated ids, or a file with one id per line")
-    p.add_argument("--subject-pattern", default=None,
-                   help="regex whose first group is a case's subject id; the split keeps subjects together")
+    options.add_exclude_argument(p)
+    options.add_subject_argument(p)
     p.add_argument("--max-embedding-slices", type=int, default=d.max_embedding_slices,
                    help=f"embedding mode: training slices whose SAM embeddings are cached (default "
                         f"{d.max_embedding_slices})")
     p.add_argument("--sam", default=d.sam, help="embedding mode: SAM backend (default litemedsam)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps or auto")
     p.set_defaults(run=run)
-
-
-def read_case_list(value: str | None) -> list[str]:
-    """``a,b,c`` or a file with one case id per line (``#`` comments allowed)."""
-    if not value:
-        return []
-    path = Path(value)
-    if path.is_file():
-        lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
-        return [line for line in lines if line]
-    if "/" in value or value.endswith(".txt"):
-        raise AutosamError(f"case list file not found: {value}")
-    return [c.strip() for c in value.split(",") if c.strip()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,11 +53,13 @@ def run(args: argparse.Namespace) -> int:
     opts = TrainOptions(
         epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
         val_fraction=args.val_fraction, seed=args.seed, mode=args.mode, input_size=args.input_size, base=args.base,
-        depth=args.depth, axis=args.axis, mirror=args.mirror, exclude_cases=read_case_list(args.exclude_cases),
-        subject_pattern=args.subject_pattern, max_embedding_slices=args.max_embedding_slices, sam=args.sam,
+        depth=args.depth, axis=args.axis, mirror=args.mirror, exclude_cases=options.excluded_cases(args),
+        subject_pattern=options.subject_pattern(args), max_embedding_slices=args.max_embedding_slices, sam=args.sam,
         device=args.device,
     )
-    config = train_prompter(args.dataset, args.output, opts)
+    dataset = options.dataset_folder(args)
+    with options.exclusive_output(args.output, {"dataset": dataset}):
+        config = train_prompter(dataset, args.output, opts)
     val = (config.get("validation") or {}).get("dice")
     score = f"; validation Dice {val['mean']:.4f}" if val else ""
     print(f"wrote {args.output}{score}")

@@ -6,7 +6,6 @@ Preprocessing is the SAM path's own: :func:`autosam.sam.transforms.normalize_cas
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 from .. import io, slicing
 from ..errors import AutosamError
+from ..progress import progress
 from ..sam import transforms as T
 
 #: Value of pixels excluded from the loss (the dataset's ignore label).
@@ -75,15 +75,6 @@ class SliceSet:
                         [self.slice_index[i] for i in idx])
 
 
-def subject_of(case: str, pattern: Optional[str]) -> str:
-    """The subject id of a case: the first group of ``pattern`` (a regex) if given and matching, else the case."""
-    if pattern:
-        m = re.match(pattern, case)
-        if m:
-            return m.group(1) if m.groups() else m.group(0)
-    return case
-
-
 def load_slices(
     dataset_dir: str | Path,
     cases: Sequence[str],
@@ -99,8 +90,6 @@ def load_slices(
     ``empty_fraction`` is the number of empty slices kept per case relative to its foreground slices
     (at least one per case when it has any), chosen with a fixed seed.
     """
-    from ..pipeline import progress
-
     root = Path(dataset_dir)
     all_files = io.list_cases(root / "imagesTr", info.file_ending, info.num_channels)
     missing = [c for c in cases if c not in all_files]

@@ -10,6 +10,7 @@ import torch
 
 from .. import io, slicing
 from ..errors import AutosamError
+from ..labels import to_distribution
 from ..sam import transforms as T
 from .data import case_slices, image_canvas
 from .model import ArchConfig, PromptNet, decode_dense
@@ -77,12 +78,10 @@ class Prompter:
         config = read_config(folder)
         net = PromptNet(ArchConfig(**config["architecture"]))
         path = folder / weights
+        state = io.load_torch(path, "prompter weights")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
             net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        except FileNotFoundError:
-            raise AutosamError(f"{path}: prompter weights missing") from None
-        except (RuntimeError, KeyError, ValueError) as e:
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
             raise AutosamError(f"{path}: does not fit {folder / CONFIG}: {str(e).splitlines()[0]}") from None
         return cls(config, net, folder, device)
 
@@ -167,8 +166,6 @@ class Prompter:
         The probabilities have nnU-Net's layout (background, then the foreground labels in ascending order),
         as :func:`autosam.refine.refine_case` and :func:`autosam.export.write_case` take them.
         """
-        from ..fusion import to_distribution
-
         fg = self.foreground_probabilities(case, sam=sam, axis=axis)
         dist = to_distribution(fg) if self.mode == "embedding" else _with_background(fg)
         lut = np.asarray([0] + self.foreground, dtype=np.int16)

@@ -105,14 +105,7 @@ def decode_dense(sam, image_embeddings: torch.Tensor, dense: torch.Tensor) -> tu
     ``image_embeddings`` and ``dense`` are ``(B, 256, s, s)``; one mask per row. Returns low-res logits
     ``(B, 1, l, l)`` on SAM's canvas and the predicted IoU ``(B, 1)``; differentiable with respect to ``dense``.
     """
-    b = dense.shape[0]
-    sparse = dense.new_zeros((b, 0, dense.shape[1]))
-    # as in SamModel.decode: a zero image embedding is repeated per row and the real one rides on the dense input
-    zero = torch.zeros_like(image_embeddings[:1])
-    return sam.mask_decoder(
-        image_embeddings=zero,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense + image_embeddings,
-        multimask_output=False,
-    )
+    no_points = dense.new_zeros((dense.shape[0], 0, dense.shape[1]))
+    # one prompt per image (as SamModel.decode does it): the image embedding rides on the dense input of a zero image
+    return sam.mask_decoder(torch.zeros_like(image_embeddings[:1]), sam.prompt_encoder.get_dense_pe(), no_points,
+                            dense + image_embeddings, multimask_output=False)

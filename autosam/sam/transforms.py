@@ -50,8 +50,10 @@ def normalize_intensity(
         lo, hi = (float(v) for v in np.percentile(finite, percentiles))
     if hi <= lo:
         return np.zeros_like(volume)
-    out = (np.clip(volume, lo, hi) - lo) / (hi - lo)
-    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+    out = np.clip(volume, lo, hi)  # one new array, then in place: large volumes are not copied again
+    out -= lo
+    out /= hi - lo
+    return np.nan_to_num(out, nan=0.0, copy=False)
 
 
 def normalize_case(image: np.ndarray, channel_names: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,369 @@
+"""The image encoder in a CPU inference runtime (ONNX Runtime or OpenVINO), exported once and cached.
+
+``--engine torch|onnx|openvino|auto`` picks what runs the encoder; ``auto`` (the default) takes the fastest
+installed runtime on the CPU (OpenVINO, then ONNX Runtime: see scripts/README.md, "CPU runtime") and torch on
+CUDA/MPS. The prompt encoder and mask decoder stay in torch: they cost a few percent of a slice's encoder time.
+
+The encoder (with its input normalisation and any adapter's encoder changes, e.g. LoRA, as built) is exported
+to ONNX with ``torch.onnx.export(dynamo=True)`` and, for OpenVINO, converted to its IR. The files live in
+:func:`cache_dir` ``/runtime/<key>/``, keyed on the backend, a digest of the encoder's weights as built (so a new
+checkpoint or adapter gives a new key), the runtime's and torch's versions. They are written under temporary
+names and renamed into place, ``meta.json`` last; on load each file's size and sha1 are checked, and a corrupt or
+incomplete entry is rebuilt after one line on stderr.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import io
+import json
+import os
+import sys
+import uuid
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from ..errors import AutosamError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - no lock between processes where flock is missing
+    fcntl = None
+
+#: Values of ``--engine``.
+ENGINES = ("auto", "torch", "onnx", "openvino")
+#: Runtime engine -> (module it needs, PyPI package).
+RUNTIMES = {"onnx": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino")}
+#: Order in which ``auto`` tries the installed runtimes (fastest first, as measured).
+PREFERENCE = ("openvino", "onnx")
+#: Backends that ``auto`` runs in a runtime; any other backend needs an explicit ``--engine``.
+AUTO_BACKENDS = ("litemedsam",)
+#: Modules the ONNX export needs besides torch.
+EXPORT_MODULES = ("onnx", "onnxscript")
+INSTALL_HINT = "pip install 'autosam[cpu]'"
+FORMAT, VERSION = "autosam-runtime-encoder", 1
+
+_noticed: set[str] = set()
+
+
+def notice(text: str, once: Optional[str] = None) -> None:
+    """One line on stderr (``once``: a key, so the line is printed once per process)."""
+    if once is not None:
+        if once in _noticed:
+            return
+        _noticed.add(once)
+    print(f"autosam: note: {text}", file=sys.stderr)
+
+
+def cache_dir() -> Path:
+    """``$AUTOSAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/autosam``, else ``~/.cache/autosam``."""
+    if os.environ.get("AUTOSAM_CACHE_DIR"):
+        return Path(os.environ["AUTOSAM_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "autosam"
+
+
+def installed(engine: str) -> bool:
+    """Whether ``engine``'s runtime and the ONNX export tools can be imported."""
+    modules = (RUNTIMES[engine][0],) + EXPORT_MODULES
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def runtime_version(engine: str) -> str:
+    return str(importlib.import_module(RUNTIMES[engine][0]).__version__)
+
+
+def resolve_engine(engine: str, device: torch.device, backend: str = "litemedsam") -> str:
+    """The engine that runs the encoder: ``torch``, ``onnx`` or ``openvino``.
+
+    An explicit runtime that is not installed, or on a device other than the CPU, is an :class:`AutosamError`;
+    ``auto`` falls back to torch (with one line on stderr, once per process, when no runtime is installed).
+    """
+    if engine not in ENGINES:
+        raise AutosamError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        return engine
+    if engine != "auto":
+        if not installed(engine):
+            missing = [m for m in (RUNTIMES[engine][0],) + EXPORT_MODULES if importlib.util.find_spec(m) is None]
+            raise AutosamError(f"--engine {engine} needs {', '.join(missing)}, not installed here: {INSTALL_HINT}")
+        if device.type != "cpu":
+            raise AutosamError(f"--engine {engine} runs on the CPU, not on {device}; use --device cpu "
+                               "or --engine torch")
+        return engine
+    if device.type != "cpu" or backend not in AUTO_BACKENDS:
+        return "torch"
+    for name in PREFERENCE:
+        if installed(name):
+            return name
+    notice(f"no CPU runtime installed, SAM's image encoder runs in torch (faster: {INSTALL_HINT})", once="auto")
+    return "torch"
+
+
+# -- keys ---------------------------------------------------------------------------------------------------------
+def _tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """What the exported graph depends on: the encoder's parameters and buffers, and the input normalisation."""
+    seen = set()
+    for name, t in [*model.image_encoder.named_parameters(), *model.image_encoder.named_buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            yield name, t
+    for name in ("pixel_mean", "pixel_std"):
+        if isinstance(getattr(model, name, None), torch.Tensor):
+            yield name, getattr(model, name)
+
+
+def weights_version(model: nn.Module) -> int:
+    """Changes whenever a tensor of the encoder is changed in place (a training step, ``load_state_dict``)."""
+    try:
+        return sum(t._version + 1 for _, t in _tensors(model))
+    except RuntimeError:  # inference tensors keep no version: they cannot have been trained since
+        return -1
+
+
+def encoder_digest(model: nn.Module) -> str:
+    """sha1 of the encoder's tensors (names, types, shapes, values): new weights or adapter, new digest."""
+    h = hashlib.sha1()
+    for name, t in _tensors(model):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def encoder_key(model: nn.Module, engine: str, precision: str = "f32") -> dict:
+    """Everything the cached runtime model depends on."""
+    return {
+        "format": FORMAT, "version": VERSION, "backend": getattr(model, "name", type(model).__name__),
+        "image_size": int(model.image_size), "encoder": encoder_digest(model), "engine": engine,
+        "runtime": f"{RUNTIMES[engine][0]}=={runtime_version(engine)}", "torch": torch.__version__,
+        "precision": precision,
+    }
+
+
+def _sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- export -------------------------------------------------------------------------------------------------------
+class _Embed(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, canvas: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(canvas)
+
+
+@contextlib.contextmanager
+def _batch_free(encoder: nn.Module) -> Iterator[None]:
+    """TinyViT's ``PatchMerging`` reads the batch size with ``len(x)``, which export freezes to the example's;
+    during export it gets its input already reshaped with ``x.shape[0]``, which stays symbolic."""
+    patched = []
+    for m in encoder.modules():
+        if type(m).__name__ == "PatchMerging" and hasattr(m, "input_resolution"):
+            def forward(x, _m=m, _original=m.forward):
+                if x.ndim == 3:
+                    h, w = _m.input_resolution
+                    x = x.reshape(x.shape[0], h, w, x.shape[-1]).permute(0, 3, 1, 2)
+                return _original(x)
+
+            m.forward = forward
+            patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def export_onnx(model: nn.Module, path: Path) -> None:
+    """The model's ``embed`` (canvases ``(B, 3, S, S)`` in ``[0, 1]`` -> embeddings), batch size free, as ONNX."""
+    size = int(model.image_size)
+    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    wrapper = _Embed(model).eval()
+    with _batch_free(model.image_encoder), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (example,), str(path), input_names=["canvas"], output_names=["embeddings"],
+                          dynamic_shapes={"canvas": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                          dynamo=True, external_data=False, verbose=False)
+
+
+def _to_openvino(onnx_path: Path, xml_path: Path) -> None:
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+
+
+#: Largest relative error of the embeddings against torch that :meth:`RuntimeEncoder.check` accepts.
+TOLERANCE = {"f32": 1e-3, "bf16": 0.2}
+#: Engine -> files of a cached entry (the first is what the runtime loads).
+FILES = {"onnx": ("encoder.onnx",), "openvino": ("encoder.xml", "encoder.bin")}
+
+
+# -- sessions -----------------------------------------------------------------------------------------------------
+def _onnx_session(folder: Path, threads: int, precision: str) -> Callable:
+    import onnxruntime as ort
+
+    if precision != "f32":
+        raise AutosamError(f"ONNX Runtime runs this encoder in f32 only, not {precision}")
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy threads between slices
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(folder / FILES["onnx"][0]), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def _openvino_session(folder: Path, threads: int, precision: str) -> Callable:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(folder / FILES["openvino"][0]), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": precision})
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+    return lambda x: request.infer([x])[output].copy()
+
+
+SESSIONS = {"onnx": _onnx_session, "openvino": _openvino_session}
+
+
+class RuntimeEncoder:
+    """A model's image encoder in ``engine``: ``encoder(canvas)`` gives what ``model.embed(canvas)`` gives.
+
+    >>> encoder = RuntimeEncoder.load(build_sam("litemedsam"), "openvino")   # built once, then from the cache
+    >>> embeddings = encoder(torch.rand(4, 3, 256, 256))                     # (4, 256, 64, 64) float32, CPU
+    """
+
+    def __init__(self, engine: str, folder: Path, run: Callable, key: dict, precision: str = "f32") -> None:
+        self.engine, self.folder, self.key, self.precision = engine, folder, key, precision
+        self._run = run
+
+    def __call__(self, canvas: torch.Tensor) -> torch.Tensor:
+        x = canvas.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self._run(x))
+
+    @classmethod
+    def load(cls, model: nn.Module, engine: str, threads: Optional[int] = None, precision: str = "f32",
+             root: Optional[Path] = None) -> "RuntimeEncoder":
+        """From the cache (a corrupt entry is rebuilt), or exported and checked against torch first.
+
+        ``threads``: default torch's; ``precision``: ``f32``, or ``bf16`` (OpenVINO's inference precision).
+        """
+        if precision not in TOLERANCE or (engine == "onnx" and precision != "f32"):
+            raise AutosamError(f"engine {engine} has no precision {precision!r}")
+        threads = threads or torch.get_num_threads()
+        key = encoder_key(model, engine)
+        name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        folder = (root or cache_dir() / "runtime") / f"{key['backend']}-{engine}-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        with _locked(folder):
+            problem = _check(folder, key, engine)
+            if problem is None:
+                try:
+                    encoder = cls(engine, folder, SESSIONS[engine](folder, threads, precision), key, precision)
+                except Exception as e:  # noqa: BLE001 - whatever the runtime says of a bad file, rebuild it
+                    problem = f"{FILES[engine][0]} does not load ({type(e).__name__})"
+            if problem is not None:
+                if problem != "missing":
+                    notice(f"runtime cache {folder}: {problem}; rebuilding it")
+                _build(model, folder, key, engine)
+                encoder = cls(engine, folder, SESSIONS[engine](folder, threads, precision), key, precision)
+                try:
+                    encoder.check(model)
+                except AutosamError:
+                    (folder / "meta.json").unlink(missing_ok=True)  # never used as it is
+                    raise
+        return encoder
+
+    def check(self, model: nn.Module) -> None:
+        """Embeddings of one random canvas agree with torch (relative max error), or an AutosamError."""
+        tolerance = TOLERANCE[self.precision]
+        size = int(model.image_size)
+        x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
+            ref = model.embed(x.to(next(model.parameters()).device)).float().cpu()
+        err = float((self(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
+        if not err <= tolerance:
+            raise AutosamError(f"{self.engine} encoder differs from torch (relative error {err:.2g})")
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Processes building the same entry take turns (the second finds it built)."""
+    if fcntl is None:
+        yield
+        return
+    with open(folder / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check(folder: Path, key: dict, engine: str) -> Optional[str]:
+    """None when the entry is complete and intact; else what is wrong (``"missing"``: never built)."""
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        return "missing" if not any((folder / f).exists() for f in FILES[engine]) else "meta.json is missing"
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != key:
+            return "meta.json belongs to another model"
+        for f in FILES[engine]:
+            st = (folder / f).stat()
+            if st.st_size != meta["files"][f]["bytes"] or _sha1(folder / f) != meta["files"][f]["sha1"]:
+                return f"{f} is truncated or changed"
+    except FileNotFoundError as e:
+        return f"{Path(e.filename).name} is missing"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"meta.json is unreadable ({type(e).__name__})"
+    return None
+
+
+def _build(model: nn.Module, folder: Path, key: dict, engine: str) -> None:
+    """Export into temporary names, rename the files into place, then write meta.json."""
+    (folder / "meta.json").unlink(missing_ok=True)
+    tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = folder / tag
+    tmp.mkdir()
+    try:
+        was_training = model.training
+        model.eval()
+        try:
+            export_onnx(model, tmp / "encoder.onnx")
+        finally:
+            model.train(was_training)
+        if engine == "openvino":
+            _to_openvino(tmp / "encoder.onnx", tmp / "encoder.xml")
+        files = {}
+        for f in FILES[engine]:
+            files[f] = {"bytes": (tmp / f).stat().st_size, "sha1": _sha1(tmp / f)}
+            os.replace(tmp / f, folder / f)
+        meta = {"key": key, "files": files, "weights": getattr(model, "checkpoint", None),
+                "adapter": getattr(model, "adapter", None)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        os.replace(tmp / "meta.json", folder / "meta.json")
+    finally:
+        for p in tmp.iterdir() if tmp.exists() else ():
+            p.unlink()
+        if tmp.exists():
+            tmp.rmdir()
