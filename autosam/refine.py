@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -243,10 +242,11 @@ def refine_folder(
     cases = io.list_cases(images, info.file_ending, info.num_channels)
     sources = find_coarse_files(coarse, list(cases), info.file_ending)
     rw = io.reader_writer(info.file_ending)
+    keep = bool(options.get("save_probabilities"))  # whole-case probability volumes only when they are written
 
     def process(sam: SamPredictor, case: io.Case) -> CaseOutput:
         seg, probs = read_coarse(case, info, *sources[case.case_id], rw_class=rw)
-        result = refine_case(sam, case, info, seg, probs, config)
+        result = refine_case(sam, case, info, seg, probs, config, keep=keep)
         return CaseOutput(result.segmentation, result.probabilities, coarse=seg)
 
     return runner.run(cases, FunctionJob(make_predictor, process))

@@ -185,8 +185,11 @@ class CaseJob:
     case needs (SAM, the prompter, nnU-Net) into attributes whose names start with ``_``. It runs once per process,
     after the first case has been read and before it is processed; ``_`` attributes never travel, so a job is
     shipped unloaded and each worker loads its own models. The single-process path calls the same object: one code
-    path per verb.
+    path per verb. ``keep_probabilities`` is set by the runner: whether the output needs probability volumes (a
+    job that can skip them saves memory on large cases).
     """
+
+    keep_probabilities: bool = True
 
     def setup(self) -> None:
         """Load the models every case needs (once per process)."""
@@ -430,6 +433,8 @@ class CaseRunner:
             return []
         if prepare is not None:
             prepare()
+        if isinstance(process, CaseJob):
+            process.keep_probabilities = self.save_probabilities
         p = self.parallel
         part = (p.part_id, p.num_parts) if p.num_parts > 1 else None
         locks = []

@@ -6,7 +6,7 @@ The step between prompts (:mod:`autosam.prompts`) and fusion (:mod:`autosam.fusi
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ def run_sam(
     axis: int,
     prompts: Sequence[ClassPrompt],
     labels: Sequence[int],
-    chunk: int = 64,
+    chunk: Optional[int] = None,
 ) -> SamRun:
     """Encode the prompted slices of a normalised ``(C, Z, Y, X)`` image (``chunk`` at a time) and decode prompts.
 
@@ -52,6 +52,7 @@ def run_sam(
     iou_sum = np.zeros((len(labels), n_slices), dtype=np.float32)
     count = np.zeros((len(labels), n_slices), dtype=np.int32)
     wanted = sorted({cp.prompt.slice_index for cp in prompts})
+    chunk = chunk or max(64, predictor.batch_size)  # slices held encoded at once; --batch-size above it is honoured
     for start in range(0, len(wanted), chunk):
         part = wanted[start : start + chunk]
         local = {s: i for i, s in enumerate(part)}

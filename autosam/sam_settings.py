@@ -163,7 +163,7 @@ def build_predictor(settings: dict, run: dict):
     from autosam.sam import SamPredictor, build_sam
 
     model = build_sam(settings["sam"], checkpoint=settings.get("checkpoint"), adapter=settings.get("adapter"))
-    return SamPredictor(model, device=run["device"], batch_size=run["batch_size"])
+    return SamPredictor(model, device=run["device"], batch_size=run["batch_size"], engine=run.get("engine", "auto"))
 
 
 def record(settings: dict, folder: str | os.PathLike, run: Optional[dict] = None, by: str = "") -> Path:

@@ -80,7 +80,10 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
         for stale in ("summary_unrefined.json", autosam_settings.SETTINGS_FILE):  # left by an earlier validation
             if os.path.isfile(os.path.join(unrefined, stale)):
                 os.remove(os.path.join(unrefined, stale))
-        shutil.copyfile(os.path.join(unrefined, "summary.json"), os.path.join(validation, "summary_unrefined.json"))
+        from autosam.io import atomic_output
+
+        with atomic_output(os.path.join(validation, "summary_unrefined.json")) as tmp:
+            shutil.copyfile(os.path.join(unrefined, "summary.json"), tmp)
 
         run = autosam_settings.runtime(str(self.device))
         self.print_to_log_file(f"autosam: refining the validation cases with {autosam_settings.describe(settings)} "

@@ -56,6 +56,9 @@ from autosam.sam.cache import CachingPredictor, EmbeddingCache  # noqa: E402
 from autosam.sam_run import run_sam  # noqa: E402
 from autosam.splits import subject_of  # noqa: E402
 
+#: the development data beside the checkout (../shared/data), as CI and the README use it
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 SAMPLE = {"hippocampus": ["hippocampus_148", "hippocampus_149", "hippocampus_165", "hippocampus_221",
                           "hippocampus_319", "hippocampus_320"],
           "hc18": ["719", "800", "801"]}
@@ -244,7 +247,7 @@ def evaluate(args, root: Path, info: io.DatasetInfo, test_cases: list[str], work
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, choices=sorted(DEFAULTS))
-    p.add_argument("--data-root", default="/work/shared/data")
+    p.add_argument("--data-root", default=str(DATA))
     p.add_argument("--work", default="/tmp/autosam_benchmark_adapt")
     p.add_argument("--methods", nargs="+", default=["frozen", "decoder", "desam", "lora"])
     p.add_argument("--test-cases", type=int, default=10)

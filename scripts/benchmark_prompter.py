@@ -39,6 +39,9 @@ from autosam.refine import RefineConfig, refine_case
 from autosam.sam import build_sam
 from autosam.sam.cache import CachingPredictor
 
+#: the development data beside the checkout (../shared/data), as CI and the README use it
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 
 class Charged:
     """Seconds of one run with the encoder charged per requested slice at its measured cost, cached or not."""
@@ -104,7 +107,7 @@ def table(results: dict, infos: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", default=["hippocampus", "hc18"], help="shipped prompters / datasets")
-    p.add_argument("--data", default="/work/shared/data", help="folder with the development datasets")
+    p.add_argument("--data", default=str(DATA), help="folder with the development datasets")
     p.add_argument("--cases", type=int, default=10, help="held-out cases per dataset (default 10)")
     p.add_argument("--fusions", nargs="+", default=list(fusion_strategies), help="fusion strategies to compare")
     p.add_argument("--work", default="autosam_bench_prompter", help="results (resumable)")

@@ -45,6 +45,37 @@ def same_files(one: Path, other: Path) -> bool:
     return all((one / n).read_bytes() == (other / n).read_bytes() for n in names)
 
 
+def _encode(repeats: int) -> float:
+    """Seconds for ``repeats`` LiteMedSAM encodings of one 400x500 slice, one thread (in a fresh process)."""
+    import numpy as np
+    import torch
+
+    from autosam.sam import SamPredictor, build_sam
+
+    torch.set_num_threads(1)
+    predictor = SamPredictor(build_sam("litemedsam"), device="cpu", batch_size=1)
+    slices = [np.random.default_rng(0).random((3, 400, 500), dtype=np.float32)]
+    predictor.set_slices(slices)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predictor.set_slices(slices)
+    return time.perf_counter() - start
+
+
+def encoder_control(workers: list[int], repeats: int = 6) -> list[tuple[int, float]]:
+    """The machine's own limit, without Ray or autosam's runner: SAM's encoder in N plain processes at once;
+    returns ``(N, throughput relative to one process)``."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    for n in sorted(set([1, *workers])):
+        with ctx.Pool(n) as pool:
+            seconds = max(pool.map(_encode, [repeats] * n))
+        rows.append((n, n * repeats / seconds))
+    return [(n, rate / rows[0][1]) for n, rate in rows]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="autosam/sample/hc18", help="nnU-Net raw folder (dataset.json, imagesTr)")
@@ -87,16 +118,29 @@ def main() -> None:
             same = same_files(tmp / "out0", out)
             rows.append((name, seconds, same))
             print(f"{name}: {seconds:.1f} s for {n_cases} cases, same files as one process: {same}", flush=True)
+    import ray
+
+    start = time.perf_counter()  # what a run pays for Ray itself: starting and stopping a local instance
+    ray.init(address="local", num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    ray.shutdown()
+    overhead = time.perf_counter() - start
     single = rows[0][1]
     ray_one = next((s for name, s, _ in rows if name == "Ray, 1 worker"), None)
     print(f"\n`{args.verb}` on {n_cases} {root.name} cases ({args.copies} links per image), one torch thread per "
-          f"worker, {os.cpu_count()} cores; wall time includes starting Ray and loading the models in each worker\n")
+          f"worker, {os.cpu_count()} cores; wall time includes starting Ray and loading the models in each worker "
+          f"(starting and stopping a local Ray instance alone: {overhead:.1f} s)\n")
     print("| run | wall time | s/case | speed-up over one process | over 1 Ray worker | same files |")
     print("|---|---|---|---|---|---|")
     for name, seconds, same in rows:
         over_ray = f"{ray_one / seconds:.2f}x" if ray_one and name.startswith("Ray") else "-"
         print(f"| {name} | {seconds:.1f} s | {seconds / n_cases:.2f} | {single / seconds:.2f}x | {over_ray} | "
               f"{'yes' if same else 'NO'} |")
+    print("\nControl, no Ray: LiteMedSAM's encoder in N plain processes at once, one thread each\n")
+    print("| processes | encoder throughput relative to 1 process |")
+    print("|---|---|")
+    for n, relative in encoder_control(args.workers):
+        print(f"| {n} | {relative:.2f}x |")
 
 
 if __name__ == "__main__":

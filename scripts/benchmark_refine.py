@@ -44,13 +44,16 @@ from autosam.sam import build_sam
 from autosam.sam.cache import CachingPredictor
 from autosam.sample import sample_dataset
 
+#: the development data beside the checkout (../shared/data), as CI and the README use it
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 DATASET_ID, DATASET_NAME = 950, "Dataset950_HippoRefineBench"
 TRAINER = "nnUNetTrainer_autosam_Short"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default="/work/shared/data/hippocampus", help="nnU-Net raw hippocampus folder")
+    p.add_argument("--data", default=str(DATA / "hippocampus"), help="nnU-Net raw hippocampus folder")
     p.add_argument("--work-dir", required=True, help="everything is written here (nnU-Net folders, results)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-cases", type=int, default=12, help="held-out cases scored (default 12)")

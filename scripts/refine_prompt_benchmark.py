@@ -8,7 +8,7 @@ The bundled sample cases (and HC18 images of the same subjects) are left out. Pr
 
     OMP_NUM_THREADS=1 python scripts/refine_prompt_benchmark.py --hippocampus 8 --hc18 6
 
-Needs /work/shared/data (or --data ROOT with hippocampus/ and hc18/ in nnU-Net raw layout). CPU is fine.
+Needs ../shared/data beside the checkout (or --data ROOT with hippocampus/ and hc18/ in nnU-Net raw layout). CPU is fine.
 """
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ from autosam.prompts import prompt_strategies
 from autosam.refine import RefineConfig, coarse_foreground, refine_case
 from autosam.sam import build_sam
 from autosam.sam.cache import CachingPredictor
+
+#: the development data beside the checkout (../shared/data), as CI and the README use it
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 SAMPLE_SUBJECTS = {"hippocampus": {"148", "149", "165", "221", "319", "320"}, "hc18": {"719", "800", "801"}}
 
@@ -92,7 +95,7 @@ def table(coarse_scores: dict, scores: dict, combos: list) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data")
+    ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--hippocampus", type=int, default=8, help="number of hippocampus cases")
     ap.add_argument("--hc18", type=int, default=6, help="number of HC18 images")
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 1.0, 2.0], help="box margins (mm)")

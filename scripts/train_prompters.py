@@ -24,6 +24,9 @@ from autosam.prompter.train import TrainOptions, train_prompter
 from autosam.sample import sample_dataset
 from autosam.splits import subject_of
 
+#: the development data beside the checkout (../shared/data), as CI and the README use it
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 HC18_SUBJECT = r"^([^_]+)_"
 #: Per shipped prompter: the development dataset and the training settings (sized for ~15 min on one CPU core).
 RECIPES = {
@@ -65,7 +68,7 @@ def sample_score(prompter: Prompter, name: str) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", default=list(RECIPES), help=f"which prompters (default: {' '.join(RECIPES)})")
-    p.add_argument("--data", default="/work/shared/data", help="folder with the development datasets")
+    p.add_argument("--data", default=str(DATA), help="folder with the development datasets")
     p.add_argument("--work", default="prompter_runs", help="model folders with checkpoints (resumable)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--no-ship", action="store_true", help="do not copy the result into autosam/prompter/weights")

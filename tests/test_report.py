@@ -308,3 +308,27 @@ def test_page_renders_in_headless_chromium(hippo_report, tmp_path):
     assert len(colours) > 200  # text, tables, plots and pictures, not one flat colour
     # the dark header band, the white sections and the plots all show
     assert img[:60].mean() < 0.3 and img[200:1000].mean() > 0.7
+
+
+def test_overlays_option_writes_one_png_per_case_and_nothing_when_not_given(tmp_path, capsys):
+    """``--overlays DIR`` on a folder verb (here ``segment --no-sam``) writes one picture per case into its own
+    folder; without it no picture is written; the output folder itself is refused as the overlay folder."""
+    from PIL import Image
+
+    from autosam.cli import main
+
+    hc18 = sample_dataset("hc18")
+    base = ["segment", "-i", str(hc18 / "imagesTr"), "--prompter", "hc18", "--no-sam", "--device", "cpu"]
+    assert main(base + ["-o", str(tmp_path / "plain")]) == 0
+    assert not list((tmp_path / "plain").glob("*_overlay*")) and not (tmp_path / "overlays").exists()
+    assert main(base + ["-o", str(tmp_path / "out"), "--overlays", str(tmp_path / "overlays")]) == 0
+    pictures = sorted(p.name for p in (tmp_path / "overlays").iterdir())
+    assert pictures == ["719_HC.png", "800_HC.png", "801_HC.png"]
+    for name in pictures:
+        with Image.open(tmp_path / "overlays" / name) as img:
+            pixels = np.asarray(img.convert("RGB"), dtype=np.float32)
+        assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+    capsys.readouterr()
+    assert main(base + ["-o", str(tmp_path / "o2"), "--overlays", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overlay folder" in err[0] and not (tmp_path / "o2").exists()

@@ -30,7 +30,7 @@ def predictor_from_args(args: argparse.Namespace) -> SamPredictor:
 
 def sam_args_record(args: argparse.Namespace) -> dict:
     """The SAM settings of a run, for ``autosam_run.json``."""
-    return {k: getattr(args, k) for k in ("sam", "checkpoint", "adapter", "device", "batch_size", "axis")}
+    return {k: getattr(args, k) for k in ("sam", "checkpoint", "adapter", "device", "engine", "batch_size", "axis")}
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     # one predictor for both runs: slices encoded for the label boxes are reused by the automatic run
     predictor = CachingPredictor(build_sam(args.sam, checkpoint=args.checkpoint, adapter=args.adapter),
-                                 device=args.device, batch_size=args.batch_size)
+                                 device=args.device, batch_size=args.batch_size, engine=args.engine)
     for name in args.sample:
         root = sample_dataset(name)
         info = io.load_dataset_json(root)

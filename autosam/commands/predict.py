@@ -68,7 +68,7 @@ class PredictJob(CaseJob):
 
     def process(self, case: io.Case) -> CaseOutput:
         seg, probs = nnunet.coarse_prediction(self.nnunet(), case)
-        result = refine_case(self._sam, case, self.info, seg, probs, self.config)
+        result = refine_case(self._sam, case, self.info, seg, probs, self.config, keep=self.keep_probabilities)
         return CaseOutput(result.segmentation, result.probabilities, coarse=seg)
 
 

@@ -101,7 +101,7 @@ class SegmentJob(CaseJob):
         extra = {"coarse": (seg, probs)} if self.coarse else {}
         if self.config is None:
             return CaseOutput(seg, probs, coarse=None, extra=extra)
-        result = refine_case(self._sam, case, self.info, seg, probs, self.config)
+        result = refine_case(self._sam, case, self.info, seg, probs, self.config, keep=self.keep_probabilities)
         return CaseOutput(result.segmentation, result.probabilities, coarse=seg, extra=extra)
 
     def __getstate__(self) -> dict:

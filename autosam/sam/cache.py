@@ -314,14 +314,13 @@ class CachingPredictor(SamPredictor):
     """
 
     def __init__(self, model, device: str = "auto", batch_size: int = 16, amp: bool = True,
-                 cache: Optional[EmbeddingCache] = None) -> None:
-        super().__init__(model, device=device, batch_size=batch_size, amp=amp)
+                 cache: Optional[EmbeddingCache] = None, engine: str = "auto") -> None:
+        super().__init__(model, device=device, batch_size=batch_size, amp=amp, engine=engine)
         self.cache = EmbeddingCache() if cache is None else cache
 
     @torch.inference_mode()
     def set_slices(self, slices: Sequence[np.ndarray]) -> None:
-        precision = "bfloat16" if self.amp else "float32"
-        rows = self.cache.fetch(self.model, slices, self._encode, precision)
+        rows = self.cache.fetch(self.model, slices, self._encode, self.precision)
         self.sizes = [tuple(np.asarray(s).shape[-2:]) for s in slices]
         self.embeddings = torch.stack([r.to(self.device) for r in rows]) if rows else None
 

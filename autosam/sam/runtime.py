@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,6 +43,8 @@ ENGINES = ("auto", "torch", "onnx", "openvino")
 RUNTIMES = {"onnx": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino")}
 #: Order in which ``auto`` tries the installed runtimes (fastest first, as measured).
 PREFERENCE = ("openvino", "onnx")
+#: Inference precision each runtime engine runs the encoder in (see :data:`TOLERANCE`).
+PRECISION = {"onnx": "f32", "openvino": "f32"}
 #: Backends that ``auto`` runs in a runtime; any other backend needs an explicit ``--engine``.
 AUTO_BACKENDS = ("litemedsam",)
 #: Modules the ONNX export needs besides torch.
@@ -69,10 +72,21 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "autosam"
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing(engine: str) -> list[str]:
+    """The modules ``engine`` needs (its runtime, the ONNX export tools) that cannot be imported here."""
+    return [m for m in (RUNTIMES[engine][0],) + EXPORT_MODULES if not _importable(m)]
+
+
 def installed(engine: str) -> bool:
-    """Whether ``engine``'s runtime and the ONNX export tools can be imported."""
-    modules = (RUNTIMES[engine][0],) + EXPORT_MODULES
-    return all(importlib.util.find_spec(m) is not None for m in modules)
+    """Whether ``engine``'s runtime and the ONNX export tools are installed."""
+    return not missing(engine)
 
 
 def runtime_version(engine: str) -> str:
@@ -90,9 +104,10 @@ def resolve_engine(engine: str, device: torch.device, backend: str = "litemedsam
     if engine == "torch":
         return engine
     if engine != "auto":
-        if not installed(engine):
-            missing = [m for m in (RUNTIMES[engine][0],) + EXPORT_MODULES if importlib.util.find_spec(m) is None]
-            raise AutosamError(f"--engine {engine} needs {', '.join(missing)}, not installed here: {INSTALL_HINT}")
+        if missing(engine):
+            packages = [RUNTIMES[engine][1] if m == RUNTIMES[engine][0] else m for m in missing(engine)]
+            raise AutosamError(f"--engine {engine} needs {', '.join(missing(engine))}, not installed here: "
+                               f"pip install {' '.join(packages)}")
         if device.type != "cpu":
             raise AutosamError(f"--engine {engine} runs on the CPU, not on {device}; use --device cpu "
                                "or --engine torch")
@@ -234,7 +249,12 @@ def _onnx_session(folder: Path, threads: int, precision: str) -> Callable:
 def _openvino_session(folder: Path, threads: int, precision: str) -> Callable:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(folder / FILES["openvino"][0]), "CPU", {
+    core = ov.Core()
+    model = core.read_model(str(folder / FILES["openvino"][0]))
+    shape = model.input(0).get_partial_shape()
+    shape[0] = 1  # one slice per call (see RuntimeEncoder); a static shape is a little faster
+    model.reshape({model.input(0): shape})
+    compiled = core.compile_model(model, "CPU", {
         "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
@@ -257,8 +277,10 @@ class RuntimeEncoder:
         self._run = run
 
     def __call__(self, canvas: torch.Tensor) -> torch.Tensor:
+        """Embeddings of ``(B, 3, S, S)`` canvases, computed one slice per call: a runtime is no faster per slice
+        on larger batches, and its memory then grows with each new batch size (ONNX Runtime: past 10 GB)."""
         x = canvas.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self._run(x))
+        return torch.from_numpy(np.concatenate([self._run(x[i : i + 1]) for i in range(len(x))]))
 
     @classmethod
     def load(cls, model: nn.Module, engine: str, threads: Optional[int] = None, precision: str = "f32",
