@@ -35,9 +35,8 @@ def check_model_folder(model_folder: str | os.PathLike) -> Path:
             content = json.loads((folder / name).read_text())
         except (OSError, ValueError) as e:
             raise AutosamError(f"{folder / name}: not valid JSON ({e})") from None
-        if not isinstance(content, dict) or (name == "plans.json" and "configurations" not in content):
-            raise AutosamError(f"{folder / name}: not an nnU-Net {name} (no 'configurations')" if
-                               name == "plans.json" else f"{folder / name}: expected a JSON object")
+        if not isinstance(content, dict):
+            raise AutosamError(f"{folder / name}: expected a JSON object")
     if not any(p.is_dir() and p.name.startswith("fold_") for p in folder.iterdir()):
         raise AutosamError(f"{folder}: no fold_* folders; train a fold first (nnUNetv2_train)")
     return folder
