@@ -7,7 +7,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
-from .errors import AutosamError
+from .errors import AutosamError, CasesFailed
 from .progress import clear_bars
 
 #: Verb modules under autosam.commands, in the order ``--help`` lists them.
@@ -60,6 +60,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         clear_bars()
         print(f"autosam {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except CasesFailed as failed:
+        clear_bars()
+        for line in failed.lines():
+            print(f"autosam {args.verb}: {line}", file=sys.stderr)
+        print(f"autosam {args.verb}: {len(failed.failures)} case(s) failed, {len(failed.written)} written to "
+              f"{getattr(args, 'output', 'the output folder')}; rerun the same command to retry the failed ones",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         clear_bars()
         print(f"autosam {args.verb}: interrupted; finished cases are kept, rerun to resume", file=sys.stderr)

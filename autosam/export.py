@@ -85,11 +85,13 @@ def prepare_folder(
     return out
 
 
-def clear_temporary(out_dir: str | os.PathLike) -> None:
+def clear_temporary(out_dir: str | os.PathLike, names: Optional[set[str]] = None) -> None:
     """Remove the temporary files an interrupted run left in ``out_dir`` (call it only while holding the folder's
-    lock, :class:`autosam.runner.FolderLock`, so no running writer loses its files)."""
+    lock, :class:`autosam.runner.FolderLock`, so no running writer loses its files); with ``names``, only those of
+    the files named there (e.g. a killed worker's cases)."""
     for stale in Path(out_dir).glob(".tmp*"):
-        stale.unlink(missing_ok=True)
+        if names is None or io.temporary_target(stale) in names:
+            stale.unlink(missing_ok=True)
 
 
 def case_files(out_dir: str | os.PathLike, case_id: str, file_ending: str, probabilities: bool) -> list[Path]:

@@ -223,6 +223,15 @@ def _ending(path: Path) -> str:
     return path.suffix
 
 
+_TEMPORARY = re.compile(r"^\.tmp\d+_(.+)$")
+
+
+def temporary_target(tmp: str | os.PathLike) -> Optional[str]:
+    """The file name a temporary file of :func:`atomic_output` was to become (None for any other name)."""
+    m = _TEMPORARY.match(Path(tmp).name)
+    return m.group(1) if m else None
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary name beside ``path`` (same ending); rename it to ``path`` only if the block succeeds."""
@@ -233,6 +242,23 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block, so processes take turns; where
+    ``flock`` does not exist (not POSIX) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_seg(seg: np.ndarray, path: str | os.PathLike, properties: dict, rw_class: Optional[Type] = None) -> None:

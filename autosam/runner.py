@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import socket
 import sys
 import time
@@ -33,12 +32,13 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Type
 import numpy as np
 
 from . import export, io
-from .errors import AutosamError
+from .errors import AutosamError, CasesFailed
 from .progress import progress
 
 LOCK_FILE = ".autosam.lock"
 #: how to get Ray, for the one-line error when it is missing
 RAY_INSTALL = "pip install 'autosam[ray]'"
+NO_RAY = f"--ray and --workers run on Ray, which is not installed: {RAY_INSTALL}"
 
 
 @dataclass
@@ -239,22 +239,6 @@ def _first_line(e: BaseException) -> str:
 def failure_reason(e: BaseException) -> str:
     """One line for a failed case: an :class:`AutosamError`'s message, else the exception's type and message."""
     return _first_line(e) if isinstance(e, AutosamError) else f"{type(e).__name__}: {_first_line(e)}".rstrip(": ")
-
-
-class CasesFailed(Exception):
-    """Cases that failed (in a distributed run: after Ray's retries) while the run went on with the others.
-
-    ``failures`` maps case id -> a one-line reason; ``written`` lists the cases that were written. The verbs print
-    one line per failed case and exit with code 1.
-    """
-
-    def __init__(self, failures: Mapping[str, str], written: Sequence[str]) -> None:
-        self.failures = dict(failures)
-        self.written = list(written)
-        super().__init__(f"{len(self.failures)} case(s) failed: {', '.join(self.failures)}")
-
-    def lines(self) -> list[str]:
-        return [f"case {case} failed: {why}" for case, why in self.failures.items()]
 
 
 @dataclass(frozen=True)
@@ -461,21 +445,19 @@ class CaseRunner:
         """The cases one after another in this process; failures by case (only with ``keep_going``)."""
         failures: dict[str, str] = {}
         for case_id in progress(todo, self.desc, disable=self.quiet):
-            files = [Path(f) for f in cases[case_id]]
-            if not self.parallel.keep_going:
-                case = io.read_case(case_id, files, rw)
-                _prepare(process)
-                self._write(case, process(case), rw)
-                continue
             try:
-                case = io.read_case(case_id, files, rw)
-            except Exception as e:  # noqa: BLE001 - listed at the end
+                case = io.read_case(case_id, [Path(f) for f in cases[case_id]], rw)
+            except Exception as e:  # noqa: BLE001 - listed at the end with keep_going
+                if not self.parallel.keep_going:
+                    raise
                 failures[case_id] = failure_reason(e)
                 continue
             _prepare(process)  # a model that cannot load ends the run (one line, exit 2), it is no case's fault
             try:
                 self._write(case, process(case), rw)
-            except Exception as e:  # noqa: BLE001 - listed at the end
+            except Exception as e:  # noqa: BLE001 - listed at the end with keep_going
+                if not self.parallel.keep_going:
+                    raise
                 failures[case_id] = failure_reason(e)
         return failures
 
@@ -515,17 +497,6 @@ class CaseRunner:
 
 # --- Ray ----------------------------------------------------------------------------------------------------------
 
-_TEMPORARY = re.compile(r"^\.tmp\d+_(.+)$")
-
-
-def _clear_temporary_of(folder: Path, names: set[str]) -> None:
-    """Remove the temporary files of the given case files (a killed worker leaves its half-written file)."""
-    for f in folder.glob(".tmp*"):
-        m = _TEMPORARY.match(f.name)
-        if m and m.group(1) in names:
-            f.unlink(missing_ok=True)
-
-
 def ray_available() -> bool:
     """Whether Ray can be imported (without importing it)."""
     if "ray" in sys.modules:
@@ -540,7 +511,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise AutosamError(f"--ray and --workers run on Ray, which is not installed: {RAY_INSTALL}") from None
+        raise AutosamError(NO_RAY) from None
     return ray
 
 
@@ -702,5 +673,5 @@ def _run_on_ray(runner: CaseRunner, cases: dict[str, list[str]], job: Callable[[
                     pass
             names = {f"{c}{suffix}" for c in cases for suffix in (runner.info.file_ending, ".npz", ".pkl", ".png")}
             for folder, _ in runner._outputs():
-                _clear_temporary_of(folder, names)
+                export.clear_temporary(folder, names)
     return failures

@@ -77,7 +77,7 @@ def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
 def parallel_from_args(args: argparse.Namespace):
     """The :class:`autosam.runner.Parallel` of :func:`add_parallel_arguments`, checked (one-line errors)."""
     from ..errors import AutosamError
-    from ..runner import RAY_INSTALL, Parallel, ray_available
+    from ..runner import NO_RAY, Parallel, ray_available
 
     parallel = Parallel(ray=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                         gpus_per_worker=args.gpus_per_worker, num_parts=args.num_parts, part_id=args.part_id,
@@ -85,19 +85,8 @@ def parallel_from_args(args: argparse.Namespace):
     parallel.check()
     if parallel.distributed:
         if not ray_available():
-            raise AutosamError(f"--ray and --workers run on Ray, which is not installed: {RAY_INSTALL}")
+            raise AutosamError(NO_RAY)
         if str(getattr(args, "device", "auto")).startswith("cuda") and parallel.gpus_per_worker == 0:
             raise AutosamError(f"--device {args.device} with --ray or --workers needs --gpus-per-worker (e.g. 1, or "
                                "0.5 for two workers per GPU); without it the workers run on the CPU")
     return parallel
-
-
-def report_failed_cases(args: argparse.Namespace, failed) -> int:
-    """Print a :class:`autosam.runner.CasesFailed` as one line per case (and a last line); returns exit code 1."""
-    import sys
-
-    for line in failed.lines():
-        print(f"autosam {args.verb}: {line}", file=sys.stderr)
-    print(f"autosam {args.verb}: {len(failed.failures)} case(s) failed, {len(failed.written)} written to "
-          f"{args.output}; rerun the same command to retry the failed ones", file=sys.stderr)
-    return 1

@@ -8,9 +8,9 @@ from typing import Any, Callable, Optional, Type
 
 from .. import io
 from ..oracle import segment_case_from_labels
-from ..runner import CaseJob, CaseOutput, CaseRunner, CasesFailed, Parallel
+from ..runner import CaseJob, CaseOutput, CaseRunner, Parallel
 from .common import (add_parallel_arguments, add_sam_arguments, parallel_from_args, predictor_from_args,
-                     report_failed_cases, sam_args_record)
+                     sam_args_record)
 from .options import Margin, add_dataset_arguments, add_margin_argument, dataset_json_from_args, resolve_margin
 
 HELP = "segment with boxes taken from reference labels (the upper bound of automatic prompting)"
@@ -74,10 +74,7 @@ def run(args: argparse.Namespace) -> int:
     info = io.load_dataset_json(io.find_dataset_json(dataset_json_from_args(args), images=images, labels=labels))
     record = {"verb": "oracle", "images": str(images), "labels": str(labels), "margin": str(margin),
               **sam_args_record(args)}
-    try:
-        oracle_folder(images, labels, args.output, info, lambda: predictor_from_args(args), args.axis, margin,
-                      args.overwrite, record, parallel)
-    except CasesFailed as failed:
-        return report_failed_cases(args, failed)
+    oracle_folder(images, labels, args.output, info, lambda: predictor_from_args(args), args.axis, margin,
+                  args.overwrite, record, parallel)
     print(f"wrote {args.output}")
     return 0

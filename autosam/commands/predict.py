@@ -10,10 +10,10 @@ from typing import Any, Callable, Optional, Sequence
 from .. import io, nnunet
 from ..errors import AutosamError
 from ..refine import RefineConfig, refine_case
-from ..runner import CaseJob, CaseOutput, CaseRunner, CasesFailed
+from ..runner import CaseJob, CaseOutput, CaseRunner
 from ..sam import SamPredictor
 from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
-                     parallel_from_args, predictor_from_args, report_failed_cases, sam_args_record)
+                     parallel_from_args, predictor_from_args, sam_args_record)
 from .refine import add_refine_arguments, config_from_args, config_from_record
 
 HELP = "predict with a trained nnU-Net model and refine its output with SAM"
@@ -152,12 +152,9 @@ def run(args: argparse.Namespace) -> int:
               "save_probabilities": args.save_probabilities, "refine": config.to_dict(),
               "recorded_settings": str(recorded[0]) if recorded else None, **sam_args_record(args)}
     parallel = parallel_from_args(args)
-    try:
-        written = predict_folder(args.images, args.output, make_nnunet, info, lambda: predictor_from_args(args),
-                                 config, **output_options(args), run_args=record, plans=model / "plans.json",
-                                 model_dir=model, parallel=parallel)
-    except CasesFailed as failed:
-        return report_failed_cases(args, failed)
+    written = predict_folder(args.images, args.output, make_nnunet, info, lambda: predictor_from_args(args),
+                             config, **output_options(args), run_args=record, plans=model / "plans.json",
+                             model_dir=model, parallel=parallel)
     print(f"predicted and refined {len(written)} case(s) -> {args.output}")
     return 0
 

@@ -9,9 +9,8 @@ from ..errors import AutosamError
 from ..fusion import fusion_strategies
 from ..prompts import prompt_strategies
 from ..refine import RefineConfig, refine_folder
-from ..runner import CasesFailed
 from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
-                     parallel_from_args, predictor_from_args, report_failed_cases, sam_args_record)
+                     parallel_from_args, predictor_from_args, sam_args_record)
 from .options import Margin, add_dataset_arguments, add_margin_argument, dataset_json_from_args, resolve_margin
 
 HELP = "refine a coarse (nnU-Net) prediction folder with SAM"
@@ -129,10 +128,7 @@ def run(args: argparse.Namespace) -> int:
                                                      images=images))
     config = config_from_args(args)
     parallel = parallel_from_args(args)
-    try:
-        written = refine_folder(images, coarse, args.output, info, lambda: predictor_from_args(args), config,
-                                **output_options(args), run_args=sam_args_record(args), parallel=parallel)
-    except CasesFailed as failed:
-        return report_failed_cases(args, failed)
+    written = refine_folder(images, coarse, args.output, info, lambda: predictor_from_args(args), config,
+                            **output_options(args), run_args=sam_args_record(args), parallel=parallel)
     print(f"refined {len(written)} case(s) -> {args.output}")
     return 0

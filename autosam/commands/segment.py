@@ -12,9 +12,9 @@ from typing import Any, Callable, Optional
 from .. import io
 from ..errors import AutosamError
 from ..refine import RefineConfig, refine_case
-from ..runner import CaseJob, CaseOutput, CaseRunner, CasesFailed
+from ..runner import CaseJob, CaseOutput, CaseRunner
 from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
-                     parallel_from_args, predictor_from_args, report_failed_cases, sam_args_record)
+                     parallel_from_args, predictor_from_args, sam_args_record)
 from .options import add_dataset_arguments, dataset_json_from_args
 from .refine import add_refine_arguments, config_from_args
 
@@ -164,11 +164,8 @@ def run(args: argparse.Namespace) -> int:
     if args.no_sam and prompter.mode == "embedding":
         print("note: an embedding-mode prompter always runs SAM's decoder; --no-sam skips only the box refinement",
               file=sys.stderr)
-    try:
-        written = segment_folder(images, args.output, prompter, info, lambda: predictor_from_args(args), config,
-                                 **output_options(args), run_args=sam_args_record(args), device=args.device,
-                                 parallel=parallel)
-    except CasesFailed as failed:
-        return report_failed_cases(args, failed)
+    written = segment_folder(images, args.output, prompter, info, lambda: predictor_from_args(args), config,
+                             **output_options(args), run_args=sam_args_record(args), device=args.device,
+                             parallel=parallel)
     print(f"segmented {len(written)} case(s) -> {args.output}")
     return 0

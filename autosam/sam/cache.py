@@ -26,13 +26,10 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from ..io import file_lock
 from . import transforms as T
 from .predictor import SamPredictor
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - no lock between processes where flock is missing
-    fcntl = None
 
 INDEX = "index.json"
 FORMAT, VERSION = "autosam-embedding-cache", 1
@@ -186,21 +183,20 @@ class EmbeddingCache:
     # -- the folder ----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        if self._lock_depth or fcntl is None:
+        """The folder's lock (:func:`autosam.io.file_lock`), re-entrant within this cache."""
+        if self._lock_depth:
             self._lock_depth += 1
             try:
                 yield
             finally:
                 self._lock_depth -= 1
             return
-        with open(self.folder / ".lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with file_lock(self.folder / ".lock"):
             self._lock_depth = 1
             try:
                 yield
             finally:
                 self._lock_depth = 0
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _notice(self, what: str, outcome: str = "those slices are encoded again") -> None:
         print(f"autosam: note: embedding cache {self.folder}: {what}; {outcome}", file=sys.stderr)

@@ -31,11 +31,8 @@ import torch
 from torch import nn
 
 from ..errors import AutosamError
+from ..io import file_lock
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - no lock between processes where flock is missing
-    fcntl = None
 
 #: Values of ``--engine``.
 ENGINES = ("auto", "torch", "onnx", "openvino")
@@ -296,7 +293,7 @@ class RuntimeEncoder:
         name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         folder = (root or cache_dir() / "runtime") / f"{key['backend']}-{engine}-{name}"
         folder.mkdir(parents=True, exist_ok=True)
-        with _locked(folder):
+        with file_lock(folder / ".lock"):  # processes building the same entry take turns
             problem = _check(folder, key, engine)
             if problem is None:
                 try:
@@ -325,20 +322,6 @@ class RuntimeEncoder:
         err = float((self(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
         if not err <= tolerance:
             raise AutosamError(f"{self.engine} encoder differs from torch (relative error {err:.2g})")
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Processes building the same entry take turns (the second finds it built)."""
-    if fcntl is None:
-        yield
-        return
-    with open(folder / ".lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check(folder: Path, key: dict, engine: str) -> Optional[str]:
