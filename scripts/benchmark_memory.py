@@ -8,6 +8,7 @@ SAM encoded. Nothing is downloaded; everything lives in a temporary folder.
 
     python scripts/benchmark_memory.py            # default: 512 x 512 x 300, 5 labels
     python scripts/benchmark_memory.py --slices 120 --keep
+    python scripts/benchmark_memory.py --components   # peak memory of SAM's parts alone, torch on the CPU
 """
 from __future__ import annotations
 
@@ -59,6 +60,37 @@ def write_raw(root: Path, image: np.ndarray, label: np.ndarray, spacing: tuple[f
         sitk.WriteImage(img, str(path))
 
 
+COMPONENT = """
+import resource, sys, numpy as np, torch
+from autosam.sam import SamPredictor, SamPrompt, build_sam
+part, n = sys.argv[1], int(sys.argv[2])
+predictor = SamPredictor(build_sam("litemedsam"), device="cpu", batch_size=n, engine="torch")
+with torch.inference_mode():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if part == "encoder":
+        predictor.set_slices([np.zeros((1, 256, 256), np.float32)] * n)
+    else:
+        predictor.embeddings, predictor.sizes = torch.zeros(n, 256, 64, 64), [(512, 512)] * n
+        box, mask = np.array([100, 100, 200, 220], np.float32), np.zeros((512, 512), np.float32)
+        predictor.predict([SamPrompt(i, box=box, mask=mask) for i in range(n)], batch_size=n)
+    print(before / 1024 ** 2, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)
+"""
+
+
+def components(threads: int) -> None:
+    """Peak memory of LiteMedSAM's torch encoder per batch of slices and of its decoder per batch of box+mask
+    prompts (512 x 512 slices), each in a fresh process."""
+    print("| part (torch, CPU) | batch | peak RSS (GB) | above the loaded model (GB) |")
+    print("|---|---|---|---|")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    for part, batches in (("encoder", (4, 16)), ("decoder", (16, 64))):
+        for n in batches:
+            out = subprocess.run([sys.executable, "-c", COMPONENT, part, str(n)], env=env, capture_output=True,
+                                 text=True, check=True).stdout.split()
+            base, peak = float(out[-2]), float(out[-1])
+            print(f"| {part} | {n} {'slices' if part == 'encoder' else 'prompts'} | {peak:.2f} | {peak - base:.2f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300, help="slices of the volume (default 300)")
@@ -66,7 +98,12 @@ def main() -> int:
     parser.add_argument("--labels", type=int, default=5, help="foreground labels (default 5)")
     parser.add_argument("--keep", action="store_true", help="also save probabilities (--save-probabilities)")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the child (default 2)")
+    parser.add_argument("--components", action="store_true",
+                        help="instead: peak memory of the torch encoder and decoder alone, per batch size")
     args = parser.parse_args()
+    if args.components:
+        components(args.threads)
+        return 0
 
     shape = (args.slices, args.size, args.size)
     with tempfile.TemporaryDirectory(prefix="autosam_mem_") as tmp:

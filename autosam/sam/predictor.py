@@ -55,7 +55,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-#: prompts per decoder call on the CPU (peak memory: 1.8 GB at 16 against 3.7 GB at 64, measured on LiteMedSAM)
+#: prompts per decoder call on the CPU (LiteMedSAM, peak memory 1.55 GB at 16 against 3.55 GB at 64 prompts:
+#: ``scripts/benchmark_memory.py --components``)
 CPU_DECODE_BATCH = 16
 
 
@@ -162,7 +163,8 @@ class SamPredictor:
         """Decode prompts; with ``multimask`` the best of SAM's three masks (by predicted IoU) is kept.
 
         ``batch_size`` prompts share one decoder call (default on a GPU: :attr:`batch_size`, at least 64; on the
-        CPU :data:`CPU_DECODE_BATCH`: there a call of 64 prompts held about 2.7 GB more than one of 16).
+        CPU :data:`CPU_DECODE_BATCH`: there a call of 64 prompts held about 2 GB more than one of 16,
+        ``scripts/benchmark_memory.py --components``).
         """
         if prompts and self.embeddings is None:
             raise RuntimeError("call set_slices() before predict()")
