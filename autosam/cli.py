@@ -11,7 +11,8 @@ from .errors import AutosamError, CasesFailed
 from .progress import clear_bars
 
 #: Verb modules under autosam.commands, in the order ``--help`` lists them.
-VERBS = ["demo", "oracle", "predict", "refine", "evaluate", "finetune", "train-prompter", "segment", "report",
+VERBS = ["demo", "oracle", "predict", "refine", "evaluate", "finetune", "train-prompter", "tune", "segment", "study",
+         "report",
          "nnunet-env"]
 
 

@@ -316,8 +316,12 @@ def prompts_for_slices(
     n_negative: int = 1,
     mask_logit: float = 8.0,
     gaps: bool = False,
+    max_objects: int = 0,
 ) -> list[ClassPrompt]:
     """Prompts for every class, slice and connected component of ``label_slices`` ``(S, h, w)``.
+
+    ``max_objects`` (0: no limit) keeps only the largest components of a class on a slice: an object-count prior
+    (one fetal head per image) that drops a coarse map's stray blobs before they become prompts.
 
     ``prob_slices`` ``(S, K, h, w)`` are the coarse probabilities of ``labels`` (same order), used for mask
     prompts; without ``label_slices`` the label map is their argmax. ``spacing`` is the in-plane (y, x) spacing
@@ -353,7 +357,10 @@ def prompts_for_slices(
             else:
                 prob = prob_slices[s, k]
             shared: dict = {}
-            for window, crop in _components(masks[s], min_size):
+            found = list(_components(masks[s], min_size))
+            if max_objects and len(found) > max_objects:
+                found = sorted(found, key=lambda wc: -int(wc[1].sum()))[:max_objects]
+            for window, crop in found:
                 comp = _full(crop, window, masks[s].shape)
                 p = make(Component(comp, masks[s], prob, spacing, options, window, shared))
                 p.slice_index = s if slice_indices is None else int(slice_indices[s])

@@ -35,7 +35,8 @@ class RefineConfig:
 
     ``prompt``/``fusion`` name entries of :data:`autosam.prompts.prompt_strategies` and
     :data:`autosam.fusion.fusion_strategies`; ``margin`` (in ``margin_unit``, ``"mm"`` or ``"px"``) widens boxes;
-    components under ``min_size`` pixels get no prompt; ``fill_gaps`` prompts a slice missing a class between two
+    components under ``min_size`` pixels get no prompt, and at most ``max_objects`` (the largest; 0: all) per label
+    and slice do; ``fill_gaps`` prompts a slice missing a class between two
     slices that have it; ``axis`` as in :func:`autosam.slicing.choose_axis`; ``fusion_options`` go to the fusion
     function (``weight`` for average, ``min_iou``/``min_agreement`` for gated).
     """
@@ -52,14 +53,15 @@ class RefineConfig:
     n_negative: int = 1
     mask_logit: float = 8.0
     fill_gaps: bool = True
+    max_objects: int = 0
 
     def check(self) -> None:
         if self.prompt not in prompt_strategies:
             raise AutosamError(f"unknown prompt strategy {self.prompt!r}; choose one of {', '.join(prompt_strategies)}")
         if self.fusion not in fusion_strategies:
             raise AutosamError(f"unknown fusion strategy {self.fusion!r}; choose one of {', '.join(fusion_strategies)}")
-        if self.margin < 0 or self.min_size < 0 or self.n_positive < 0 or self.n_negative < 0:
-            raise AutosamError("margin, min_size and point counts must not be negative")
+        if self.margin < 0 or self.min_size < 0 or self.n_positive < 0 or self.n_negative < 0 or self.max_objects < 0:
+            raise AutosamError("margin, min_size, point counts and max_objects must not be negative")
         PromptOptions(margin_unit=self.margin_unit).margin_px((1.0, 1.0))
         unknown = sorted(set(self.fusion_options) - set(FUSION_OPTIONS.get(self.fusion, ())))
         if unknown:
@@ -167,7 +169,7 @@ def _refine_slab(predictor, case, info, config, image, coarse_seg, coarse_probs,
         min_size=config.min_size, prob_slices=slicing.to_slices(coarse, axis),
         spacing=slicing.in_plane_spacing(case.spacing, axis), margin_unit=config.margin_unit,
         n_positive=config.n_positive, n_negative=config.n_negative, mask_logit=config.mask_logit,
-        gaps=config.fill_gaps,
+        gaps=config.fill_gaps, max_objects=config.max_objects,
     )
     own = [replace(cp, prompt=replace(cp.prompt, slice_index=cp.prompt.slice_index - (start - lo)))
            for cp in prompts if start - lo <= cp.prompt.slice_index < stop - lo]

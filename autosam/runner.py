@@ -4,7 +4,9 @@ their cases through :class:`CaseRunner`, and supply only what to do with one cas
 The runner lists the cases, guards the output folder against every input folder (real paths, so symlinks count),
 locks the output folder, skips finished cases (resume), shows one progress bar, reads each case with nnU-Net's
 reader, and writes each case atomically in nnU-Net's layout (:mod:`autosam.export`): probabilities first, the
-segmentation last, so a case is finished exactly when its segmentation exists.
+segmentation last, so a case is finished exactly when its segmentation exists. In one process the loop is
+pipelined (:mod:`autosam.background`; off with ``pipeline=False`` or ``AUTOSAM_PIPELINE=0``): the next case is read
+and the previous one written in background threads while the current one is processed, at most one of each.
 
 >>> runner = CaseRunner(out, info, inputs={"images": images}, record={"verb": "refine"})
 >>> runner.run(io.list_cases(images, info.file_ending, info.num_channels), lambda case: CaseOutput(seg(case)))
@@ -19,6 +21,7 @@ as :class:`CasesFailed` (also single-process with ``keep_going``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,6 +35,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Type
 import numpy as np
 
 from . import export, io
+from .background import ReadAhead, Writer
 from .errors import AutosamError, CasesFailed
 from .progress import progress
 
@@ -232,6 +236,37 @@ def _prepare(process: Callable[[io.Case], CaseOutput]) -> None:
         process.ready()
 
 
+def _call(fn: Callable[[Any], Any], arg: Any) -> tuple[Any, Optional[Exception]]:
+    """``(fn(arg), None)``, or ``(None, error)`` when it raises."""
+    try:
+        return fn(arg), None
+    except Exception as e:  # noqa: BLE001 - the caller decides
+        return None, e
+
+
+class _Inline:
+    """:class:`autosam.background.Writer`'s interface, writing at once in the caller's thread (no pipeline)."""
+
+    def __init__(self, write: Callable[[Any, Any], None], keep_going: bool) -> None:
+        self.write, self.keep_going, self.failures = write, keep_going, {}
+
+    def put(self, key: Any, value: Any) -> None:
+        try:
+            self.write(key, value)
+        except Exception as e:  # noqa: BLE001 - listed at the end with keep_going
+            if not self.keep_going:
+                raise
+            self.failures[key] = e
+
+    def close(self) -> dict:
+        return self.failures
+
+
+def pipeline_default() -> bool:
+    """Whether the local case loop is pipelined unless told: yes, unless ``AUTOSAM_PIPELINE=0``."""
+    return os.environ.get("AUTOSAM_PIPELINE", "1").strip() not in ("0", "false", "no", "off")
+
+
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0]
 
@@ -308,7 +343,10 @@ class CaseRunner:
     (and every ``extra_outputs`` folder, and ``overlays``) must lie outside all of them. ``record`` is written to
     ``autosam_run.json`` with ``dataset.json`` and ``plans.json`` (``plans``: a file or dict; default a minimal
     one); ``record=None`` leaves the folder's files alone (folders that nnU-Net manages itself). ``parallel``
-    (:class:`Parallel`) splits the cases into parts and/or runs them on Ray workers.
+    (:class:`Parallel`) splits the cases into parts and/or runs them on Ray workers. ``pipeline`` (default: on,
+    unless the environment sets ``AUTOSAM_PIPELINE=0``): a single-process run reads the next case and writes the
+    previous one in background threads while it processes the current one (at most one case read ahead and one
+    being written).
     """
 
     def __init__(
@@ -327,6 +365,7 @@ class CaseRunner:
         rw_class: Optional[Type] = None,
         quiet: bool = False,
         parallel: Optional[Parallel] = None,
+        pipeline: Optional[bool] = None,
     ) -> None:
         self.out = Path(out_dir)
         self.info = info
@@ -341,6 +380,7 @@ class CaseRunner:
         self.rw_class = rw_class
         self.quiet = quiet
         self.parallel = parallel or Parallel()
+        self.pipeline = pipeline_default() if pipeline is None else bool(pipeline)
         self.check()
 
     def check(self) -> None:
@@ -442,24 +482,43 @@ class CaseRunner:
 
     def _run_here(self, todo: list[str], cases: Mapping[str, Sequence[str | os.PathLike]],
                   process: Callable[[io.Case], CaseOutput], rw: Type) -> dict[str, str]:
-        """The cases one after another in this process; failures by case (only with ``keep_going``)."""
+        """The cases one after another in this process; failures by case (only with ``keep_going``). Pipelined
+        (:attr:`pipeline`): the next case is read and the previous one written in background threads
+        (:mod:`autosam.background`) while this one is processed; otherwise each step waits for the one before."""
         failures: dict[str, str] = {}
-        for case_id in progress(todo, self.desc, disable=self.quiet):
-            try:
-                case = io.read_case(case_id, [Path(f) for f in cases[case_id]], rw)
-            except Exception as e:  # noqa: BLE001 - listed at the end with keep_going
-                if not self.parallel.keep_going:
-                    raise
-                failures[case_id] = failure_reason(e)
-                continue
-            _prepare(process)  # a model that cannot load ends the run (one line, exit 2), it is no case's fault
-            try:
-                self._write(case, process(case), rw)
-            except Exception as e:  # noqa: BLE001 - listed at the end with keep_going
-                if not self.parallel.keep_going:
-                    raise
-                failures[case_id] = failure_reason(e)
-        return failures
+        keep_going = self.parallel.keep_going
+
+        def read(case_id: str) -> io.Case:
+            return io.read_case(case_id, [Path(f) for f in cases[case_id]], rw)
+
+        def write(case_id: str, done: tuple[io.Case, CaseOutput]) -> None:
+            self._write(*done, rw)
+
+        reader = ReadAhead(todo, read, depth=1) if self.pipeline else ((c, *_call(read, c)) for c in todo)
+        writer = Writer(write, keep_going) if self.pipeline else _Inline(write, keep_going)
+        with contextlib.ExitStack() as stack:
+            if self.pipeline:
+                stack.enter_context(reader)
+                stack.enter_context(writer)
+            for case_id, case, error in progress(reader, self.desc, total=len(todo), disable=self.quiet):
+                if error is not None:
+                    if not keep_going:
+                        raise error
+                    failures[case_id] = failure_reason(error)
+                    continue
+                _prepare(process)  # a model that cannot load ends the run (one line, exit 2), it is no case's fault
+                try:
+                    result = process(case)
+                except Exception as e:  # noqa: BLE001 - listed at the end with keep_going
+                    if not keep_going:
+                        raise
+                    failures[case_id] = failure_reason(e)
+                    continue
+                writer.put(case_id, (case, result))
+                del case, result  # the writer holds them until they are written
+            failed = writer.close()
+        failures.update((c, failure_reason(e)) for c, e in failed.items())
+        return {c: failures[c] for c in todo if c in failures}
 
     def _prepare_folders(self) -> None:
         """The folder files, and no temporary file of an earlier run left. A part of a split run leaves a folder

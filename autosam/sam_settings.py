@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 SETTINGS_FILE = "autosam_sam.json"
 #: Keys of a settings record besides the refine config.
 MODEL_KEYS = ("sam", "checkpoint", "adapter")
+#: Recorded for information only (``tuning``: what :mod:`autosam.tune` compared and chose).
+INFO_KEYS = ("runtime", "recorded_by", "source", "tuning")
 
 
 def _refine_fields() -> dict:
@@ -33,7 +35,7 @@ def _refine_fields() -> dict:
 
 def default_settings() -> dict:
     """The settings used when nothing is configured: LiteMedSAM and RefineConfig's defaults."""
-    return {"sam": "litemedsam", "checkpoint": None, "adapter": None, "refine": _refine_fields()}
+    return {"sam": "litemedsam", "checkpoint": None, "adapter": None, "use_sam": True, "refine": _refine_fields()}
 
 
 def _parse(name: str, raw: str, default):
@@ -68,11 +70,17 @@ def _merge(settings: dict, update: dict, source: str) -> None:
     for key, value in update.items():
         if key in MODEL_KEYS:
             settings[key] = value
+        elif key == "use_sam":
+            if not isinstance(value, bool):
+                raise AutosamError(f"{source}: use_sam must be true or false, got {value!r}")
+            settings[key] = value
+        elif key == "tuning":
+            settings[key] = value
         elif key == "refine" and isinstance(value, dict):
             _merge(settings, value, source)
         elif key in refine:
             refine[key] = value
-        elif key not in ("runtime", "recorded_by", "source"):
+        elif key not in INFO_KEYS:
             raise AutosamError(f"{source}: unknown SAM setting {key!r}; known: "
                                + ", ".join(list(MODEL_KEYS) + list(refine)))
 
@@ -161,20 +169,26 @@ def runtime(default_device: str, env: Optional[dict] = None) -> dict:
 def build_predictor(settings: dict, run: dict):
     """A :class:`autosam.sam.SamPredictor` for the settings and runtime options."""
     from autosam.sam import SamPredictor, build_sam
+    from autosam.sam.cache import CachingPredictor
 
     model = build_sam(settings["sam"], checkpoint=settings.get("checkpoint"), adapter=settings.get("adapter"))
-    return SamPredictor(model, device=run["device"], batch_size=run["batch_size"], engine=run.get("engine", "auto"))
+    kind = CachingPredictor if run.get("cache") else SamPredictor  # cache: slices asked again are not re-encoded
+    return kind(model, device=run["device"], batch_size=run["batch_size"], engine=run.get("engine", "auto"))
 
 
-def record(settings: dict, folder: str | os.PathLike, run: Optional[dict] = None, by: str = "") -> Path:
-    """Write ``autosam_sam.json`` (settings, plus the runtime options for information) into ``folder``."""
+def record(settings: dict, folder: str | os.PathLike, run: Optional[dict] = None, by: str = "",
+           name: str = SETTINGS_FILE) -> Path:
+    """Write ``autosam_sam.json`` (or ``name``: settings, plus the runtime options for information) into ``folder``."""
     from autosam import __version__
     from autosam.io import write_json
 
-    path = Path(folder) / SETTINGS_FILE
+    path = Path(folder) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {key: settings.get(key) for key in MODEL_KEYS}
+    data["use_sam"] = bool(settings.get("use_sam", True))
     data["refine"] = dict(settings["refine"])
+    if settings.get("tuning"):
+        data["tuning"] = settings["tuning"]
     data["runtime"] = run or {}
     data["recorded_by"] = f"{by} (autosam {__version__})".strip()
     write_json(data, path)
@@ -203,14 +217,35 @@ def load_recorded(model_folder: str | os.PathLike, folds: Sequence) -> Optional[
         return None
     first_path, first = next(iter(found.items()))
     for path, other in found.items():
-        if {k: other[k] for k in MODEL_KEYS + ("refine",)} != {k: first[k] for k in MODEL_KEYS + ("refine",)}:
+        keys = MODEL_KEYS + ("refine", "use_sam")
+        if {k: other.get(k) for k in keys} != {k: first.get(k) for k in keys}:
             raise AutosamError(f"{path} and {first_path} record different SAM settings; predict with folds "
                                "trained with the same settings")
     return check(first)
 
 
+def load_file(path: str | os.PathLike) -> dict:
+    """Defaults updated by one recorded settings file (``autosam_sam.json`` of a prompter, adapter or fold), checked."""
+    settings = default_settings()
+    _merge(settings, read_json(Path(path)), str(path))
+    return check(settings)
+
+
+def from_tuning(result, sam: str = "litemedsam", checkpoint: Optional[str] = None,
+                adapter: Optional[str] = None) -> dict:
+    """The settings of a :class:`autosam.tune.TuneResult`'s winner (with the tuning record kept beside)."""
+    settings = default_settings()
+    settings.update(sam=sam, checkpoint=checkpoint, adapter=adapter, use_sam=result.best.use_sam,
+                    tuning=result.to_dict())
+    if result.best.config is not None:
+        settings["refine"] = result.best.config.to_dict()
+    return settings
+
+
 def describe(settings: dict) -> str:
-    """One line naming the backend and the refine options."""
+    """One line naming the backend and the refine options ("no SAM" when the settings say so)."""
+    if not settings.get("use_sam", True):
+        return "no SAM (the coarse map as it is)"
     refine = ", ".join(f"{k}={v}" for k, v in settings["refine"].items())
     extra = "".join(f", {k}={settings[k]}" for k in ("checkpoint", "adapter") if settings.get(k))
     return f"SAM {settings['sam']}{extra}; {refine}"

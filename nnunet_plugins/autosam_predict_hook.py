@@ -99,6 +99,10 @@ def _predict_and_refine(predictor, original, arguments: dict):
     if target is None:
         print("autosam: predictions returned in memory are NOT SAM-refined (give an output folder)", file=sys.stderr)
         return original(**arguments)
+    if not predictor.__dict__[_ATTACHED]["settings"].get("use_sam", True):
+        print("autosam: the recorded default is 'no SAM' (tuned on the validation cases): nnU-Net's own prediction",
+              file=sys.stderr)
+        return original(**arguments)
     part_id, num_parts = arguments.get("part_id", 0), arguments.get("num_parts", 1)
     cases, lists = _case_lists(predictor, source, part_id, num_parts)
     if isinstance(target, str):

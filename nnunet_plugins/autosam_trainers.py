@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -86,9 +87,13 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
             shutil.copyfile(os.path.join(unrefined, "summary.json"), tmp)
 
         run = autosam_settings.runtime(str(self.device))
-        self.print_to_log_file(f"autosam: refining the validation cases with {autosam_settings.describe(settings)} "
+        settings = self._tune(unrefined, settings, run)
+        self.print_to_log_file(f"autosam: the validation cases with {autosam_settings.describe(settings)} "
                                f"on {run['device']}", also_print_to_console=True)
-        cases = self._refine_validation(unrefined, validation, settings, run, save_probabilities)
+        if settings["use_sam"]:
+            cases = self._refine_validation(unrefined, validation, settings, run, save_probabilities)
+        else:
+            cases = self._copy_unrefined(unrefined, validation, save_probabilities)
         autosam_settings.record(settings, self.output_folder, run, by=f"{self.__class__.__name__} validation")
         if not save_probabilities:
             from nnunet_plugins.autosam_refinement import drop_probabilities
@@ -100,6 +105,60 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
                                ["foreground_mean"]["Dice"], also_print_to_console=True)
         self.print_to_log_file("Mean Validation Dice, SAM-refined: ", refined["foreground_mean"]["Dice"],
                                also_print_to_console=True)
+
+    def _tune(self, unrefined: str, settings: dict, run: dict) -> dict:
+        """Choose SAM's configuration (or no SAM) on this fold's validation cases (:mod:`autosam.tune`), unless the
+        prompt or fusion was set explicitly (``AUTOSAM_*`` or ``autosam_sam.json``) or ``AUTOSAM_TUNE=0``."""
+        from autosam import sam_settings as autosam_settings
+        from autosam.prompter.tuning import MAX_CASES
+        from autosam.tune import candidates, tune
+
+        explicit = set(autosam_settings.from_environment()) & {"prompt", "fusion", "fusion_options"}
+        plans_file = os.path.join(self.preprocessed_dataset_folder_base, autosam_settings.SETTINGS_FILE)
+        if os.environ.get("AUTOSAM_TUNE", "1").strip() == "0" or explicit or os.path.isfile(plans_file):
+            return settings
+        items = self._tune_cases(unrefined, int(os.environ.get("AUTOSAM_TUNE_CASES", MAX_CASES)))
+        sam = autosam_settings.build_predictor(settings, {**run, "cache": True})
+        result = tune(sam, items, self._info(), candidates(autosam_settings.refine_config(settings)))
+        self.print_to_log_file(f"autosam: tuned on {len(items)} validation case(s): {result.best.name} (mean Dice "
+                               f"{result.mean(result.best.name):.4f}; nnU-Net alone {result.mean('no SAM'):.4f})",
+                               also_print_to_console=True)
+        return {**autosam_settings.from_tuning(result, settings["sam"], settings.get("checkpoint"),
+                                               settings.get("adapter"))}
+
+    def _info(self):
+        from autosam import io
+
+        return io.load_dataset_json(os.path.join(self.output_folder_base, "dataset.json"))
+
+    def _tune_cases(self, unrefined: str, limit: int) -> list:
+        from autosam import io
+        from autosam.refine import read_coarse
+        from autosam.tune import TuneCase
+
+        info, ending = self._info(), self.dataset_json["file_ending"]
+        images = self._raw_images()
+        gt = os.path.join(self.preprocessed_dataset_folder_base, "gt_segmentations")
+        rw = self.plans_manager.image_reader_writer_class
+        cases = sorted(f[: -len(ending)] for f in os.listdir(unrefined) if f.endswith(ending))[: max(1, limit)]
+        items = []
+        for c in cases:
+            case = io.read_case(c, [Path(f) for f in images[c]], rw)
+            seg, probs = read_coarse(case, info, os.path.join(unrefined, c + ending),
+                                     os.path.join(unrefined, c + ".npz"), rw)
+            items.append(TuneCase(case, io.read_label(os.path.join(gt, c + ending), rw)[0], seg, probs))
+        return items
+
+    def _copy_unrefined(self, unrefined: str, validation: str, save_probabilities: bool) -> list[str]:
+        """"No SAM" won: nnU-Net's own validation output is the validation output."""
+        ending = self.dataset_json["file_ending"]
+        cases = sorted(f[: -len(ending)] for f in os.listdir(unrefined) if f.endswith(ending))
+        for c in cases:
+            names = [c + ending] + ([c + ".npz", c + ".pkl"] if save_probabilities else [])
+            for name in names:
+                if os.path.isfile(os.path.join(unrefined, name)):
+                    shutil.copyfile(os.path.join(unrefined, name), os.path.join(validation, name))
+        return cases
 
     def _refine_validation(self, unrefined: str, validation: str, settings: dict, run: dict,
                            save_probabilities: bool) -> list[str]:

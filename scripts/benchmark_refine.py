@@ -28,7 +28,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 
 from autosam import evaluation, io, nnunet
 from autosam.fusion import fuse, fusion_strategies, to_distribution, to_segmentation
-from autosam.nnunet_env import ensure_ext_trainer_env
+from autosam.nnunet_train import Schedule, make_raw_dataset, train_nnunet
 from autosam.refine import RefineConfig, coarse_foreground, refine_case
 from autosam.sam import build_sam
 from autosam.sam.cache import CachingPredictor
@@ -47,7 +46,7 @@ from autosam.sample import sample_dataset
 #: the development data beside the checkout (../shared/data), as CI and the README use it
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-DATASET_ID, DATASET_NAME = 950, "Dataset950_HippoRefineBench"
+DATASET_ID, DATASET_NAME = 950, "HippoRefineBench"
 TRAINER = "nnUNetTrainer_autosam_Short"
 
 
@@ -87,73 +86,28 @@ def make_split(data: Path, args) -> dict:
             "nnunet_val": train[: args.nnunet_val]}
 
 
-def link(src: Path, dst: Path) -> None:
-    if not dst.exists():
-        dst.symlink_to(src.resolve())
-
-
 def build_raw(data: Path, work: Path, split: dict) -> Path:
+    """The nnU-Net dataset of the training cases, and ``heldout/imagesTs`` linking the held-out images."""
     info = io.load_dataset_json(data)
-    raw = work / "nnUNet_raw" / DATASET_NAME
-    (raw / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (raw / "labelsTr").mkdir(parents=True, exist_ok=True)
-    for c in split["train"]:
-        link(data / "imagesTr" / f"{c}_0000{info.file_ending}", raw / "imagesTr" / f"{c}_0000{info.file_ending}")
-        link(data / "labelsTr" / f"{c}{info.file_ending}", raw / "labelsTr" / f"{c}{info.file_ending}")
-    meta = dict(info.raw, numTraining=len(split["train"]), name=DATASET_NAME)
-    io.write_json(meta, raw / "dataset.json")
+    raw = make_raw_dataset(data, split["train"], work / "nnUNet_raw", DATASET_ID, DATASET_NAME)
     held_out = work / "heldout" / "imagesTs"
     held_out.mkdir(parents=True, exist_ok=True)
     for c in split["eval"]:
-        link(data / "imagesTr" / f"{c}_0000{info.file_ending}", held_out / f"{c}_0000{info.file_ending}")
+        dst = held_out / f"{c}_0000{info.file_ending}"
+        if not dst.exists():
+            dst.symlink_to((data / "imagesTr" / dst.name).resolve())
     return raw
 
 
-def nnunet_env(work: Path, args) -> dict:
-    env = dict(os.environ, nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
-               nnUNet_results=str(work / "nnUNet_results"), OMP_NUM_THREADS=str(args.threads),
-               MKL_NUM_THREADS=str(args.threads), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1",
-               AUTOSAM_NNUNET_EPOCHS=str(args.epochs), AUTOSAM_NNUNET_ITERATIONS=str(args.iterations),
-               AUTOSAM_NNUNET_VAL_ITERATIONS="3", AUTOSAM_NNUNET_BATCH=str(args.batch))
-    os.environ["nnUNet_extTrainer"] = ensure_ext_trainer_env()
-    env["nnUNet_extTrainer"] = os.environ["nnUNet_extTrainer"]
-    return env
-
-
-def run_logged(cmd: list[str], env: dict, log: Path) -> float:
-    print("$ " + " ".join(cmd), file=sys.stderr)
-    start = time.perf_counter()
-    with open(log, "a") as f:
-        done = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        sys.exit(f"{cmd[0]} failed (exit {done.returncode}); see {log}")
-    return time.perf_counter() - start
-
-
-def train_nnunet(work: Path, split: dict, args) -> tuple[Path, dict]:
-    env = nnunet_env(work, args)
-    bin_dir = Path(sys.executable).parent
-    pre = work / "nnUNet_preprocessed" / DATASET_NAME
-    model = work / "nnUNet_results" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d"
-    record_file = work / "training.json"
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    if not (pre / "nnUNetPlans.json").is_file():
-        record["plan_and_preprocess_s"] = run_logged(
-            [str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d",
-             "--verify_dataset_integrity", "-np", "1", "-npfp", "1"], env, work / "plan_and_preprocess.log")
-    val = split["nnunet_val"]
-    io.write_json([{"train": [c for c in split["train"] if c not in val], "val": val}], pre / "splits_final.json")
-    schedule = {"epochs": args.epochs, "iterations": args.iterations, "batch": args.batch}
-    if "epochs" in record and any(record.get(k) != v for k, v in schedule.items()):
-        sys.exit(f"{work} holds a model trained with {record}; use a new --work-dir for {schedule}")
-    if not (model / "fold_0" / "checkpoint_final.pth").is_file():
-        env["nnUNet_n_proc_DA"] = "0"  # augmentation in the training process: one core
-        record["train_s"] = run_logged(
-            [str(bin_dir / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"],
-            env, work / "train.log")
-        record.update(schedule)
-        io.write_json(record, record_file)
-    return model, record
+def train(data: Path, work: Path, split: dict, args) -> tuple[Path, dict]:
+    """nnU-Net 2d, fold 0 = ``split["nnunet_val"]`` validating, through :func:`autosam.nnunet_train.train_nnunet`
+    (resumes; a finished fold is kept, another schedule in ``work`` is refused)."""
+    schedule = Schedule(trainer=TRAINER, configuration="2d", fold="0", epochs=args.epochs,
+                        iterations=args.iterations, val_iterations=3, batch=args.batch, seed=None, device="cpu",
+                        threads=args.threads)
+    model = train_nnunet(data, split["train"], work, DATASET_ID, schedule, name=DATASET_NAME,
+                         val_cases=split["nnunet_val"])
+    return model, json.loads((model / "fold_0" / "autosam_schedule.json").read_text())
 
 
 # --- 3. SAM with embeddings shared between prompt strategies ------------------------------------------------------
@@ -256,7 +210,7 @@ def main(argv=None) -> int:
         sys.exit(f"{split_file} holds another split; use a new --work-dir")
     io.write_json(split, split_file)
     build_raw(data, work, split)
-    model, training = train_nnunet(work, split, args)
+    model, training = train(data, work, split, args)
 
     info = nnunet.model_dataset_info(model)
     nn_predictor = nnunet.load_nnunet_predictor(model, ["0"], device="cpu")

@@ -417,6 +417,48 @@ def _(root):
     return ["finetune", "-d", d, "-o", d / "adapter", "--device", "cpu"]
 
 
+def _finetune(d: Path, root: Path, source: str, *extra) -> list:
+    return ["finetune", "-d", d, "-o", root.parent / "adapter", "--device", "cpu", "--prompts-from", source, *extra]
+
+
+@case("finetune: unknown --prompts-from kind", "--prompts-from nnunet:x", "prompter:DIR")
+def _(root):
+    return _finetune(_dataset(root / "d"), root, "nnunet:x")
+
+
+@case("finetune: --prompts-from prompter folder missing", "--prompts-from", "nope", "neither a folder")
+def _(root):
+    return _finetune(_dataset(root / "d"), root, f"prompter:{root / 'nope'}")
+
+
+@case("finetune: --prompts-from coarse folder missing", "--prompts-from", "coarse folder not found")
+def _(root):
+    return _finetune(_dataset(root / "d"), root, f"coarse:{root / 'nope'}")
+
+
+@case("finetune: --prompts-from prompter with other labels", "--prompts-from", "labels", "do not match")
+def _(root):
+    d = _dataset(root / "d")
+    shutil.copytree(Path(sample_dataset("hippocampus")).parents[1] / "prompter" / "weights" / "hippocampus", root / "p")
+    config = json.loads((root / "p" / "config.json").read_text())
+    config["dataset"]["labels"] = {"background": 0, "hippocampus": 1}
+    (root / "p" / "config.json").write_text(json.dumps(config))
+    return _finetune(d, root, f"prompter:{root / 'p'}")
+
+
+@case("finetune: --prompts-from prompter with other channels", "--prompts-from", "channels", "do not match")
+def _(root):
+    return _finetune(_dataset(root / "d", HC18, ["719_HC", "800_HC"]), root, "prompter:hippocampus")
+
+
+@case("finetune: --prompts-from coarse folder lacks a training case", "hippocampus_149", "coarse segmentation")
+def _(root):
+    d = _dataset(root / "d")
+    c = _coarse(root / "c", d)
+    (c / "hippocampus_149.nii.gz").unlink()
+    return _finetune(d, root, f"coarse:{c}", "--val-fraction", "0")
+
+
 @case("train-prompter: missing dataset folder", "dataset folder not found")
 def _(root):
     return ["train-prompter", "-d", root / "nope", "-o", root.parent / "p"]
@@ -437,10 +479,38 @@ def _(root):
 _LIVE: list = []
 
 
+# --- study ------------------------------------------------------------------------------------------------------
+def _study(d: Path, out: Path, *extra) -> list:
+    return ["study", "-d", d, "-o", out, "--device", "cpu", *extra]
+
+
+@case("study: train size larger than the dataset", "train size 5", "larger than")
+def _(root):
+    return _study(_dataset(root / "d", cases=CASES + ["hippocampus_165"]), root.parent / "out",
+                  "--test-cases", "hippocampus_148", "--train-sizes", "2", "5")
+
+
+@case("study: test case missing from the dataset", "hippocampus_999", "not in")
+def _(root):
+    return _study(_dataset(root / "d"), root.parent / "out", "--test-cases", "hippocampus_999")
+
+
+@case("study: unknown method", "unknown method", "nnunet+magic")
+def _(root):
+    return _study(_dataset(root / "d"), root.parent / "out", "--methods", "prompter", "nnunet+magic")
+
+
+@case("study: output inside the dataset", "must differ")
+def _(root):
+    d = _dataset(root / "d", cases=CASES + ["hippocampus_165"])
+    return _study(d, d / "study", "--test-cases", "hippocampus_148", "--train-sizes", "2")
+
+
 def test_the_matrix_is_large_enough():
     assert len(MATRIX) >= 30
     verbs = {name.split(":")[0] for name in MATRIX}
-    assert {"oracle", "refine", "segment", "predict", "evaluate", "report", "finetune", "train-prompter"} <= verbs
+    assert {"oracle", "refine", "segment", "predict", "evaluate", "report", "finetune", "train-prompter",
+            "study"} <= verbs
 
 
 @pytest.mark.parametrize("name", list(MATRIX))
@@ -470,3 +540,5 @@ def test_bad_input_is_one_line_exit_2_inputs_untouched(name, tmp_path, capsys):
     assert _hashes(root) == before, "an input file changed"
     out = tmp_path / "out"  # cases finished before the bad one may be there, but never a partial file
     assert not out.exists() or not any(p.name.startswith(".tmp") for p in out.iterdir())
+    if argv[0] == "finetune":  # a refused training leaves no adapter folder
+        assert not (tmp_path / "adapter").exists()

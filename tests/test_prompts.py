@@ -125,3 +125,16 @@ def test_bad_strategy_or_unit_is_refused():
         prompts_for_slices(_slices(1), [1], "lasso")
     with pytest.raises(AutosamError, match="margin unit"):
         prompts_for_slices(_slices(1), [1], "box", margin_unit="inch")
+
+
+def test_max_objects_keeps_the_largest_components_of_each_label():
+    from autosam.prompts import prompts_for_slices
+
+    seg = np.zeros((1, 40, 40), np.int16)
+    seg[0, 2:20, 2:20] = 1  # the object
+    seg[0, 30:34, 30:34] = 1  # a stray blob
+    seg[0, 25:28, 2:5] = 2
+    every = prompts_for_slices(seg, [1, 2], "box", min_size=1)
+    one = prompts_for_slices(seg, [1, 2], "box", min_size=1, max_objects=1)
+    assert len(every) == 3 and len(one) == 2
+    assert [p.prompt.box.tolist() for p in one if p.label == 1] == [[2, 2, 19, 19]]

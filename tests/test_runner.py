@@ -16,8 +16,8 @@ import pytest
 from scipy import ndimage
 
 from autosam import io
-from autosam.errors import AutosamError
-from autosam.runner import LOCK_FILE, CaseOutput, CaseRunner, FolderLock, guard_output
+from autosam.errors import AutosamError, CasesFailed
+from autosam.runner import LOCK_FILE, CaseOutput, CaseRunner, FolderLock, Parallel, guard_output
 from autosam.sample import sample_dataset
 
 ROOT = sample_dataset("hippocampus")
@@ -156,3 +156,100 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
     finally:
         first.release()
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+# --- the pipelined local loop (a thread reading ahead, a thread writing behind) ----------------------------------
+
+def _segment_no_sam(out, pipeline: bool, cases: int = 3):
+    """``autosam segment --no-sam`` (the shipped hippocampus prompter's own map) on sample cases, with the coarse
+    map as an extra output, probabilities and overlays: every kind of file the runner writes."""
+    from autosam.prompter.segment import segment_folder
+    from autosam.prompter import Prompter
+
+    prompter = Prompter.load("hippocampus")
+    info = io.load_dataset_json(ROOT)
+    images = out / "images"
+    images.mkdir(parents=True)
+    for f in sorted((ROOT / "imagesTr").iterdir())[:cases]:
+        (images / f.name).symlink_to(f)
+    return segment_folder(images, out / "pred", prompter, info, make_predictor=lambda: None, config=None,
+                          coarse_dir=out / "coarse", save_probabilities=True, overlays=out / "overlays",
+                          pipeline=pipeline, quiet=True)
+
+
+def _npz_arrays(path):
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_the_pipelined_loop_writes_what_the_plain_loop_writes(tmp_path, monkeypatch):
+    plain, piped = tmp_path / "plain", tmp_path / "piped"
+    assert _segment_no_sam(plain, pipeline=False) == _segment_no_sam(piped, pipeline=True)
+    monkeypatch.setenv("AUTOSAM_PIPELINE", "0")
+    assert not CaseRunner(tmp_path / "x", io.load_dataset_json(ROOT), record=None).pipeline
+    for folder in ("pred", "coarse", "overlays"):
+        a, b = _snapshot(plain / folder), _snapshot(piped / folder)
+        assert sorted(a) == sorted(b) and len(a) >= 3
+        for name in a:
+            if name.endswith(".npz"):  # a zip member records the time it was written: compare the arrays
+                x, y = _npz_arrays(plain / folder / name), _npz_arrays(piped / folder / name)
+                assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+            elif name != "autosam_run.json":  # the run record names its own output folder
+                assert a[name] == b[name], f"{folder}/{name} differs"
+
+
+def _failing_io(broken: str):
+    """nnU-Net's reader/writer for the sample, whose segmentation write of case ``broken`` stops halfway (a full
+    disk): half a file written where the runner asked, then the error."""
+
+    class FailingIO(io.reader_writer(".nii.gz")):
+        def write_seg(self, seg, path, properties):
+            if broken in os.path.basename(path):
+                with open(path, "wb") as f:
+                    f.write(b"half a file")
+                raise OSError(28, "No space left on device")
+            super().write_seg(seg, path, properties)
+
+    return FailingIO
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_a_failing_write_is_reported_and_leaves_no_partial_file(data, tmp_path, pipeline):
+    info, cases, labels = data
+    names = list(cases)
+    rw = _failing_io(names[1])
+    out = tmp_path / "out"
+    runner = CaseRunner(out, info, record={}, save_probabilities=True, rw_class=rw, pipeline=pipeline)
+    with pytest.raises(OSError, match="No space left on device"):
+        runner.run(cases, _eroded(labels, []))
+    files = sorted(p.name for p in out.iterdir())
+    assert f"{names[0]}{info.file_ending}" in files  # finished before the failure
+    assert f"{names[1]}{info.file_ending}" not in files  # never counted finished
+    assert not any(f.startswith(".") for f in files), files  # no temporary file, lock released
+    assert not runner.finished(names[1]) and not runner.finished(names[2])
+
+    keep = CaseRunner(out, info, record={}, save_probabilities=True, rw_class=rw, pipeline=pipeline,
+                      parallel=Parallel(keep_going=True))
+    with pytest.raises(CasesFailed) as e:
+        keep.run(cases, _eroded(labels, []))
+    assert e.value.failures == {names[1]: "OSError: [Errno 28] No space left on device"}
+    assert e.value.written == [names[2]] and keep.finished(names[2])
+    assert not any(p.name.startswith(".") for p in out.iterdir())
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_a_failing_case_stops_the_pipeline_after_the_cases_before_are_written(data, tmp_path, pipeline):
+    info, cases, labels = data
+    names, calls = list(cases), []
+    good = _eroded(labels, calls)
+
+    def process(case):
+        if case.case_id == names[1]:
+            raise AutosamError(f"case {names[1]}: broken on purpose")
+        return good(case)
+
+    runner = CaseRunner(tmp_path / "out", info, record={}, pipeline=pipeline)
+    with pytest.raises(AutosamError, match="broken on purpose"):
+        runner.run(cases, process)
+    assert runner.finished(names[0]) and not runner.finished(names[2]) and calls == names[:1]
+    assert not any(p.name.startswith(".") for p in (tmp_path / "out").iterdir())

@@ -71,6 +71,8 @@ class AdapterConfig:
     split: str = SPLIT_NAME
     prompt_noise: PromptNoise = field(default_factory=PromptNoise)
     base_checkpoint: Optional[str] = None
+    #: automatic prompts mixed in (``autosam.adapt.crossfit``): source, folds, fold_epochs, jitter, use
+    prompts_from: Optional[dict] = None
     autosam_version: str = ""
     history: list = field(default_factory=list)
 

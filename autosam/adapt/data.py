@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from .. import io, slicing
 from ..errors import AutosamError
-from ..prompts import components
+from ..prompts import components, prompts_for_slices
 from ..sam.transforms import normalize_case
 from ..splits import subject_of
 
@@ -32,11 +33,16 @@ class TrainSlice:
 
 @dataclass
 class Sample:
-    """One training target: a connected component of ``label`` on slice ``slice`` (an index into the slice list)."""
+    """One training target: a connected component of ``label`` on slice ``slice`` (an index into the slice list).
+
+    An automatic sample also has ``box``: the prompt an automatic coarse map gave, ``mask`` then being the
+    reference it should yield (empty for a false positive); a label sample's prompt is drawn from ``mask``.
+    """
 
     slice: int
     label: int
     mask: np.ndarray = field(repr=False)
+    box: Optional[np.ndarray] = None
 
 
 def select_cases(all_cases: Iterable[str], include: Optional[Sequence[str]] = None, exclude: Sequence[str] = (),
@@ -66,10 +72,9 @@ def labelled_slices(label: np.ndarray, axis: int, max_slices: int = 0) -> list[i
     return [int(i) for i in fg]
 
 
-def read_training_case(
-    case: str, files: list[Path], label_path: Path, info: io.DatasetInfo, axis: Optional[int], max_slices: int,
-) -> list[TrainSlice]:
-    """Read and normalise one case and return its labelled slices (images kept)."""
+def _read_case(case: str, files: list[Path], label_path: Path, info: io.DatasetInfo, axis: Optional[int]
+               ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """A case's normalised slices ``(S, C, h, w)``, label slices ``(S, h, w)``, slice axis and label volume."""
     rw = io.reader_writer(info.file_ending)
     image = io.read_case(case, files, rw)
     label, props = io.read_label(label_path, rw)
@@ -78,9 +83,52 @@ def read_training_case(
     io.check_same_geometry(image.properties, props, f"label {label_path}")
     ax = slicing.choose_axis(image.spacing, label.shape, axis)
     norm = slicing.to_slices(normalize_case(image.image, info.channel_names), ax)
-    labels = slicing.to_slices(label[None], ax)[:, 0]
+    return norm, slicing.to_slices(label[None], ax)[:, 0], ax, label
+
+
+def read_training_case(
+    case: str, files: list[Path], label_path: Path, info: io.DatasetInfo, axis: Optional[int], max_slices: int,
+) -> list[TrainSlice]:
+    """Read and normalise one case and return its labelled slices (images kept)."""
+    norm, labels, ax, label = _read_case(case, files, label_path, info, axis)
     return [TrainSlice(case, ax, i, np.ascontiguousarray(labels[i]), np.ascontiguousarray(norm[i]))
             for i in labelled_slices(label, ax, max_slices)]
+
+
+#: How automatic prompts are made from a coarse map: refine's defaults (box per component of at least 4 pixels,
+#: no margin, gaps between slices filled), boxes only.
+AUTO_PROMPTS = {"strategy": "box", "margin": 0.0, "min_size": 4, "gaps": True}
+
+
+def read_auto_case(
+    case: str, files: list[Path], label_path: Path, info: io.DatasetInfo, axis: Optional[int], max_slices: int,
+    coarse: np.ndarray,
+) -> tuple[list[TrainSlice], list[Sample]]:
+    """Labelled slices plus the slices an automatic ``coarse`` label map prompts (at most ``max_slices`` of each,
+    evenly spread; 0 = all), and the automatic samples (``slice`` indexes the returned list)."""
+    norm, labels, ax, label = _read_case(case, files, label_path, info, axis)
+    if coarse.shape != label.shape:
+        raise AutosamError(f"case {case}: coarse map of shape {coarse.shape} differs from the label's {label.shape}")
+    prompts = prompts_for_slices(slicing.to_slices(coarse[None], ax)[:, 0], info.foreground, **AUTO_PROMPTS)
+    prompted = sorted({p.prompt.slice_index for p in prompts})
+    if max_slices and len(prompted) > max_slices:
+        prompted = [prompted[i] for i in np.unique(np.linspace(0, len(prompted) - 1, max_slices).round().astype(int))]
+    chosen = sorted(set(labelled_slices(label, ax, max_slices)) | set(prompted))
+    where = {s: k for k, s in enumerate(chosen)}
+    slices = [TrainSlice(case, ax, i, np.ascontiguousarray(labels[i]), np.ascontiguousarray(norm[i])) for i in chosen]
+    samples = [Sample(where[p.prompt.slice_index], p.label, box_target(labels[p.prompt.slice_index] == p.label,
+                                                                       p.prompt.box), p.prompt.box)
+               for p in prompts if p.prompt.slice_index in where]
+    return slices, samples
+
+
+def box_target(reference: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """What a box prompt should yield: the components of the binary ``reference`` that reach into ``box``
+    (whole, also beyond the box); empty when none does (a false-positive prompt)."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    lab, n = ndimage.label(reference, structure=np.ones((3, 3), dtype=bool))
+    hit = np.unique(lab[y0 : y1 + 1, x0 : x1 + 1])
+    return np.isin(lab, hit[hit > 0])
 
 
 def make_samples(slices: Sequence[TrainSlice], labels: Sequence[int], min_size: int = 4) -> list[Sample]:

@@ -13,11 +13,19 @@ def noisy_box(mask: np.ndarray, noise: PromptNoise, rng: np.random.Generator) ->
     """``(x0, y0, x1, y1)`` around a non-empty binary ``mask``: each edge widened by a random margin and
     shifted by Gaussian jitter (both relative to the box side), clipped to the slice, never empty."""
     ys, xs = np.nonzero(mask)
-    h, w = mask.shape
     box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+    return perturb_box(box, mask.shape, noise.margin, noise.jitter, rng)
+
+
+def perturb_box(box: np.ndarray, hw: tuple[int, int], margin: float, jitter: float,
+                rng: np.random.Generator) -> np.ndarray:
+    """``box`` ``(x0, y0, x1, y1)`` with each edge widened by a margin drawn in ``[0, margin]`` and shifted by
+    Gaussian ``jitter`` (both relative to the box side), clipped to a slice of ``hw``, never empty."""
+    h, w = hw
+    box = np.asarray(box, dtype=np.float64)
     side = np.array([box[2] - box[0] + 1, box[3] - box[1] + 1] * 2)
-    grow = rng.uniform(0, noise.margin, 4) * side * np.array([-1, -1, 1, 1])
-    box = box + grow + rng.normal(0, noise.jitter, 4) * side
+    grow = rng.uniform(0, margin, 4) * side * np.array([-1, -1, 1, 1])
+    box = box + grow + rng.normal(0, jitter, 4) * side
     box[0::2] = np.clip(box[0::2], 0, w - 1)
     box[1::2] = np.clip(box[1::2], 0, h - 1)
     for lo, hi, size in ((0, 2, w), (1, 3, h)):

@@ -22,13 +22,16 @@ from ..sam import build_sam, resolve_device
 from ..sam import transforms as T
 from ..sam.cache import EmbeddingCache
 from ..splits import split_by_subject
+from . import crossfit
 from .config import CONFIG_NAME, SPLIT_NAME, STATE_NAME, WEIGHTS_NAME, AdapterConfig, PromptNoise
-from .data import Sample, TrainSlice, make_samples, read_training_case, select_cases
+from .data import AUTO_PROMPTS, Sample, TrainSlice, make_samples, read_auto_case, read_training_case, select_cases
 from .model import adapter_state, is_new_parameter, prepare_model, save_adapter
-from .noise import prompt_kind, sample_prompt
+from .noise import perturb_box, prompt_kind, sample_prompt
 
 #: Default embedding cache of an adapter folder (frozen-encoder methods; see :mod:`autosam.sam.cache`).
 CACHE_NAME = "embedding_cache"
+#: Gaussian shift of each edge of an automatic box (relative to its side), drawn anew every time it is used.
+AUTO_JITTER = 0.05
 
 
 @dataclass
@@ -61,15 +64,23 @@ class TrainingSet:
 
 def load_training_set(
     dataset_dir: Path, info: io.DatasetInfo, cases: Sequence[str], axis: Optional[int], max_slices: int, desc: str,
-    cache: Optional[EmbeddingCache] = None, model=None,
+    cache: Optional[EmbeddingCache] = None, model=None, coarse: Optional[dict] = None,
 ) -> TrainingSet:
-    """Read the cases' labelled slices; with a cache, embed them by ``model`` (once) and drop the images."""
+    """Read the cases' labelled slices; with a cache, embed them by ``model`` (once) and drop the images.
+
+    ``coarse`` (case -> automatic coarse label map) adds the slices it prompts and one automatic sample per prompt
+    (:func:`autosam.adapt.data.read_auto_case`) after the label samples."""
     files = io.list_cases(dataset_dir / "imagesTr", info.file_ending, info.num_channels)
     labels = io.label_files(dataset_dir / "labelsTr", list(cases), info.file_ending)
     slices: list[TrainSlice] = []
     embeddings: list[Optional[torch.Tensor]] = []
+    auto: list[Sample] = []
     for case in progress(list(cases), desc):
-        part = read_training_case(case, files[case], labels[case], info, axis, max_slices)
+        if coarse is not None:
+            part, found = read_auto_case(case, files[case], labels[case], info, axis, max_slices, coarse[case])
+            auto += [Sample(s.slice + len(slices), s.label, s.mask, s.box) for s in found]
+        else:
+            part = read_training_case(case, files[case], labels[case], info, axis, max_slices)
         if cache is not None and part:
             embeddings.extend(cache.fetch(model, [s.image for s in part]))
             for s in part:
@@ -77,14 +88,15 @@ def load_training_set(
         else:
             embeddings.extend([None] * len(part))
         slices.extend(part)
-    return TrainingSet(slices, make_samples(slices, info.foreground), embeddings)
+    return TrainingSet(slices, make_samples(slices, info.foreground) + auto, embeddings)
 
 
 def batch_loss(
     model, data: TrainingSet, idx: Sequence[int], kind: str, noise: PromptNoise, rng: np.random.Generator,
-    loss_kind: str, device: torch.device,
+    loss_kind: str, device: torch.device, auto_jitter: float = AUTO_JITTER,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample mask loss, IoU-head loss and hard Dice for the samples ``idx`` with prompts of ``kind``."""
+    """Per-sample mask loss, IoU-head loss and hard Dice for the samples ``idx`` with prompts of ``kind``
+    (automatic samples always get their box; a batch is all automatic or all label samples)."""
     size, low = model.image_size, model.low_res_size
     samples = [data.samples[i] for i in idx]
     if all(data.embeddings[s.slice] is not None for s in samples):
@@ -96,8 +108,11 @@ def batch_loss(
         emb = feats[[order.index(s.slice) for s in samples]]
     boxes, coords, labels = [], [], []
     for s in samples:
-        box, pts, lab = sample_prompt(s.mask, kind, noise, rng)
         hw = data.slices[s.slice].hw
+        if s.box is not None:  # an automatic prompt: its box, slightly jittered
+            box, pts, lab = perturb_box(s.box, hw, 0.0, auto_jitter, rng), None, None
+        else:
+            box, pts, lab = sample_prompt(s.mask, kind, noise, rng)
         if box is not None:
             boxes.append(T.scale_coords(box, hw, size))
         if pts is not None:
@@ -163,12 +178,17 @@ def finetune(
     cache_dir: Optional[str | os.PathLike] = None, use_cache: bool = True, axis: Optional[int] = None,
     device: str = "auto", resume: bool = False, overwrite: bool = False,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    prompts_from: Optional[str] = None, folds: int = 3, fold_epochs: Optional[int] = None,
 ) -> FinetuneResult:
     """Train an adapter on the nnU-Net raw dataset ``dataset_dir`` and write it to ``adapter_dir``.
 
     After every epoch the folder holds a usable adapter (``adapter.pt``, ``adapter_config.json``), the split
     (``split.json``) and ``train_state.pt`` (optimizer state, for ``resume``). Cases are split by subject
     (``subject_pattern``, see :mod:`autosam.splits`); ``exclude`` takes case ids or subjects.
+
+    ``prompts_from`` (``prompter:DIR`` or ``coarse:FOLDER``) adds automatic prompts on the training cases, made by
+    a prompter that never trained on them (``folds`` cross-fitted fold prompters trained ``fold_epochs`` epochs,
+    default the prompter's own), beside the label-derived noisy ones (:mod:`autosam.adapt.crossfit`).
     """
     dataset_dir, folder = Path(dataset_dir), Path(adapter_dir)
     if loss not in LOSSES:
@@ -176,7 +196,10 @@ def finetune(
     if epochs < 1 or batch_size < 1:
         raise AutosamError("--epochs and --batch-size must be at least 1")
     info = io.load_dataset_json(dataset_dir)
-    all_cases = io.list_cases(dataset_dir / "imagesTr", info.file_ending, info.num_channels)
+    if not resume:  # every check before anything is written
+        split = _plan_split(dataset_dir, info, cases, exclude, max_cases, seed, subject_pattern, val_fraction,
+                            max_slices_per_case)
+        auto = _prompts_from_config(prompts_from, folds, fold_epochs, info, split["train"])
     folder.mkdir(parents=True, exist_ok=True)
     state = _prepare_folder(folder, resume, overwrite)
     if state is not None:
@@ -189,25 +212,70 @@ def finetune(
             lr=lr, decoder_lr=decoder_lr, batch_size=batch_size, loss=loss, seed=seed, axis=axis,
             subject_pattern=subject_pattern, dataset=str(dataset_dir.resolve()), labels=dict(info.labels),
             prompt_noise=prompt_noise or PromptNoise(), base_checkpoint=checkpoint, autosam_version=__version__,
+            prompts_from=auto,
         )
-        chosen = select_cases(all_cases, cases, exclude, max_cases, seed, subject_pattern)
-        split = {**split_by_subject(chosen, val_fraction, seed, subject_pattern),
-                 "max_slices_per_case": max_slices_per_case}
         io.write_json(split, folder / SPLIT_NAME)
     dev = resolve_device(device)
     model, optimizer = _build_model(config, state, dev)
     cache = EmbeddingCache(cache_dir or folder / CACHE_NAME) if config.frozen_encoder and use_cache else None
-    n_slices = split.get("max_slices_per_case", 0)
-    train = load_training_set(dataset_dir, info, split["train"], config.axis, n_slices, "reading train cases",
-                              cache, model)
-    val = load_training_set(dataset_dir, info, split["val"], config.axis, n_slices, "reading val cases", cache, model)
-    if not train.samples:
-        raise AutosamError(f"{dataset_dir}: no labelled slices in the training cases")
-    log(f"{config.method} on {config.base}: {len(train.samples)} training samples from {len(split['train'])} "
-        f"case(s), {len(val.samples)} validation samples from {len(split['val'])} case(s); "
+    train, val = _training_data(config, split, dataset_dir, info, folder, model, cache, device, log)
+    log(f"{config.method} on {config.base}: {len(train.samples)} training samples "
+        f"({sum(s.box is not None for s in train.samples)} automatic) from {len(split['train'])} case(s), "
+        f"{len(val.samples)} validation samples from {len(split['val'])} case(s); "
         f"{sum(p.numel() for g in optimizer.param_groups for p in g['params'])} trained parameters")
     _train(model, optimizer, train, val, config, split, folder, iterations_per_epoch, dev, log)
     return FinetuneResult(config, model)
+
+
+def _training_data(config: AdapterConfig, split: dict, dataset_dir: Path, info: io.DatasetInfo, folder: Path, model,
+                   cache: Optional[EmbeddingCache], device: str, log: Callable[[str], None]
+                   ) -> tuple[TrainingSet, TrainingSet]:
+    """The training set (with the automatic samples of ``config.prompts_from``) and the validation set."""
+    n_slices = split.get("max_slices_per_case", 0)
+    coarse = _automatic_coarse(config, dataset_dir, split, folder, device, log)
+    train = load_training_set(dataset_dir, info, split["train"], config.axis, n_slices, "reading train cases",
+                              cache, model, coarse)
+    val = load_training_set(dataset_dir, info, split["val"], config.axis, n_slices, "reading val cases", cache, model)
+    if not train.samples:
+        raise AutosamError(f"{dataset_dir}: no labelled slices in the training cases")
+    return train, val
+
+
+def _plan_split(dataset_dir: Path, info: io.DatasetInfo, cases: Optional[Sequence[str]], exclude: Sequence[str],
+                max_cases: int, seed: int, subject_pattern: Optional[str], val_fraction: float,
+                max_slices: int) -> dict:
+    """The cases of a new training and their split by subject (written later as ``split.json``)."""
+    all_cases = io.list_cases(dataset_dir / "imagesTr", info.file_ending, info.num_channels)
+    chosen = select_cases(all_cases, cases, exclude, max_cases, seed, subject_pattern)
+    return {**split_by_subject(chosen, val_fraction, seed, subject_pattern), "max_slices_per_case": max_slices}
+
+
+def _prompts_from_config(prompts_from: Optional[str], folds: int, fold_epochs: Optional[int], info: io.DatasetInfo,
+                         train_cases: Sequence[str]) -> Optional[dict]:
+    """``AdapterConfig.prompts_from`` of a new training, after checking the source (nothing written yet)."""
+    if not prompts_from:
+        return None
+    source = crossfit.parse_source(prompts_from)
+    if folds < 2 or (fold_epochs is not None and fold_epochs < 1):
+        raise AutosamError("--folds must be at least 2 and --fold-epochs at least 1")
+    crossfit.check_source(source, info)
+    crossfit.check_coarse_files(source, train_cases, info)
+    return {"source": str(source), "folds": folds, "fold_epochs": fold_epochs, "jitter": AUTO_JITTER,
+            "prompts": AUTO_PROMPTS, "record": crossfit.RECORD}
+
+
+def _automatic_coarse(config: AdapterConfig, dataset_dir: Path, split: dict, folder: Path, device: str,
+                      log: Callable[[str], None]) -> Optional[dict]:
+    """The automatic coarse label map of each training case (None without ``prompts_from``); records how they
+    were made in ``config.prompts_from["use"]`` and ``folder/prompts_from.json``."""
+    pf = config.prompts_from
+    if not pf:
+        return None
+    coarse = crossfit.automatic_coarse(crossfit.parse_source(pf["source"]), dataset_dir, split["train"], folder,
+                                       pf["folds"], config.subject_pattern, pf.get("fold_epochs"), device,
+                                       config.seed, log)
+    pf["use"] = crossfit.read_record(folder)["use"]
+    return {case: seg for case, (seg, _) in coarse.items()}
 
 
 def _resumed(state: dict, epochs: int) -> tuple[AdapterConfig, dict]:
@@ -251,14 +319,12 @@ def train_epoch(model, optimizer, data: TrainingSet, config: AdapterConfig, epoc
                 device: torch.device) -> dict:
     """One pass over the shuffled samples (or ``iterations`` steps, 0 = a pass); returns the epoch's record."""
     rng = np.random.default_rng([config.seed, epoch])
-    order = rng.permutation(len(data.samples))
-    if iterations:
-        order = order[: iterations * config.batch_size]
-    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    batches = epoch_batches(data, config.batch_size, iterations, rng)
     noise, start, total, count = config.prompt_noise, time.time(), 0.0, 0
     bar = progress(batches, f"epoch {epoch + 1}/{config.epochs}", unit="step")
     for idx in bar:
-        loss_s, iou_s, _ = batch_loss(model, data, idx, prompt_kind(noise, rng), noise, rng, config.loss, device)
+        kind = "box" if data.samples[idx[0]].box is not None else prompt_kind(noise, rng)
+        loss_s, iou_s, _ = batch_loss(model, data, idx, kind, noise, rng, config.loss, device)
         value = (loss_s + iou_s).mean()
         optimizer.zero_grad(set_to_none=True)
         value.backward()
@@ -267,6 +333,23 @@ def train_epoch(model, optimizer, data: TrainingSet, config: AdapterConfig, epoc
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{total / count:.4f}")
     return {"epoch": epoch + 1, "train_loss": total / max(count, 1), "seconds": round(time.time() - start, 1)}
+
+
+def epoch_batches(data: TrainingSet, batch_size: int, iterations: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of sample indices (the first ``iterations`` of them; 0 = all): label samples and automatic
+    samples are batched apart (their prompts differ in kind), then the batches are shuffled together."""
+    auto = np.array([s.box is not None for s in data.samples], dtype=bool)
+    if not auto.any():
+        order = rng.permutation(len(data.samples))
+        if iterations:
+            order = order[: iterations * batch_size]
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = []
+    for pool in (np.nonzero(~auto)[0], np.nonzero(auto)[0]):
+        pool = rng.permutation(pool)
+        batches += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches[:iterations] if iterations else batches
 
 
 def parameter_groups(model: torch.nn.Module, config: AdapterConfig) -> list[dict]:

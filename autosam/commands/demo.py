@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import evaluation, io
 from ..sample import SAMPLE_NAMES, sample_dataset
 from .common import add_sam_arguments, sam_args_record
-from .oracle import oracle_folder
+from ..oracle import oracle_folder
 
 HELP = "run SAM on the bundled sample (label boxes, then fully automatic) and print Dice per label"
 
@@ -41,21 +41,24 @@ def _link_cases(cases: dict, chosen: list[str], images: Path) -> None:
 def automatic_table(info: io.DatasetInfo, columns: dict[str, dict]) -> str:
     """Dice per label (rows) for each run (columns: name -> nnU-Net summary)."""
     names = {v: k for k, v in info.labels.items()}
-    head = f"{'label':<14}" + "".join(f"{c:>24}" for c in columns)
+    widths = [max(24, len(c) + 2) for c in columns]
+    head = f"{'label':<14}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))
     rows = [head]
     for value in info.foreground:
         dice = (evaluation.label_mean(s, value)["Dice"] for s in columns.values())
-        rows.append(f"{names[value]:<14}" + "".join(f"{d:>24.4f}" for d in dice))
-    rows.append(f"{'mean':<14}" + "".join(f"{s['foreground_mean']['Dice']:>24.4f}" for s in columns.values()))
+        rows.append(f"{names[value]:<14}" + "".join(f"{d:>{w}.4f}" for d, w in zip(dice, widths)))
+    rows.append(f"{'mean':<14}" + "".join(f"{s['foreground_mean']['Dice']:>{w}.4f}"
+                                          for s, w in zip(columns.values(), widths)))
     return "\n".join(rows)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..prompter import Prompter, shipped_prompters
+    from ..prompter.tuning import recorded_default
     from ..sam.cache import CachingPredictor
     from ..refine import RefineConfig
     from ..sam import build_sam
-    from .segment import segment_folder
+    from ..prompter.segment import segment_folder
 
     # one predictor for both runs: slices encoded for the label boxes are reused by the automatic run
     predictor = CachingPredictor(build_sam(args.sam, checkpoint=args.checkpoint, adapter=args.adapter),
@@ -77,15 +80,29 @@ def run(args: argparse.Namespace) -> int:
         if args.no_automatic or name not in shipped_prompters():
             continue
         prompter = Prompter.load(name)
+        settings, source = recorded_default(prompter)
+        tuned = None if settings is None else (RefineConfig(**{**settings["refine"], "axis": args.axis})
+                                               if settings["use_sam"] else None)
+        chosen = "no SAM" if settings is not None and tuned is None else (
+            f"SAM {(tuned or RefineConfig()).prompt}/{(tuned or RefineConfig()).fusion}")
         auto, coarse = Path(args.output) / name / "automatic", Path(args.output) / name / "prompter"
-        segment_folder(images, auto, prompter, info, lambda: predictor, RefineConfig(axis=args.axis),
-                       overwrite=args.overwrite, run_args=record, coarse_dir=coarse)
+        forced = Path(args.output) / name / "prompter_sam_builtin"
+        segment_folder(images, auto, prompter, info, lambda: predictor,
+                       tuned if settings is not None else RefineConfig(axis=args.axis),
+                       overwrite=args.overwrite, run_args={**record, "configuration_source": source},
+                       coarse_dir=coarse)
+        segment_folder(images, forced, prompter, info, lambda: predictor, RefineConfig(axis=args.axis),
+                       overwrite=args.overwrite, run_args=record)
         columns = {
             "prompter alone": evaluation.evaluate_folder(root / "labelsTr", coarse, info, coarse / "summary.json"),
-            "prompter + SAM": evaluation.evaluate_folder(root / "labelsTr", auto, info, auto / "summary.json"),
+            f"default: {chosen}": evaluation.evaluate_folder(root / "labelsTr", auto, info, auto / "summary.json"),
+            "SAM built-in (forced)": evaluation.evaluate_folder(root / "labelsTr", forced, info,
+                                                                forced / "summary.json"),
             "SAM + label boxes": summary,
         }
-        print(f"\n{name}: fully automatic (shipped prompter {name!r} -> SAM, no labels used) -> {auto}")
+        print(f"\n{name}: fully automatic (shipped prompter {name!r}, no labels used) -> {auto}")
+        print(f"default configuration: {chosen}; from {source}")
         print(automatic_table(info, columns))
-        print("(SAM + label boxes: the ceiling of SAM with box prompts; the prompter alone is not bounded by it)")
+        print("(default: what 'autosam segment --prompter NAME' does; SAM built-in (forced): --use-sam with the "
+              "built-in box+mask/gated; SAM + label boxes: the ceiling of SAM with box prompts)")
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import AutosamError
 from ..sam import sam_registry
@@ -32,6 +33,15 @@ def add_parser(sub) -> None:
                         "--train-encoder) when the new modules (LoRA, DeSAM mask module) take --lr (default: --lr)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per step (default 8)")
     p.add_argument("--loss", default="dice_bce", choices=("dice_bce", "dice_focal"), help="mask loss (default dice_bce)")
+    a = p.add_argument_group("automatic prompts")
+    a.add_argument("--prompts-from", default=None, metavar="SOURCE",
+                   help="also train on the prompts an automatic source really gives on the training cases: "
+                        "prompter:DIR (a prompter folder or shipped name; cross-fitted when it trained on them) "
+                        "or coarse:FOLDER (coarse predictions <case><file_ending> not trained on them)")
+    a.add_argument("--folds", type=int, default=3,
+                   help="fold prompters trained when the prompter trained on training cases (default 3)")
+    a.add_argument("--fold-epochs", type=int, default=None,
+                   help="epochs of each fold prompter (default: the prompter's recorded ones)")
     g = p.add_argument_group("prompt noise (relative to the box side)")
     g.add_argument("--jitter", type=float, default=0.1, help="std of each box edge's shift (default 0.1)")
     options.add_margin_argument(g, default=Margin(0.1, "box"), allowed=("box",),
@@ -57,6 +67,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import io
+    from ..adapt import crossfit
     from ..adapt.config import PromptNoise
     from ..adapt.train import finetune
 
@@ -66,6 +78,21 @@ def run(args: argparse.Namespace) -> int:
     margin = options.resolve_margin(args, old_unit="box", allowed=("box",))
     noise = PromptNoise(types=kinds, jitter=args.jitter, margin=margin.value, max_points=args.max_points)
     dataset = options.dataset_folder(args)
+    if args.prompts_from and not args.resume:
+        if args.folds < 2 or (args.fold_epochs is not None and args.fold_epochs < 1):
+            raise AutosamError("--folds must be at least 2 and --fold-epochs at least 1")
+        crossfit.check_source(crossfit.parse_source(args.prompts_from), io.load_dataset_json(dataset))
+    created = not Path(args.output).exists()
+    try:
+        return _train(args, dataset, noise, finetune)
+    except AutosamError:
+        if created and Path(args.output).is_dir() and not any(Path(args.output).iterdir()):
+            Path(args.output).rmdir()  # refused before anything was written: leave no empty folder behind
+        raise
+
+
+def _train(args: argparse.Namespace, dataset: Path, noise, finetune) -> int:
+    """Run :func:`autosam.adapt.train.finetune` with the options of ``args`` in the locked output folder."""
     with options.exclusive_output(args.output, {"dataset": dataset}):
         config = finetune(
             dataset, args.output, base=args.sam, checkpoint=args.checkpoint, method=args.method,
@@ -74,10 +101,15 @@ def run(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction, seed=args.seed, subject_pattern=options.subject_pattern(args),
             exclude=options.excluded_cases(args), max_cases=args.max_cases, max_slices_per_case=args.max_slices,
             iterations_per_epoch=args.iterations, cache_dir=args.cache_dir, use_cache=not args.no_cache, axis=args.axis,
-            device=args.device, resume=args.resume, overwrite=args.overwrite,
+            device=args.device, resume=args.resume, overwrite=args.overwrite, prompts_from=args.prompts_from,
+            folds=args.folds, fold_epochs=args.fold_epochs,
         ).config
     if args.resume:
         report_resumed(args, config)
+    source = getattr(config, "prompts_from", None)
+    if source:
+        print(f"automatic prompts from {source['source']} ({source.get('use')}; "
+              f"recorded in {Path(args.output) / 'prompts_from.json'})")
     print(f"wrote {args.output} ({config.method} adapter on {config.base}, epoch {config.epoch}/{config.epochs}); "
           f"use it with --sam {config.base} --adapter {args.output}")
     return 0

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Type
 
 from .. import io
-from ..oracle import segment_case_from_labels
-from ..runner import CaseJob, CaseOutput, CaseRunner, Parallel
+from ..oracle import oracle_folder
 from .common import (add_parallel_arguments, add_sam_arguments, parallel_from_args, predictor_from_args,
                      sam_args_record)
 from .options import Margin, add_dataset_arguments, add_margin_argument, dataset_json_from_args, resolve_margin
@@ -29,44 +26,6 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-@dataclass
-class OracleJob(CaseJob):
-    """One case of the oracle: its reference label's boxes prompt SAM (built once per process by
-    ``make_predictor()``)."""
-
-    labels: dict[str, Path]
-    info: io.DatasetInfo
-    make_predictor: Callable[[], Any]
-    axis: Optional[int] = None
-    margin: Margin = Margin(0.0, "px")
-    rw: Optional[Type] = None
-    _sam: Any = field(default=None, init=False, repr=False)
-
-    def setup(self) -> None:
-        self._sam = self.make_predictor()
-
-    def process(self, case: io.Case) -> CaseOutput:
-        label, props = io.read_label(self.labels[case.case_id], self.rw)
-        io.check_same_geometry(case.properties, props, f"label {self.labels[case.case_id]}")
-        return CaseOutput(segment_case_from_labels(self._sam, case, label, self.info, axis=self.axis,
-                                                   margin=self.margin.value, margin_unit=self.margin.unit))
-
-
-def oracle_folder(images, labels, output, info: io.DatasetInfo, make_predictor, axis=None,
-                  margin: Margin | float = 0.0, overwrite=False, run_args=None,
-                  parallel: Optional[Parallel] = None) -> list[str]:
-    """Run the oracle on every case of ``images``; returns the cases written. ``make_predictor()`` is called once
-    per process, when the first pending case has been read; ``margin`` is a :class:`Margin` (a number: pixels);
-    ``parallel`` (:class:`~autosam.runner.Parallel`) splits the cases into parts or runs them on Ray workers."""
-    margin = margin if isinstance(margin, Margin) else Margin(float(margin), "px")
-    runner = CaseRunner(output, info, inputs={"image": images, "label": labels}, record=run_args or {},
-                        overwrite=overwrite, desc="oracle", parallel=parallel)
-    cases = io.list_cases(images, info.file_ending, info.num_channels)
-    label_paths = io.label_files(labels, list(cases), info.file_ending)
-    job = OracleJob(label_paths, info, make_predictor, axis, margin, io.reader_writer(info.file_ending))
-    return runner.run(cases, job)
-
-
 def run(args: argparse.Namespace) -> int:
     images, labels = Path(args.images), Path(args.labels)
     margin = resolve_margin(args, old_unit="px")
@@ -74,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     info = io.load_dataset_json(io.find_dataset_json(dataset_json_from_args(args), images=images, labels=labels))
     record = {"verb": "oracle", "images": str(images), "labels": str(labels), "margin": str(margin),
               **sam_args_record(args)}
-    oracle_folder(images, labels, args.output, info, lambda: predictor_from_args(args), args.axis, margin,
-                  args.overwrite, record, parallel)
+    oracle_folder(images, labels, args.output, info, lambda: predictor_from_args(args), args.axis, margin.value,
+                  args.overwrite, record, parallel, margin_unit=margin.unit)
     print(f"wrote {args.output}")
     return 0

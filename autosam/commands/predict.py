@@ -14,7 +14,7 @@ from ..runner import CaseJob, CaseOutput, CaseRunner
 from ..sam import SamPredictor
 from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
                      parallel_from_args, predictor_from_args, sam_args_record)
-from .refine import add_refine_arguments, config_from_args, config_from_record
+from .refine import FUSION_OPTIONS, REFINE_FIELDS, add_refine_arguments, config_from_args, config_from_record
 
 HELP = "predict with a trained nnU-Net model and refine its output with SAM"
 
@@ -52,7 +52,7 @@ class PredictJob(CaseJob):
     make_nnunet: Callable[[], object]
     make_predictor: Callable[[], SamPredictor]
     info: io.DatasetInfo
-    config: RefineConfig
+    config: Optional[RefineConfig]  # None: no SAM (nnU-Net's own prediction)
     _nnunet: Any = field(default=None, init=False, repr=False)
     _sam: Any = field(default=None, init=False, repr=False)
 
@@ -64,10 +64,12 @@ class PredictJob(CaseJob):
 
     def setup(self) -> None:
         self.nnunet()
-        self._sam = self.make_predictor()
+        self._sam = self.make_predictor() if self.config is not None else None
 
     def process(self, case: io.Case) -> CaseOutput:
         seg, probs = nnunet.coarse_prediction(self.nnunet(), case)
+        if self.config is None:
+            return CaseOutput(seg, probs if self.keep_probabilities else None)
         result = refine_case(self._sam, case, self.info, seg, probs, self.config, keep=self.keep_probabilities)
         return CaseOutput(result.segmentation, result.probabilities, coarse=seg)
 
@@ -85,7 +87,7 @@ def predict_folder(
     make_nnunet: Callable[[], object],
     info: io.DatasetInfo,
     make_predictor: Callable[[], SamPredictor],
-    config: RefineConfig = RefineConfig(),
+    config: Optional[RefineConfig] = RefineConfig(),
     run_args: Optional[dict] = None,
     model_dir: Optional[Path] = None,
     **options,
@@ -99,7 +101,8 @@ def predict_folder(
     :class:`~autosam.runner.CaseRunner`; give ``plans`` (the model's plans.json) so nnU-Net's ensembling and
     postprocessing find the reader/writer and label manager in the output.
     """
-    config.check()
+    if config is not None:
+        config.check()
     images = Path(images_dir)
     runner = CaseRunner(out_dir, info, inputs={"image": images, "model": model_dir}, record=run_args or {},
                         desc="predict", **options)
@@ -136,11 +139,16 @@ def run(args: argparse.Namespace) -> int:
     recorded = None if args.ignore_recorded else recorded_settings(model, folds)
     config = config_from_args(args) if recorded is None else config_from_record(args, recorded[1])
     config.check()
+    given = getattr(args, "given", None) or set()
+    sam_options = set(REFINE_FIELDS) | set(FUSION_OPTIONS)
+    if recorded is not None and not recorded[1].get("use_sam", True) and not given & sam_options:
+        config = None  # tuned in the trainer's validation: SAM did not pay there
     if recorded is not None:
+        chosen = "no SAM (nnU-Net alone)" if config is None else f"prompt={config.prompt}, fusion={config.fusion}"
         print(f"autosam predict: using the SAM settings recorded in {recorded[0]} (options given here override "
               f"them; --ignore-recorded skips them): SAM {args.sam}"
               + "".join(f", {k}={getattr(args, k)}" for k in ("checkpoint", "adapter") if getattr(args, k))
-              + f"; prompt={config.prompt}, fusion={config.fusion}", file=sys.stderr)
+              + f"; {chosen}", file=sys.stderr)
 
     def make_nnunet():
         return nnunet.load_nnunet_predictor(model, folds, args.nnunet_checkpoint, args.device,
@@ -149,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     record = {"verb": "predict", "model": str(model.resolve()), "folds": folds,
               "nnunet_checkpoint": args.nnunet_checkpoint, "step_size": args.step_size,
               "disable_tta": args.disable_tta, "images": str(Path(args.images)),
-              "save_probabilities": args.save_probabilities, "refine": config.to_dict(),
+              "save_probabilities": args.save_probabilities, "refine": config.to_dict() if config else None,
               "recorded_settings": str(recorded[0]) if recorded else None, **sam_args_record(args)}
     parallel = parallel_from_args(args)
     written = predict_folder(args.images, args.output, make_nnunet, info, lambda: predictor_from_args(args),

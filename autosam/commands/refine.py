@@ -48,6 +48,8 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
                    help=f"positive points per component for point strategies (default {d.n_positive})")
     g.add_argument("--negative-points", type=int, default=d.n_negative,
                    help=f"negative points per component for point strategies (default {d.n_negative})")
+    g.add_argument("--max-objects", type=int, default=d.max_objects,
+                   help="prompt at most this many components per label and slice, the largest (default 0: all)")
     g.add_argument("--no-fill-gaps", action="store_true",
                    help="do not prompt a slice that misses a class present on both neighbouring slices")
     g.add_argument("--weight", type=float, default=None, help="SAM's weight for --fusion average (default 0.5)")
@@ -85,13 +87,13 @@ def config_from_args(args: argparse.Namespace, check: bool = True) -> RefineConf
     return RefineConfig(prompt=args.prompt, fusion=args.fusion, margin=margin.value, margin_unit=margin.unit,
                         min_size=args.min_size, axis=args.axis, fusion_options=options,
                         n_positive=args.positive_points, n_negative=args.negative_points,
-                        fill_gaps=not args.no_fill_gaps)
+                        fill_gaps=not args.no_fill_gaps, max_objects=args.max_objects)
 
 
 #: options of :func:`add_refine_arguments` -> the :class:`RefineConfig` field each sets
 REFINE_FIELDS = {"prompt": "prompt", "fusion": "fusion", "margin": "margin", "margin_unit": "margin_unit",
                  "min_size": "min_size", "axis": "axis", "positive_points": "n_positive",
-                 "negative_points": "n_negative", "no_fill_gaps": "fill_gaps"}
+                 "negative_points": "n_negative", "no_fill_gaps": "fill_gaps", "max_objects": "max_objects"}
 SAM_MODEL_OPTIONS = ("sam", "checkpoint", "adapter")
 
 

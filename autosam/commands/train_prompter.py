@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..sam.runtime import ENGINES
 from . import options
 
 HELP = "train a small 2D network that prompts SAM automatically (for 'autosam segment')"
@@ -40,6 +41,13 @@ def add_parser(sub) -> None:
                         f"{d.max_embedding_slices})")
     p.add_argument("--sam", default=d.sam, help="embedding mode: SAM backend (default litemedsam)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps or auto")
+    t = p.add_argument_group("tuning the SAM default (on the validation cases, after training)")
+    t.add_argument("--no-tune", action="store_true",
+                   help="do not tune; 'autosam segment' then uses the built-in SAM default with this prompter")
+    t.add_argument("--tune-cases", type=int, default=10,
+                   help="validation cases to tune on (default 10; 0 = all of them)")
+    t.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="what runs SAM's encoder while tuning (default auto)")
     p.set_defaults(run=run)
 
 
@@ -60,7 +68,22 @@ def run(args: argparse.Namespace) -> int:
     dataset = options.dataset_folder(args)
     with options.exclusive_output(args.output, {"dataset": dataset}):
         config = train_prompter(dataset, args.output, opts)
+        if not args.no_tune:
+            tune_after_training(args, dataset)
     val = (config.get("validation") or {}).get("dice")
     score = f"; validation Dice {val['mean']:.4f}" if val else ""
     print(f"wrote {args.output}{score}")
     return 0
+
+
+def tune_after_training(args: argparse.Namespace, dataset) -> None:
+    """Choose the prompter's SAM default on its validation cases (:mod:`autosam.prompter.tuning`)."""
+    from ..prompter import Prompter
+    from ..prompter.tuning import tune_prompter
+    from ..sam import build_sam
+    from ..sam.cache import CachingPredictor
+
+    device = "cpu" if args.device == "cpu" else args.device
+    prompter = Prompter.load(args.output, device=device)
+    tune_prompter(prompter, dataset, lambda: CachingPredictor(build_sam(args.sam), device=device, engine=args.engine),
+                  max_cases=args.tune_cases, sam=args.sam)

@@ -130,7 +130,11 @@ class Prompter:
     # -- inference -----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def slice_probabilities(self, slices: np.ndarray, sam=None, batch_size: int = 32) -> np.ndarray:
-        """Normalised slices ``(S, C, h, w)`` -> foreground probabilities ``(S, K, h, w)`` at slice size."""
+        """Normalised slices ``(S, C, h, w)`` -> foreground probabilities ``(S, K, h, w)`` at slice size.
+
+        ``sam`` (embedding mode): a SAM model, or a :class:`~autosam.sam.SamPredictor` whose ``set_slices``
+        encodes them (its engine; a :class:`~autosam.sam.cache.CachingPredictor` keeps the embeddings for SAM's
+        refinement of the same slices, so each is encoded once)."""
         hw = slices.shape[-2:]
         out = np.zeros((slices.shape[0], len(self.foreground)) + tuple(hw), dtype=np.float32)
         if self.mode == "embedding" and sam is None:
@@ -142,12 +146,17 @@ class Prompter:
                 probs = torch.softmax(self.net(canvas).float(), dim=1)[:, 1:]
                 out[start : start + len(part)] = T.logits_to_slice(probs, hw, self.input_size).cpu().numpy()
             else:
-                dev = next(sam.parameters()).device
-                emb = sam.embed(T.to_canvas(part, sam.image_size).to(dev))
+                if hasattr(sam, "set_slices"):  # a predictor: its encoder, its cache
+                    sam.set_slices(list(part))
+                    emb, model = sam.embeddings, sam.model
+                else:
+                    model = sam
+                    emb = model.embed(T.to_canvas(part, model.image_size).to(next(model.parameters()).device))
+                dev = next(model.parameters()).device
                 dense = self.net(canvas.to(dev) if dev != self.device else canvas).to(dev)
                 b, k = dense.shape[:2]
-                low, _ = decode_dense(sam, emb.repeat_interleave(k, dim=0), dense.flatten(0, 1))
-                probs = torch.sigmoid(T.logits_to_slice(low, hw, sam.image_size)).reshape(b, k, *hw)
+                low, _ = decode_dense(model, emb.to(dev).repeat_interleave(k, dim=0), dense.flatten(0, 1))
+                probs = torch.sigmoid(T.logits_to_slice(low, hw, model.image_size)).reshape(b, k, *hw)
                 out[start : start + len(part)] = probs.cpu().numpy()
         return out
 

@@ -314,6 +314,16 @@ class CachingPredictor(SamPredictor):
         super().__init__(model, device=device, batch_size=batch_size, amp=amp, engine=engine)
         self.cache = EmbeddingCache() if cache is None else cache
 
+    @classmethod
+    def like(cls, predictor: SamPredictor, cache: Optional[EmbeddingCache] = None) -> "CachingPredictor":
+        """A caching predictor with ``predictor``'s model, device, batch size, precision and engine (its loaded
+        runtime encoder too), and ``cache`` (default: a new in-memory one)."""
+        new = cls.__new__(cls)
+        new.__dict__.update(predictor.__dict__)
+        new.embeddings, new.sizes = None, []
+        new.cache = EmbeddingCache() if cache is None else cache
+        return new
+
     @torch.inference_mode()
     def set_slices(self, slices: Sequence[np.ndarray]) -> None:
         rows = self.cache.fetch(self.model, slices, self._encode, self.precision)

@@ -1,0 +1,136 @@
+"""``autosam study``: every method on the same held-out test cases, for several training sizes and seeds."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import AutosamError
+from ..sam.runtime import ENGINES
+from . import options
+
+HELP = ("compare SAM pipelines with the prompter alone and nnU-Net on your dataset, for several numbers of "
+        "training cases (results.csv, summary.md, learning_curve.png)")
+
+
+def add_parser(sub) -> None:
+    from ..study import METHODS, StudyOptions
+
+    d = StudyOptions()
+    p = sub.add_parser("study", help=HELP, description=HELP + ". Test cases are fixed first, by subject; no model "
+                       "trains or tunes on them. Everything is kept in STUDY_DIR, so a rerun resumes.")
+    p.add_argument("-d", "--dataset", default=None,
+                   help="nnU-Net raw dataset folder (imagesTr, labelsTr, dataset.json); with --quick: default the "
+                        "bundled hippocampus sample")
+    p.add_argument("-o", "--output", required=True, metavar="STUDY_DIR", help="study folder (created; resumable)")
+    p.add_argument("--test-cases", nargs="+", default=None,
+                   help="test case ids, or a file with one per line (default: --test-fraction of the subjects)")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction,
+                   help=f"share of subjects held out for testing (default {d.test_fraction})")
+    options.add_subject_argument(p)
+    options.add_exclude_argument(p, what="cases never used (not trained, tuned or tested on)")
+    p.add_argument("--train-sizes", nargs="+", default=d.train_sizes,
+                   help="training cases per run, nested subsets ('all': every non-test case; default 5 10 20 all)")
+    p.add_argument("--seeds", type=int, default=d.seeds, help=f"subsets drawn per size (default {d.seeds})")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
+                   help="methods to score (default all): " + ", ".join(METHODS))
+    p.add_argument("--adapt", default=d.adapt, choices=("decoder", "lora", "desam", "none"),
+                   help="SAM adaptation for the '-adapted' methods and the tuned default (default decoder)")
+    s = p.add_argument_group("schedules (CPU-sized defaults; on a GPU raise them)")
+    s.add_argument("--prompter-epochs", type=int, default=d.prompter_epochs)
+    s.add_argument("--prompter-iterations", type=int, default=d.prompter_iterations)
+    s.add_argument("--adapt-epochs", type=int, default=d.adapt_epochs)
+    s.add_argument("--adapt-iterations", type=int, default=d.adapt_iterations,
+                   help="steps per adapter epoch (default 0: one pass over the samples)")
+    s.add_argument("--adapt-folds", type=int, default=d.adapt_folds,
+                   help="fold prompters for cross-fitted adapter prompts (default %(default)s)")
+    s.add_argument("--tune-cases", type=int, default=d.tune_cases)
+    s.add_argument("--nnunet-trainer", default=None,
+                   help="nnU-Net trainer (default: autosam's short CPU schedule, nnUNetTrainer_autosam_Short with "
+                        "--nnunet-epochs/--nnunet-iterations; on a GPU give nnUNetTrainer for nnU-Net's own)")
+    s.add_argument("--nnunet-configuration", default=None, help="nnU-Net configuration (default: 2d for 2D data, "
+                                                                "else 3d_fullres)")
+    s.add_argument("--nnunet-epochs", type=int, default=d.nnunet_epochs)
+    s.add_argument("--nnunet-iterations", type=int, default=d.nnunet_iterations)
+    p.add_argument("--quick", action="store_true",
+                   help="a few-minute smoke run (bundled sample, tiny schedules; options given here still win)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and a rough time estimate, run nothing")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto ...")
+    p.add_argument("--engine", default="auto", choices=ENGINES, help="SAM encoder runtime (default auto)")
+    p.set_defaults(run=run)
+
+
+#: command-line option -> StudyOptions field
+FIELDS = {"test_fraction": "test_fraction", "train_sizes": "train_sizes", "seeds": "seeds", "methods": "methods",
+          "prompter_epochs": "prompter_epochs", "prompter_iterations": "prompter_iterations",
+          "adapt_epochs": "adapt_epochs", "adapt_iterations": "adapt_iterations", "adapt_folds": "adapt_folds",
+          "tune_cases": "tune_cases",
+          "nnunet_trainer": "nnunet_trainer", "nnunet_configuration": "nnunet_configuration",
+          "nnunet_epochs": "nnunet_epochs", "nnunet_iterations": "nnunet_iterations", "device": "device",
+          "engine": "engine"}
+
+
+def study_options(args: argparse.Namespace):
+    """:class:`StudyOptions` from the command line (``--quick`` presets, options given explicitly win)."""
+    from ..study import StudyOptions, quick_options
+
+    opts = quick_options() if args.quick else StudyOptions()
+    given = getattr(args, "given", None)
+    for option, name in FIELDS.items():
+        if not args.quick or given is None or option in given:
+            setattr(opts, name, getattr(args, option))
+    if not args.quick or given is None or "adapt" in given:
+        opts.adapt = None if args.adapt == "none" else args.adapt
+    if opts.adapt is None and "methods" not in (given or set()):
+        opts.methods = [m for m in opts.methods if not m.endswith("-adapted")]
+    opts.subject_pattern = options.subject_pattern(args)
+    opts.exclude = options.excluded_cases(args)
+    opts.test_cases = read_case_list(args.test_cases) if args.test_cases else None
+    return opts
+
+
+def read_case_list(values: list[str]) -> list[str]:
+    """Case ids given directly, or read from a file (one per line) when a single existing file is given."""
+    if len(values) == 1 and Path(values[0]).is_file():
+        try:
+            return [line.strip() for line in Path(values[0]).read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise AutosamError(f"{values[0]}: cannot read test cases ({e})") from None
+    return [c for v in values for c in v.split(",") if c]
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import io
+    from ..sample import sample_dataset
+    from ..study import make_plan, run_study, summary_markdown
+
+    if args.dataset is None and not args.quick:
+        raise AutosamError("-d/--dataset is required (or --quick for the bundled sample)")
+    dataset = Path(args.dataset) if args.dataset else sample_dataset("hippocampus")
+    if not dataset.is_dir():
+        raise AutosamError(f"dataset folder not found: {dataset} (-d takes an nnU-Net raw dataset folder)")
+    opts = study_options(args)
+    opts.check()
+    plan = make_plan(dataset, opts)  # every check on the input happens before anything is written
+    if args.dry_run:
+        print_plan(plan, io.load_dataset_json(dataset), opts)
+        return 0
+    with options.exclusive_output(args.output, {"dataset": dataset}):
+        result = run_study(dataset, args.output, opts)
+    methods = [m for m in opts.methods]
+    print(summary_markdown(result["results"], result, methods))
+    print(f"wrote {Path(args.output) / 'results.csv'}, summary.md and learning_curve.png")
+    return 0
+
+
+def print_plan(plan: dict, info, opts) -> None:
+    from ..study import estimate_seconds
+
+    print(f"test cases: {len(plan['test'])} ({', '.join(plan['test'][:5])}{' ...' if len(plan['test']) > 5 else ''})")
+    for r in plan["runs"]:
+        print(f"run {r['name']}: {r['size']} training case(s)")
+    print("methods: " + ", ".join(opts.methods))
+    steps = estimate_seconds(plan, info, 35.0 if info.file_ending != ".png" else 1.0, opts.device.startswith("cuda"))
+    for step, seconds in steps.items():
+        print(f"  {step}: ~{seconds / 60:.0f} min")
+    print(f"estimated total: ~{sum(steps.values()) / 60:.0f} min (rough; {opts.device})", file=sys.stdout)

@@ -1,0 +1,58 @@
+"""``autosam tune``: choose (and record) a prompter's SAM default on labelled validation cases."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import AutosamError
+from . import options
+from .common import add_sam_arguments
+
+HELP = "choose whether and how SAM refines a prompter's maps, on validation cases; recorded for 'autosam segment'"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("tune", help=HELP, description=HELP + ". Candidates: no SAM, and each prompt strategy with "
+                       "each fusion (gated over IoU and agreement thresholds, average over weights). A SAM candidate "
+                       "must beat the prompter alone by --min-gain mean Dice to be chosen.")
+    p.add_argument("--prompter", required=True, help="prompter folder or shipped prompter name")
+    options.add_dataset_arguments(p, required=True)
+    p.add_argument("--cases", nargs="+", default=None,
+                   help="validation case ids (default: the prompter's own validation split, splits.json 'val')")
+    p.add_argument("--max-cases", type=int, default=10, help="use at most N of them (default 10; 0 = all)")
+    p.add_argument("--min-gain", type=float, default=0.005,
+                   help="mean Dice a SAM candidate must add over the prompter alone (default 0.005)")
+    p.add_argument("-o", "--output", default=None,
+                   help="settings file to write (default ADAPTER/autosam_sam.json with --adapter, else "
+                        "PROMPTER/autosam_sam.json; segment reads both, the adapter's first)")
+    add_sam_arguments(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..prompter import Prompter
+    from ..prompter.tuning import tune_prompter
+    from ..sam import build_sam, resolve_device
+    from ..sam.cache import CachingPredictor
+
+    if args.min_gain < 0:
+        raise AutosamError(f"--min-gain must be >= 0, got {args.min_gain}")
+    dataset = options.dataset_folder(args)
+    prompter = Prompter.load(args.prompter, device=str(resolve_device(args.device)))
+    output = Path(args.output) if args.output else (Path(args.adapter) / "autosam_sam.json" if args.adapter else None)
+    if output is not None and output.is_dir():
+        raise AutosamError(f"{output} is a folder; give a file name for --output")
+
+    def make_predictor():
+        model = build_sam(args.sam, checkpoint=args.checkpoint, adapter=args.adapter)
+        return CachingPredictor(model, device=args.device, batch_size=args.batch_size, engine=args.engine)
+
+    result = tune_prompter(prompter, dataset, make_predictor, cases=args.cases, max_cases=args.max_cases,
+                           min_gain=args.min_gain, sam=args.sam, checkpoint=args.checkpoint, adapter=args.adapter,
+                           output=output)
+    if result is None:
+        return 1
+    for name, mean in result.ranking()[:5]:
+        print(f"{mean:.4f}  {name}")
+    print(f"chosen: {result.best.name}")
+    return 0

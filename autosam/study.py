@@ -1,0 +1,510 @@
+"""``autosam study``: the low-data comparison on the user's own dataset, by one command.
+
+Test cases are fixed first (by subject) and no model ever trains or tunes on them. For each training size and
+seed, a nested, seeded subset of the other cases trains the prompter (whose own validation split then tunes its SAM
+default), a SAM adapter on the prompter's cross-fitted prompts, and nnU-Net through its own commands. Every method
+then segments the same test cases and is scored per case and label (Dice, NSD, HD95, seconds).
+
+Layout of ``STUDY_DIR``: ``plan.json``; ``test_images/`` (links); ``models/<run>/{prompter,adapter}``;
+``nnunet/`` (nnU-Net's raw, preprocessed and results folders); ``predictions/<run>/<method>/`` (nnU-Net layout);
+``embedding_cache/``; ``results.csv``, ``summary.md`` and ``learning_curve.png``. Everything is kept and reused, so
+a rerun resumes where the last one stopped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from . import evaluation, io
+from .errors import AutosamError
+from .splits import split_by_subject, subject_of
+
+#: Every method the study can score, in table order; "-adapted" ones need an adapter (``--adapt``).
+METHODS = ("sam-oracle", "sam-oracle-adapted", "prompter", "prompter+sam", "prompter+sam-adapted", "tuned",
+           "nnunet", "nnunet+sam", "nnunet+sam-adapted")
+DESCRIPTIONS = {
+    "sam-oracle": "frozen SAM, boxes from the reference labels (a ceiling, not automatic)",
+    "sam-oracle-adapted": "adapted SAM, boxes from the reference labels (a ceiling, not automatic)",
+    "prompter": "the prompter alone",
+    "prompter+sam": "prompter -> frozen SAM, built-in default (box+mask, gated)",
+    "prompter+sam-adapted": "prompter -> adapted SAM, built-in default (box+mask, gated)",
+    "tuned": "prompter -> the default tuned on the prompter's validation cases (may be no SAM)",
+    "nnunet": "nnU-Net alone",
+    "nnunet+sam": "nnU-Net -> frozen SAM, built-in default",
+    "nnunet+sam-adapted": "nnU-Net -> adapted SAM, built-in default",
+}
+RESULT_FIELDS = ("method", "train_size", "seed", "case", "label", "dice", "nsd", "hd95", "seconds")
+
+
+@dataclass
+class StudyOptions:
+    """What to run. Sizes are numbers of training cases (``"all"``: every non-test case); epochs and iterations
+    set the (short) schedules; ``nnunet_*`` go to :class:`autosam.nnunet_train.Schedule`."""
+
+    train_sizes: list = field(default_factory=lambda: ["5", "10", "20", "all"])
+    seeds: int = 1
+    test_fraction: float = 0.2
+    test_cases: Optional[list] = None
+    subject_pattern: Optional[str] = None
+    exclude: list = field(default_factory=list)
+    split_seed: int = 0
+    methods: list = field(default_factory=lambda: list(METHODS))
+    adapt: Optional[str] = "decoder"
+    prompter_epochs: int = 12
+    prompter_iterations: int = 50
+    adapt_epochs: int = 4
+    adapt_iterations: int = 0  # steps per adapter epoch (0: one pass over the samples)
+    adapt_folds: int = 3
+    tune_cases: int = 10
+    nnunet_trainer: Optional[str] = None
+    nnunet_configuration: Optional[str] = None
+    nnunet_epochs: int = 20
+    nnunet_iterations: int = 50
+    device: str = "cpu"
+    engine: str = "auto"
+
+    def check(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise AutosamError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+        if any(m.endswith("-adapted") for m in self.methods) and not self.adapt:
+            raise AutosamError("adapted methods need --adapt decoder|lora|desam")
+        if self.adapt not in (None, "decoder", "lora", "desam"):
+            raise AutosamError(f"unknown --adapt {self.adapt!r}; choose decoder, lora or desam")
+        if self.seeds < 1:
+            raise AutosamError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.test_cases is None and not 0 < self.test_fraction < 1:
+            raise AutosamError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        for s in self.train_sizes:
+            if str(s) != "all" and (not str(s).isdigit() or int(s) < 2):
+                raise AutosamError(f"train size {s!r}: give a whole number >= 2 or 'all'")
+
+    def uses(self, prefix: str) -> bool:
+        return any(m.startswith(prefix) for m in self.methods)
+
+
+def quick_options() -> StudyOptions:
+    """``--quick``: the bundled hippocampus sample end to end in a few minutes (a smoke test, not a result)."""
+    return StudyOptions(train_sizes=["3", "4"], seeds=1, test_cases=None, test_fraction=0.2, prompter_epochs=4,
+                        prompter_iterations=10, adapt_epochs=1, adapt_iterations=10, adapt_folds=2, tune_cases=1,
+                        nnunet_configuration="2d", nnunet_epochs=1, nnunet_iterations=3)
+
+
+# -- the plan -------------------------------------------------------------------------------------------------
+def make_plan(dataset: Path, opts: StudyOptions) -> dict:
+    """Test cases, and per size and seed the nested training subsets (a subject's cases stay together)."""
+    info = io.load_dataset_json(dataset)
+    cases = sorted(io.list_cases(dataset / "imagesTr", info.file_ending, info.num_channels))
+    io.label_files(dataset / "labelsTr", cases, info.file_ending)
+    excluded = set(opts.exclude)
+    cases = [c for c in cases if c not in excluded and subject_of(c, opts.subject_pattern) not in excluded]
+    if opts.test_cases is not None:
+        missing = [c for c in opts.test_cases if c not in cases]
+        if missing:
+            raise AutosamError(f"test case {missing[0]} is not in {dataset / 'imagesTr'}")
+        test = sorted(opts.test_cases)
+    else:
+        test = split_by_subject(cases, opts.test_fraction, opts.split_seed, opts.subject_pattern)["val"]
+    test_subjects = {subject_of(c, opts.subject_pattern) for c in test}
+    pool = [c for c in cases if subject_of(c, opts.subject_pattern) not in test_subjects]
+    sizes = [len(pool) if str(s) == "all" else int(s) for s in opts.train_sizes]
+    too_big = [s for s in sizes if s > len(pool)]
+    if too_big:
+        raise AutosamError(f"train size {too_big[0]} is larger than the {len(pool)} case(s) left after the "
+                           f"{len(test)} test case(s) of {dataset}")
+    runs = []
+    for seed in range(opts.seeds):
+        order = _subject_order(pool, opts.subject_pattern, seed)
+        for size in sorted(set(sizes)):
+            runs.append({"name": f"n{size}_s{seed}", "size": size, "seed": seed, "cases": _take(order, size)})
+    return {"dataset": str(dataset), "test": test, "runs": runs, "options": asdict(opts)}
+
+
+def _subject_order(pool: Sequence[str], pattern: Optional[str], seed: int) -> list[list[str]]:
+    groups: dict[str, list[str]] = {}
+    for c in pool:
+        groups.setdefault(subject_of(c, pattern), []).append(c)
+    names = sorted(groups)
+    return [groups[names[i]] for i in np.random.default_rng(1000 + seed).permutation(len(names))]
+
+
+def _take(order: list[list[str]], size: int) -> list[str]:
+    """The first subjects of ``order`` up to ``size`` cases (nested: a larger size extends a smaller one)."""
+    out: list[str] = []
+    for group in order:
+        if len(out) >= size:
+            break
+        out += group
+    return sorted(out)
+
+
+def check_plan(study: Path, plan: dict) -> dict:
+    """A new study's plan, or the stored one when it matches (same dataset and test cases; new runs added)."""
+    path = study / "plan.json"
+    if not path.is_file():
+        return plan
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AutosamError(f"{path}: cannot read the study plan ({e}); delete it to start over") from None
+    if old.get("test") != plan["test"] or old.get("dataset") != plan["dataset"]:
+        raise AutosamError(f"{study} holds a study of other test cases or data; use another study folder")
+    return plan
+
+
+def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, gpu: bool) -> dict[str, float]:
+    """A rough time per step (CPU: ~0.6 s per SAM slice with OpenVINO; GPU: ~100x less)."""
+    o = plan["options"]
+    sam = (0.006 if gpu else 0.6) * slices_per_case
+    n_test = len(plan["test"])
+    per_run = {
+        "prompter": o["prompter_epochs"] * o["prompter_iterations"] * (0.01 if gpu else 0.15),
+        "tuning": o["tune_cases"] * sam * 2,
+        "adapter": (o["adapt_folds"] + 1) * o["prompter_epochs"] * o["prompter_iterations"] * (0.01 if gpu else 0.1)
+        if o["adapt"] else 0,
+        "nnunet": o["nnunet_epochs"] * (o["nnunet_iterations"] + 5) * (0.3 if gpu else 1.0) + 60
+        if any(m.startswith("nnunet") for m in o["methods"]) else 0,
+        "inference": n_test * 0.2 * len(o["methods"]),
+    }
+    steps = {k: v * len(plan["runs"]) for k, v in per_run.items()}
+    steps["SAM encoder (test cases, cached once)"] = n_test * sam
+    return steps
+
+
+# -- results --------------------------------------------------------------------------------------------------
+def score_folder(pred: Path, labels: Path, info: io.DatasetInfo, cases: Sequence[str], method: str, run: dict,
+                 seconds: float) -> list[dict]:
+    """One row per case and label (Dice, NSD at 1 mm, HD95) for the predictions of ``cases`` in ``pred``."""
+    rows = []
+    rw = io.reader_writer(info.file_ending)
+    names = {v: k for k, v in info.labels.items()}
+    for c in cases:
+        ref, props = io.read_label(labels / f"{c}{info.file_ending}", rw)
+        hyp, _ = io.read_label(pred / f"{c}{info.file_ending}", rw)
+        metrics = evaluation.case_metrics(ref, hyp, props["spacing"], info.foreground, 1.0, info.ignore_label)
+        for value, m in metrics.items():
+            rows.append({"method": method, "train_size": run["size"], "seed": run["seed"], "case": c,
+                         "label": names[value], "dice": m["Dice"], "nsd": m["NSD"], "hd95": m["HD95"],
+                         "seconds": seconds})
+    return rows
+
+
+def write_results(study: Path, rows: list[dict]) -> Path:
+    path = study / "results.csv"
+    with io.atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.5f}" if isinstance(v, float) else v) for k, v in r.items()})
+    return path
+
+
+def _case_means(rows: list[dict], key: str = "dice") -> dict[tuple, list[float]]:
+    """Per (method, size) the list over (seed, case) of the label-mean metric (labels empty in both skipped)."""
+    per_case: dict[tuple, list[float]] = {}
+    for r in rows:
+        v = float(r[key])
+        if math.isfinite(v):
+            per_case.setdefault((r["method"], int(r["train_size"]), int(r["seed"]), r["case"]), []).append(v)
+    out: dict[tuple, list[float]] = {}
+    for (method, size, _seed, _case), values in sorted(per_case.items()):
+        out.setdefault((method, size), []).append(float(np.mean(values)))
+    return out
+
+
+def summary_markdown(rows: list[dict], plan: dict, methods: Sequence[str]) -> str:
+    """Mean Dice (± std over test cases and seeds) per method and training size, plus NSD and seconds per case."""
+    dice, nsd, secs = _case_means(rows, "dice"), _case_means(rows, "nsd"), _case_means(rows, "seconds")
+    sizes = sorted({size for _, size in dice})
+    lines = [f"# autosam study: {plan['dataset']}", "",
+             f"{len(plan['test'])} test cases (never trained or tuned on); sizes = training cases; "
+             f"{plan['options']['seeds']} seed(s). Dice mean ± std over test cases (and seeds); "
+             "best automatic method per size in bold.", "",
+             "| method | " + " | ".join(f"n={s}" for s in sizes) + " | NSD (largest n) | s/case |",
+             "|---|" + "---:|" * (len(sizes) + 2)]
+    automatic = [m for m in methods if "oracle" not in m]
+    best = {s: max(((np.mean(dice[(m, s)]), m) for m in automatic if (m, s) in dice), default=(0, None))[1]
+            for s in sizes}
+    for m in methods:
+        cells = []
+        for s in sizes:
+            v = dice.get((m, s))
+            text = f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "-"
+            cells.append(f"**{text}**" if best.get(s) == m else text)
+        last = nsd.get((m, sizes[-1])) if sizes else None
+        sec = secs.get((m, sizes[-1])) if sizes else None
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(last):.3f} |" if last else
+                     f"| {m} | " + " | ".join(cells) + " | - |")
+        lines[-1] += f" {np.mean(sec):.1f} |" if sec else " - |"
+    lines += ["", "Methods:"] + [f"- `{m}`: {DESCRIPTIONS[m]}" for m in methods]
+    return "\n".join(lines) + "\n"
+
+
+def learning_curve(rows: list[dict], methods: Sequence[str], path: Path, title: str) -> Path:
+    """Dice against the number of training cases, one line per method (error bars: std over cases)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dice = _case_means(rows, "dice")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in methods:
+        pts = sorted((s, np.mean(v), np.std(v)) for (mm, s), v in dice.items() if mm == m)
+        if pts:
+            xs, ys, es = zip(*pts)
+            style = "--" if "oracle" in m else "-"
+            ax.errorbar(xs, ys, yerr=es, label=m, linestyle=style, marker="o", capsize=3, alpha=0.85)
+    ax.set_xlabel("training cases")
+    ax.set_ylabel("Dice (test cases)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with io.atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def timed(step: Callable[[], object], record: Path) -> float:
+    """Run ``step`` and add its seconds to those kept in ``record``: a resumed step (which skips what is done)
+    adds only what it still did, so the total is that of one full run."""
+    t0 = time.perf_counter()
+    step()
+    spent = time.perf_counter() - t0
+    old = 0.0
+    if record.is_file():
+        try:
+            old = float(json.loads(record.read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            old = 0.0
+    record.parent.mkdir(parents=True, exist_ok=True)
+    io.write_json({"seconds": old + spent}, record)
+    return old + spent
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- running it -----------------------------------------------------------------------------------------------
+class Study:
+    """One study folder: the plan, the test images, shared SAM predictors (one embedding cache on disk, so each
+    test slice is encoded once for the whole study), and one step per model and method."""
+
+    def __init__(self, dataset: Path, folder: Path, opts: StudyOptions, plan: dict) -> None:
+        self.dataset, self.folder, self.opts, self.plan = Path(dataset), Path(folder), opts, plan
+        self.info = io.load_dataset_json(self.dataset)
+        self.images = self.folder / "test_images"
+        self.labels = self.dataset / "labelsTr"
+        self._cache = None
+        self._predictors: dict = {}
+
+    # -- shared pieces ------------------------------------------------------------------------------------
+    def link_test_images(self) -> None:
+        files = io.list_cases(self.dataset / "imagesTr", self.info.file_ending, self.info.num_channels)
+        self.images.mkdir(parents=True, exist_ok=True)
+        for case in self.plan["test"]:
+            for f in files[case]:
+                link = self.images / f.name
+                if not link.exists():
+                    link.symlink_to(f.resolve())
+
+    def predictor(self, adapter: Optional[Path] = None):
+        """A caching SAM predictor (frozen, or with ``adapter``), built once per adapter."""
+        from .sam import build_sam
+        from .sam.cache import CachingPredictor, EmbeddingCache
+
+        key = str(adapter) if adapter else ""
+        if key not in self._predictors:
+            if self._cache is None:
+                self._cache = EmbeddingCache(self.folder / "embedding_cache")
+            model = build_sam("litemedsam", adapter=str(adapter) if adapter else None)
+            self._predictors[key] = CachingPredictor(model, device=self.opts.device, cache=self._cache,
+                                                     engine=self.opts.engine)
+        return self._predictors[key]
+
+    def others(self, run: dict) -> list[str]:
+        """Every case of the dataset outside the run's training subset (test cases included)."""
+        files = io.list_cases(self.dataset / "imagesTr", self.info.file_ending, self.info.num_channels)
+        return sorted(set(files) - set(run["cases"]))
+
+    def score(self, method: str, run: dict, folder: Path, seconds: float) -> list[dict]:
+        return score_folder(folder, self.labels, self.info, self.plan["test"], method, run,
+                            seconds / max(1, len(self.plan["test"])))
+
+    # -- models -------------------------------------------------------------------------------------------
+    def train_prompter(self, run: dict) -> Path:
+        """The run's prompter (trained on its subset; its own validation split is part of the subset)."""
+        from .prompter.train import TrainOptions, train_prompter
+
+        folder = self.folder / "models" / run["name"] / "prompter"
+        if not (folder / "model.pt").is_file():
+            o = self.opts
+            log(f"study {run['name']}: training the prompter on {len(run['cases'])} case(s)")
+            train_prompter(self.dataset, folder, TrainOptions(
+                epochs=o.prompter_epochs, iterations=o.prompter_iterations, seed=run["seed"],
+                exclude_cases=self.others(run), subject_pattern=o.subject_pattern, device=o.device))
+        return folder
+
+    def tune(self, prompter_dir: Path, adapter: Optional[Path]) -> Optional[Path]:
+        """Tune the prompter's default with frozen SAM (and with the adapted one, if any) on the prompter's
+        validation cases; returns the record of the better of the two (None: nothing to tune on)."""
+        from .prompter import Prompter
+        from .prompter.tuning import tune_prompter
+        from .sam_settings import SETTINGS_FILE, read_json
+
+        prompter = Prompter.load(prompter_dir, device=self.opts.device)
+        records = [(prompter_dir / SETTINGS_FILE, None)] + ([(adapter / SETTINGS_FILE, adapter)] if adapter else [])
+        best, best_score = None, -math.inf
+        for path, adapted in records:
+            if not path.is_file():
+                tune_prompter(prompter, self.dataset, lambda a=adapted: self.predictor(a),
+                              max_cases=self.opts.tune_cases, adapter=str(adapted) if adapted else None,
+                              output=path, log=log)
+            if path.is_file():
+                score = read_json(path).get("tuning", {}).get("chosen_mean_dice", -math.inf)
+                if score > best_score + 1e-9:
+                    best, best_score = path, score
+        return best
+
+    def train_adapter(self, run: dict, prompter_dir: Path) -> Path:
+        """The run's SAM adapter, trained on the prompter's cross-fitted prompts (the prompter's validation
+        cases, on which the default is tuned, are left out)."""
+        from .adapt.config import CONFIG_NAME, read_config
+        from .adapt.train import finetune
+        from .prompter.tuning import validation_cases
+        from .prompter import Prompter
+
+        folder = self.folder / "models" / run["name"] / "adapter"
+        o = self.opts
+        started = (folder / CONFIG_NAME).is_file()
+        if started and read_config(folder).epoch >= o.adapt_epochs:
+            return folder
+        held_out = validation_cases(Prompter.load(prompter_dir))
+        log(f"study {run['name']}: adapting SAM ({o.adapt}) on the prompter's cross-fitted prompts")
+        finetune(self.dataset, folder, base="litemedsam", method=o.adapt, epochs=o.adapt_epochs, val_fraction=0.0,
+                 iterations_per_epoch=o.adapt_iterations, exclude=self.others(run) + held_out,
+                 subject_pattern=o.subject_pattern, seed=run["seed"], device=o.device, resume=started, prompts_from=f"prompter:{prompter_dir}", folds=o.adapt_folds)
+        return folder
+
+    def schedule(self):
+        from .nnunet_train import Schedule
+
+        o = self.opts
+        kwargs = {"epochs": o.nnunet_epochs, "iterations": o.nnunet_iterations, "device": o.device}
+        if o.nnunet_trainer:
+            kwargs["trainer"] = o.nnunet_trainer
+        if o.nnunet_configuration:
+            kwargs["configuration"] = o.nnunet_configuration
+        return Schedule(**kwargs)
+
+    def nnunet(self, run: dict, index: int) -> tuple[Path, float]:
+        """nnU-Net trained on the run's subset (its own commands) and its test predictions (with probabilities)."""
+        from .nnunet_train import predict_nnunet, train_nnunet
+
+        out = self.folder / "predictions" / run["name"] / "nnunet"
+        schedule = self.schedule()
+        log(f"study {run['name']}: nnU-Net on {len(run['cases'])} case(s)")
+        model = train_nnunet(self.dataset, run["cases"], self.folder / "nnunet", 900 + index, schedule)
+        seconds = timed(lambda: predict_nnunet(model, self.images, out, schedule, save_probabilities=True),
+                        self._time_file(run, "nnunet"))
+        return out, seconds
+
+    def _time_file(self, run: dict, method: str) -> Path:
+        return self.folder / "predictions" / run["name"] / "seconds" / f"{method}.json"
+
+    # -- methods ------------------------------------------------------------------------------------------
+    def predict(self, method: str, run: dict, models: dict) -> tuple[Path, float]:
+        """Segment the test cases with ``method``; the folder and its seconds (all cases)."""
+        from .oracle import oracle_folder
+        from .prompter import Prompter
+        from .prompter.segment import segment_folder
+        from .refine import RefineConfig, refine_folder
+
+        out = self.folder / "predictions" / run["name"] / method
+        if method == "nnunet":
+            return models["nnunet"]
+        adapter = models.get("adapter") if method.endswith("-adapted") else None
+        sam = (lambda: self.predictor(adapter))
+        quiet = {"quiet": True}
+        if method.startswith("sam-oracle"):
+            step = lambda: oracle_folder(self.images, self.labels, out, self.info, sam, run_args={"verb": "study"})
+        elif method.startswith("nnunet+sam"):
+            step = lambda: refine_folder(self.images, models["nnunet"][0], out, self.info, sam, RefineConfig(),
+                                         run_args={"verb": "study"}, **quiet)
+        else:
+            prompter = Prompter.load(models["prompter"], device=self.opts.device)
+            config = None if method == "prompter" else RefineConfig()
+            if method == "tuned":
+                config, sam = self._tuned_config(models.get("tuned"))
+            step = lambda: segment_folder(self.images, out, prompter, self.info, sam, config,
+                                          run_args={"verb": "study", "method": method}, **quiet)
+        return out, timed(step, self._time_file(run, method))
+
+    def _tuned_config(self, record: Optional[Path]):
+        """The tuned record's configuration (None: no SAM) and its predictor factory (built-in default when
+        nothing could be tuned)."""
+        from .refine import RefineConfig
+        from .sam_settings import load_file
+
+        if record is None:
+            return RefineConfig(), (lambda: self.predictor())
+        settings = load_file(record)
+        adapter = Path(settings["adapter"]) if settings.get("adapter") else None
+        config = RefineConfig(**settings["refine"]) if settings.get("use_sam", True) else None
+        return config, (lambda: self.predictor(adapter))
+
+    def run(self, run: dict, index: int) -> list[dict]:
+        """Train what the run's methods need, segment the test cases with each method, score them."""
+        o = self.opts
+        models: dict = {}
+        needs_prompter = any(m.startswith("prompter") or m == "tuned" for m in o.methods) or o.uses("sam-oracle-a")
+        if needs_prompter:
+            models["prompter"] = self.train_prompter(run)
+        if o.adapt and (any(m.endswith("-adapted") for m in o.methods) or "tuned" in o.methods):
+            models["adapter"] = self.train_adapter(run, models["prompter"])
+        if "tuned" in o.methods:
+            models["tuned"] = self.tune(models["prompter"], models.get("adapter"))
+        if o.uses("nnunet"):
+            models["nnunet"] = self.nnunet(run, index)
+        rows = []
+        for method in o.methods:
+            # frozen SAM with label boxes does not depend on the training cases: one folder for all runs
+            folder, seconds = self.predict(method, {"name": "oracle"} if method == "sam-oracle" else run, models)
+            rows += self.score(method, run, folder, seconds)
+        return rows
+
+
+def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_run: bool = False) -> dict:
+    """Run (or resume, or with ``dry_run`` only plan) a study; returns the plan (with ``results``: the rows)."""
+    opts.check()
+    dataset, folder = Path(dataset), Path(folder)
+    plan = check_plan(folder, make_plan(dataset, opts))
+    info = io.load_dataset_json(dataset)
+    if dry_run:
+        return plan
+    folder.mkdir(parents=True, exist_ok=True)
+    io.write_json(plan, folder / "plan.json")
+    study = Study(dataset, folder, opts, plan)
+    study.link_test_images()
+    rows: list[dict] = []
+    for index, run in enumerate(plan["runs"]):
+        rows += study.run(run, index)
+        write_results(folder, rows)
+    methods = [m for m in METHODS if m in opts.methods]
+    with io.atomic_output(folder / "summary.md") as tmp:
+        tmp.write_text(summary_markdown(rows, plan, methods))
+    learning_curve(rows, methods, folder / "learning_curve.png", f"{info.raw.get('name', dataset.name)}: "
+                   f"{len(plan['test'])} test cases")
+    plan["results"] = rows
+    return plan

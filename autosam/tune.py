@@ -1,0 +1,169 @@
+"""Choose how (and whether) SAM refines a coarse source, on validation cases, as nnU-Net's
+``find_best_configuration`` chooses among its configurations.
+
+Every candidate is scored on the same held-out cases with their reference labels: "no SAM" (the coarse map
+alone) and SAM with each prompt strategy and fusion of :func:`candidates`. SAM runs once per case and prompt
+strategy (the encoder once per slice when the predictor caches embeddings); the fusions are cheap. The winner is
+the best mean Dice, but a SAM candidate must beat "no SAM" by ``min_gain``, so the chosen default is never below
+the coarse map on the validation cases, and SAM's cost is paid only where it helped.
+
+>>> result = tune(predictor, items, info)           # items: TuneCase(case, reference, coarse_seg, coarse_probs)
+>>> result.best.use_sam, result.best.config         # False, None  or  True, RefineConfig(...)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import io
+from .errors import AutosamError
+from .fusion import fuse
+from .labels import to_distribution, to_segmentation
+from .progress import progress
+from .refine import RefineConfig, coarse_foreground, refine_case
+
+#: A SAM candidate must beat the coarse map's mean validation Dice by this much to be chosen (default).
+MIN_GAIN = 0.005
+NO_SAM = "no SAM"
+
+
+@dataclass
+class Candidate:
+    """One configuration: ``config`` None means "no SAM" (the coarse map as it is)."""
+
+    config: Optional[RefineConfig] = None
+
+    @property
+    def use_sam(self) -> bool:
+        return self.config is not None
+
+    @property
+    def name(self) -> str:
+        if self.config is None:
+            return NO_SAM
+        opts = "".join(f" {k}={v}" for k, v in sorted(self.config.fusion_options.items()))
+        largest = f" max_objects={self.config.max_objects}" if self.config.max_objects else ""
+        return f"{self.config.prompt}/{self.config.fusion}{opts}{largest}"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "use_sam": self.use_sam,
+                "refine": self.config.to_dict() if self.config is not None else None}
+
+
+@dataclass
+class TuneCase:
+    """A validation case: the image, its reference label map and the coarse source's map (and softmax, if any)."""
+
+    case: io.Case
+    reference: np.ndarray
+    coarse_seg: np.ndarray
+    coarse_probs: Optional[np.ndarray] = None
+
+
+@dataclass
+class TuneResult:
+    """Every candidate's per-case mean Dice (rows in ``cases`` order), the coarse map's, and the winner."""
+
+    cases: list[str]
+    scores: dict[str, list[float]]
+    candidates: dict[str, Candidate]
+    best: Candidate
+    min_gain: float = MIN_GAIN
+    base: dict = field(default_factory=dict)
+
+    def mean(self, name: str) -> float:
+        return _nanmean(self.scores[name])
+
+    def ranking(self) -> list[tuple[str, float]]:
+        return sorted(((n, self.mean(n)) for n in self.scores), key=lambda x: -x[1] if math.isfinite(x[1]) else 0)
+
+    def to_dict(self) -> dict:
+        """The record kept beside the model: what was compared on which cases, and what won."""
+        return {"chosen": self.best.name, "chosen_mean_dice": self.mean(self.best.name),
+                "no_sam_mean_dice": self.mean(NO_SAM), "min_gain": self.min_gain,
+                "validation_cases": self.cases,
+                "candidates": {n: round(m, 5) for n, m in self.ranking()}, **self.base}
+
+
+def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("box", "box+mask"),
+               min_ious: Sequence[float] = (0.5, 0.7, 0.8, 0.9),
+               min_agreements: Sequence[float] = (0.3, 0.5, 0.7),
+               weights: Sequence[float] = (0.3, 0.5, 0.7), max_objects: Sequence[int] = (0, 1)) -> list[Candidate]:
+    """The default grid: "no SAM", and per prompt strategy and object limit (0: every component prompted; 1: only
+    the largest per label and slice) every fusion (gated over IoU and agreement thresholds, average over SAM's
+    weight). ``base`` gives the fields the grid does not vary (margin, axis, ...)."""
+    out = [Candidate(None)]
+    for prompt, limit in ((p, m) for p in prompts for m in max_objects):
+        b = replace(base, prompt=prompt, max_objects=limit, fusion_options={})
+        out += [Candidate(replace(b, fusion=f)) for f in ("replace", "union", "intersection")]
+        out += [Candidate(replace(b, fusion="average", fusion_options={"weight": w})) for w in weights]
+        out += [Candidate(replace(b, fusion="gated", fusion_options={"min_iou": i, "min_agreement": a}))
+                for i in min_ious for a in min_agreements]
+    return out
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def case_dice(seg: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> float:
+    """Mean over labels of Dice (labels empty in both left out; NaN if all are)."""
+    out = []
+    for v in labels:
+        a, b = seg == v, ref == v
+        total = int(a.sum()) + int(b.sum())
+        if total:
+            out.append(2.0 * int((a & b).sum()) / total)
+    return float(np.mean(out)) if out else math.nan
+
+
+def _prompt_key(config: RefineConfig) -> tuple:
+    """The fields that change what SAM is asked (not how its answer is fused)."""
+    d = config.to_dict()
+    return tuple(sorted((k, str(v)) for k, v in d.items() if k not in ("fusion", "fusion_options")))
+
+
+def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
+         grid: Optional[Sequence[Candidate]] = None, min_gain: float = MIN_GAIN) -> TuneResult:
+    """Score every candidate of ``grid`` (default :func:`candidates`) on ``items``; the winner as the module says."""
+    if not items:
+        raise AutosamError("no validation cases to tune on")
+    grid = list(grid or candidates())
+    if not any(not c.use_sam for c in grid):
+        grid.insert(0, Candidate(None))
+    labels = info.foreground
+    scores: dict[str, list[float]] = {c.name: [] for c in grid}
+    groups: dict[tuple, list[Candidate]] = {}
+    for c in grid:
+        if c.use_sam:
+            groups.setdefault(_prompt_key(c.config), []).append(c)
+    for item in progress(items, "tune"):
+        scores[NO_SAM].append(case_dice(item.coarse_seg, item.reference, labels))
+        coarse = coarse_foreground(info, item.coarse_seg, item.coarse_probs)
+        for group in groups.values():
+            first = replace(group[0].config, fusion="replace", fusion_options={})
+            run = refine_case(predictor, item.case, info, item.coarse_seg, item.coarse_probs, first, keep=True).sam
+            for c in group:
+                fused = fuse(coarse, run, c.config.fusion, **c.config.fusion_options)
+                seg = to_segmentation(to_distribution(fused), labels)
+                scores[c.name].append(case_dice(seg, item.reference, labels))
+        if getattr(getattr(predictor, "cache", None), "folder", "") is None:
+            predictor.clear()  # an in-memory cache serves one case's prompt strategies, then is freed
+    by_name = {c.name: c for c in grid}
+    return TuneResult(cases=[i.case.case_id for i in items], scores=scores, candidates=by_name,
+                      best=choose(scores, by_name, min_gain), min_gain=min_gain)
+
+
+def choose(scores: dict[str, list[float]], by_name: dict[str, Candidate], min_gain: float = MIN_GAIN) -> Candidate:
+    """The best mean; "no SAM" unless a SAM candidate beats it by ``min_gain`` (ties: the grid's order)."""
+    base = _nanmean(scores[NO_SAM])
+    best_name, best = NO_SAM, base if math.isfinite(base) else -math.inf
+    for name, values in scores.items():
+        m = _nanmean(values)
+        if name != NO_SAM and math.isfinite(m) and m >= best + (min_gain if best_name == NO_SAM else 1e-9):
+            best_name, best = name, m
+    return by_name[best_name]

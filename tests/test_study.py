@@ -1,0 +1,55 @@
+"""``autosam study --quick``: every method end to end on the bundled sample, resumable, with its three outputs."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from autosam.cli import main
+from autosam.study import METHODS
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study") / "quick"
+    assert main(["study", "--quick", "-o", str(folder)]) == 0
+    return folder
+
+
+def test_quick_study_writes_every_method_and_its_outputs(quick_study):
+    rows = list(csv.DictReader((quick_study / "results.csv").open()))
+    plan = json.loads((quick_study / "plan.json").read_text())
+    assert {r["method"] for r in rows} == set(METHODS)
+    sizes = {int(r["train_size"]) for r in rows}
+    assert sizes == {3, 4}
+    for method in METHODS:  # one row per test case, label and size
+        assert len([r for r in rows if r["method"] == method]) == len(plan["test"]) * 2 * len(sizes), method
+    dice = {(r["method"], r["case"], r["label"], r["train_size"]): float(r["dice"]) for r in rows}
+    assert all(0.0 <= v <= 1.0 for v in dice.values())
+    oracle = [v for (m, *_), v in dice.items() if m == "sam-oracle"]
+    assert sum(oracle) / len(oracle) > 0.5  # SAM with label boxes works whatever was trained
+    # no model saw a test case
+    for run in plan["runs"]:
+        assert not set(run["cases"]) & set(plan["test"])
+        split = json.loads((quick_study / "models" / run["name"] / "prompter" / "splits.json").read_text())
+        assert not set(split["train"] + split["val"]) & set(plan["test"])
+    assert plan["runs"][0]["cases"] == sorted(set(plan["runs"][0]["cases"]) & set(plan["runs"][1]["cases"]))
+    summary = (quick_study / "summary.md").read_text()
+    assert all(f"| {m} |" in summary for m in METHODS)
+    assert (quick_study / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_study_rerun_resumes_without_training(quick_study, capsys):
+    model = quick_study / "models" / "n4_s0" / "prompter" / "model.pt"
+    before = model.stat().st_mtime_ns
+    assert main(["study", "--quick", "-o", str(quick_study)]) == 0
+    assert model.stat().st_mtime_ns == before
+    assert "training the prompter" not in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    assert main(["study", "--quick", "-o", str(tmp_path / "s"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "run n3_s0: 3 training case(s)" in out and "estimated total" in out
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,99 @@
+"""Defaults tuned on validation cases: "no SAM" where SAM hurts, a SAM fusion where it helps, recorded and used."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from autosam import io
+from autosam.cli import main
+from autosam.prompter.infer import WEIGHTS_ROOT
+from autosam.sample import sample_dataset
+from autosam.sam.cache import CachingPredictor
+from autosam.tune import NO_SAM, TuneCase, candidates, tune
+
+HC18 = sample_dataset("hc18")
+INFO = io.load_dataset_json(HC18)
+FILES = io.list_cases(HC18 / "imagesTr", INFO.file_ending, INFO.num_channels)
+
+
+def _items(make_coarse) -> list[TuneCase]:
+    items = []
+    for case_id in sorted(FILES):
+        case = io.read_case(case_id, FILES[case_id])
+        ref = io.read_label(HC18 / "labelsTr" / f"{case_id}.png")[0]
+        items.append(TuneCase(case, ref, make_coarse(ref).astype(np.int16)))
+    return items
+
+
+@pytest.fixture(scope="module")
+def caching(litemedsam):
+    return CachingPredictor(litemedsam, device="cpu", engine="torch")
+
+
+def test_tuning_steps_aside_where_sam_cannot_help(caching):
+    """A coarse map equal to the reference: no SAM candidate can beat it, so "no SAM" is chosen."""
+    result = tune(caching, _items(lambda ref: ref), INFO, candidates(prompts=("box",)))
+    assert result.best.name == NO_SAM and not result.best.use_sam
+    assert result.mean(NO_SAM) == pytest.approx(1.0)
+    assert result.to_dict()["validation_cases"] == sorted(FILES)
+
+
+def test_tuning_chooses_sam_where_it_helps(caching):
+    """A coarse map that overshoots the head by 20 px: SAM, prompted from it, recovers the outline."""
+    def bloated(ref):
+        return ndimage.binary_dilation(ref > 0, iterations=20)
+
+    result = tune(caching, _items(bloated), INFO, candidates(prompts=("box",)))
+    assert result.best.use_sam, result.ranking()[:3]
+    assert result.mean(result.best.name) >= result.mean(NO_SAM) + 0.02, result.ranking()[:3]
+    assert result.mean(NO_SAM) < 0.93
+
+
+def _prompter_copy(tmp_path, use_sam: bool):
+    folder = tmp_path / "hc18_prompter"
+    shutil.copytree(WEIGHTS_ROOT / "hc18", folder)
+    (folder / "autosam_sam.json").unlink(missing_ok=True)
+    record = {"sam": "litemedsam", "use_sam": use_sam, "refine": {"prompt": "box", "fusion": "replace"},
+              "tuning": {"chosen": "test", "validation_cases": ["a", "b"]}}
+    (folder / "autosam_sam.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_segment_uses_the_recorded_default_and_the_command_line_wins(tmp_path, capsys):
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    shutil.copy(HC18 / "imagesTr" / "800_HC_0000.png", images)
+    prompter = _prompter_copy(tmp_path, use_sam=False)
+    base = ["segment", "-i", str(images), "--prompter", str(prompter), "--device", "cpu"]
+    assert main(base + ["-o", str(tmp_path / "tuned")]) == 0
+    assert main(base + ["-o", str(tmp_path / "nosam"), "--no-sam"]) == 0
+    err = capsys.readouterr().err
+    assert "configuration: no SAM" in err and "tuned:" in err
+    tuned, nosam = (io.read_label(tmp_path / d / "800_HC.png")[0] for d in ("tuned", "nosam"))
+    assert np.array_equal(tuned, nosam)  # the record said "no SAM": the prompter's own map
+    run = json.loads((tmp_path / "tuned" / "autosam_run.json").read_text())
+    assert run["configuration_source"].startswith("tuned: ") and run["refine"] is None
+
+    assert main(base + ["-o", str(tmp_path / "forced"), "--fusion", "union"]) == 0  # given options turn SAM on
+    run = json.loads((tmp_path / "forced" / "autosam_run.json").read_text())
+    assert run["refine"]["fusion"] == "union" and run["refine"]["prompt"] == "box"  # the rest from the record
+    assert "command line: --fusion" in run["configuration_source"]
+    forced = io.read_label(tmp_path / "forced" / "800_HC.png")[0]
+    assert not np.array_equal(forced, nosam)
+
+
+def test_tune_verb_records_the_winner(tmp_path, capsys):
+    prompter = _prompter_copy(tmp_path, use_sam=True)
+    (prompter / "autosam_sam.json").unlink()
+    code = main(["tune", "--prompter", str(prompter), "-d", str(HC18), "--cases", "800_HC", "801_HC",
+                 "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0 and "chosen: " in out
+    record = json.loads((prompter / "autosam_sam.json").read_text())
+    assert record["tuning"]["validation_cases"] == ["800_HC", "801_HC"]
+    assert record["tuning"]["chosen_mean_dice"] >= record["tuning"]["no_sam_mean_dice"]
+    assert isinstance(record["use_sam"], bool) and record["tuning"]["candidates"][NO_SAM] > 0.5
