@@ -15,7 +15,7 @@ import pickle
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional, Sequence, Type
+from typing import Optional, Type
 
 import numpy as np
 

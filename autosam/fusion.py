@@ -8,12 +8,11 @@ labels compete for a voxel the more probable one wins, whatever their label valu
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
 from .errors import AutosamError
-from .labels import to_distribution, to_segmentation
 from .sam_run import SamRun
 
 

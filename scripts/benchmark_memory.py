@@ -125,8 +125,8 @@ def main() -> int:
             return proc.returncode
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2  # KiB on Linux
     volume_mb = np.prod(shape) * 4 / 1024 ** 2
-    print(f"| case | labels | slices with labels | probabilities saved | threads | peak RSS (GB) | wall (s) |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| case | labels | slices with labels | probabilities saved | threads | peak RSS (GB) | wall (s) |")
+    print("|---|---|---|---|---|---|---|")
     print(f"| {' x '.join(map(str, shape[::-1]))} CT (one float32 volume = {volume_mb:.0f} MB) | {args.labels} | "
           f"{prompted} | {'yes' if args.keep else 'no'} | {args.threads} | {peak_gb:.2f} | {seconds:.0f} |")
     return 0

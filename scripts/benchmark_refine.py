@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from autosam import evaluation, io, nnunet
-from autosam.fusion import fuse, fusion_strategies, to_distribution, to_segmentation
+from autosam.fusion import fuse, fusion_strategies
+from autosam.labels import to_distribution, to_segmentation
 from autosam.nnunet_train import Schedule, make_raw_dataset, train_nnunet
 from autosam.refine import RefineConfig, coarse_foreground, refine_case
 from autosam.sam import build_sam

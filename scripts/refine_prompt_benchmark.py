@@ -24,7 +24,8 @@ from scipy import ndimage
 
 from autosam import io
 from autosam.evaluation import case_metrics
-from autosam.fusion import fuse, fusion_strategies, to_distribution, to_segmentation
+from autosam.fusion import fuse, fusion_strategies
+from autosam.labels import to_distribution, to_segmentation
 from autosam.prompts import prompt_strategies
 from autosam.refine import RefineConfig, coarse_foreground, refine_case
 from autosam.sam import build_sam
