@@ -120,7 +120,8 @@ def case_metrics(
     return out
 
 
-def _mean(values: list[float]) -> float:
+def finite_mean(values: Sequence[Optional[float]]) -> float:
+    """Mean of the finite values (None, nan and inf skipped); nan if there are none."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
 
@@ -130,7 +131,7 @@ def summarise(per_case: list[dict], labels: Sequence[int]) -> dict:
     means = {}
     for label in labels:
         keys = per_case[0]["metrics"][label].keys() if per_case else []
-        means[label] = {k: _mean([c["metrics"][label][k] for c in per_case]) for k in keys}
+        means[label] = {k: finite_mean([c["metrics"][label][k] for c in per_case]) for k in keys}
         if per_case:
             means[label]["HD95_n_inf"] = sum(math.isinf(c["metrics"][label]["HD95"]) for c in per_case)
     keys = next(iter(means.values())).keys() if means else []

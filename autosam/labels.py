@@ -36,3 +36,13 @@ def labels_from_probabilities(foreground: np.ndarray, labels: Sequence[int], axi
     if len(labels) == 0:
         return np.zeros(fg.shape[1:], dtype=np.int16)
     return to_segmentation(to_distribution(fg), labels)
+
+
+def dice_per_label(seg: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> list[float]:
+    """Dice of each label value between two label maps (NaN where both are empty, as nnU-Net reports it)."""
+    out = []
+    for v in labels:
+        a, b = seg == v, ref == v
+        total = int(a.sum()) + int(b.sum())
+        out.append(float("nan") if total == 0 else 2.0 * int((a & b).sum()) / total)
+    return out

@@ -36,7 +36,8 @@ class RefineConfig:
     ``prompt``/``fusion`` name entries of :data:`autosam.prompts.prompt_strategies` and
     :data:`autosam.fusion.fusion_strategies`; ``margin`` (in ``margin_unit``, ``"mm"`` or ``"px"``) widens boxes;
     components under ``min_size`` pixels get no prompt, and at most ``max_objects`` (the largest; 0: all) per label
-    and slice do; ``fill_gaps`` prompts a slice missing a class between two
+    and slice do; ``box_hypotheses`` and ``rebox`` (times) are SAM-side localisation levers
+    (:func:`autosam.sam_run.run_sam`); ``fill_gaps`` prompts a slice missing a class between two
     slices that have it; ``axis`` as in :func:`autosam.slicing.choose_axis`; ``fusion_options`` go to the fusion
     function (``weight`` for average, ``min_iou``/``min_agreement`` for gated).
     """
@@ -54,14 +55,17 @@ class RefineConfig:
     mask_logit: float = 8.0
     fill_gaps: bool = True
     max_objects: int = 0
+    box_hypotheses: bool = False
+    rebox: int = 0
 
     def check(self) -> None:
         if self.prompt not in prompt_strategies:
             raise AutosamError(f"unknown prompt strategy {self.prompt!r}; choose one of {', '.join(prompt_strategies)}")
         if self.fusion not in fusion_strategies:
             raise AutosamError(f"unknown fusion strategy {self.fusion!r}; choose one of {', '.join(fusion_strategies)}")
-        if self.margin < 0 or self.min_size < 0 or self.n_positive < 0 or self.n_negative < 0 or self.max_objects < 0:
-            raise AutosamError("margin, min_size, point counts and max_objects must not be negative")
+        if self.margin < 0 or self.min_size < 0 or self.n_positive < 0 or self.n_negative < 0 or self.max_objects < 0 \
+                or self.rebox < 0:
+            raise AutosamError("margin, min_size, point counts, max_objects and rebox must not be negative")
         PromptOptions(margin_unit=self.margin_unit).margin_px((1.0, 1.0))
         unknown = sorted(set(self.fusion_options) - set(FUSION_OPTIONS.get(self.fusion, ())))
         if unknown:
@@ -173,7 +177,8 @@ def _refine_slab(predictor, case, info, config, image, coarse_seg, coarse_probs,
     )
     own = [replace(cp, prompt=replace(cp.prompt, slice_index=cp.prompt.slice_index - (start - lo)))
            for cp in prompts if start - lo <= cp.prompt.slice_index < stop - lo]
-    run = run_sam(predictor, image[_along(axis, start, stop)], axis, own, labels)
+    run = run_sam(predictor, image[_along(axis, start, stop)], axis, own, labels,
+                  box_hypotheses=config.box_hypotheses, rebox=config.rebox)
     core = coarse[_along(axis, start - lo, stop - lo)]
     return run, to_distribution(fuse(core, run, config.fusion, **config.fusion_options))
 

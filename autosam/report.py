@@ -27,7 +27,7 @@ import numpy as np
 
 from . import io
 from .errors import AutosamError
-from .evaluation import case_metrics, summarise
+from .evaluation import case_metrics, finite_mean, summarise
 from .progress import progress
 from .slicing import choose_axis, in_plane_spacing
 
@@ -336,11 +336,11 @@ class CaseReport:
     @property
     def mean_dice(self) -> float:
         """Mean Dice over labels (labels empty in both maps skipped); NaN if no label has a score."""
-        return _nanmean([m["Dice"] for m in self.metrics.values()]) if self.metrics else math.nan
+        return finite_mean([m["Dice"] for m in self.metrics.values()]) if self.metrics else math.nan
 
     @property
     def mean_coarse_dice(self) -> float:
-        return _nanmean([m["Dice"] for m in self.coarse_metrics.values()]) if self.coarse_metrics else math.nan
+        return finite_mean([m["Dice"] for m in self.coarse_metrics.values()]) if self.coarse_metrics else math.nan
 
 
 @dataclass
@@ -356,11 +356,6 @@ class Report:
     @property
     def worst(self) -> Optional[CaseReport]:
         return self.cases[0] if self.cases else None
-
-
-def _nanmean(values) -> float:
-    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 def changed_share(segmentation: np.ndarray, coarse: np.ndarray, labels: Sequence[int]) -> dict:
@@ -382,7 +377,7 @@ def sort_worst_first(cases: list[CaseReport]) -> list[CaseReport]:
     def key(c: CaseReport):
         if c.metrics is not None:
             dice = c.mean_dice
-            nsd = _nanmean([m["NSD"] for m in c.metrics.values()])
+            nsd = finite_mean([m["NSD"] for m in c.metrics.values()])
             return (math.isnan(dice), 0.0 if math.isnan(dice) else dice, 0.0 if math.isnan(nsd) else nsd, c.case_id)
         if c.changed is not None:
             return (False, -c.changed["all"], 0.0, c.case_id)

@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 SETTINGS_FILE = "autosam_sam.json"
 #: Keys of a settings record besides the refine config.
 MODEL_KEYS = ("sam", "checkpoint", "adapter")
-#: Recorded for information only (``tuning``: what :mod:`autosam.tune` compared and chose).
-INFO_KEYS = ("runtime", "recorded_by", "source", "tuning")
+#: Recorded for information only, and dropped on reading.
+INFO_KEYS = ("runtime", "recorded_by", "source")
 
 
 def _refine_fields() -> dict:
@@ -74,7 +74,7 @@ def _merge(settings: dict, update: dict, source: str) -> None:
             if not isinstance(value, bool):
                 raise AutosamError(f"{source}: use_sam must be true or false, got {value!r}")
             settings[key] = value
-        elif key == "tuning":
+        elif key == "tuning":  # what autosam.tune compared and chose: kept, never used as a setting
             settings[key] = value
         elif key == "refine" and isinstance(value, dict):
             _merge(settings, value, source)

@@ -41,7 +41,43 @@ DESCRIPTIONS = {
     "nnunet+sam": "nnU-Net -> frozen SAM, built-in default",
     "nnunet+sam-adapted": "nnU-Net -> adapted SAM, built-in default",
 }
+#: Levers a method variant can switch on (``METHOD/FUSION+LEVER+...``), as :class:`RefineConfig` fields.
+LEVERS = {"hypotheses": {"box_hypotheses": True}, "rebox": {"rebox": 1}, "largest": {"max_objects": 1}}
+#: Methods that take a variant: SAM prompted from an automatic coarse map.
+VARIABLE = ("prompter+sam", "prompter+sam-adapted", "nnunet+sam", "nnunet+sam-adapted")
 RESULT_FIELDS = ("method", "train_size", "seed", "case", "label", "dice", "nsd", "hd95", "seconds")
+
+
+def parse_method(method: str) -> tuple[str, Optional[dict]]:
+    """``"prompter+sam-adapted/replace+rebox"`` -> ``("prompter+sam-adapted", {"fusion": "replace", "rebox": 1})``:
+    the base method and the :class:`RefineConfig` fields of its variant (None: the base method as it is)."""
+    from .fusion import fusion_strategies
+
+    base, _, spec = method.partition("/")
+    if base not in METHODS:
+        raise AutosamError(f"unknown method {base!r}; choose from {', '.join(METHODS)}")
+    if not spec:
+        return base, None
+    if base not in VARIABLE:
+        raise AutosamError(f"method {base!r} takes no variant; variants go with {', '.join(VARIABLE)}")
+    fusion, *levers = spec.split("+")
+    if fusion not in fusion_strategies:
+        raise AutosamError(f"method {method!r}: unknown fusion {fusion!r}; choose from {', '.join(fusion_strategies)}")
+    fields: dict = {"fusion": fusion}
+    for lever in levers:
+        if lever not in LEVERS:
+            raise AutosamError(f"method {method!r}: unknown lever {lever!r}; choose from {', '.join(LEVERS)}")
+        fields.update(LEVERS[lever])
+    return base, fields
+
+
+def describe(method: str) -> str:
+    base, variant = parse_method(method)
+    if variant is None:
+        return DESCRIPTIONS[base]
+    fusion, *levers = method.partition("/")[2].split("+")
+    return DESCRIPTIONS[base].split(", built-in")[0] + f", box+mask prompts, {fusion} fusion" + (
+        "".join(f", {lv}" for lv in levers) if levers else "")
 
 
 @dataclass
@@ -72,10 +108,9 @@ class StudyOptions:
     engine: str = "auto"
 
     def check(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise AutosamError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-        if any(m.endswith("-adapted") for m in self.methods) and not self.adapt:
+        for m in self.methods:
+            parse_method(m)
+        if self.uses_adapted() and not self.adapt:
             raise AutosamError("adapted methods need --adapt decoder|lora|desam")
         if self.adapt not in (None, "decoder", "lora", "desam"):
             raise AutosamError(f"unknown --adapt {self.adapt!r}; choose decoder, lora or desam")
@@ -89,6 +124,9 @@ class StudyOptions:
 
     def uses(self, prefix: str) -> bool:
         return any(m.startswith(prefix) for m in self.methods)
+
+    def uses_adapted(self) -> bool:
+        return any(parse_method(m)[0].endswith("-adapted") for m in self.methods)
 
 
 def quick_options() -> StudyOptions:
@@ -182,19 +220,18 @@ def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, g
 # -- results --------------------------------------------------------------------------------------------------
 def score_folder(pred: Path, labels: Path, info: io.DatasetInfo, cases: Sequence[str], method: str, run: dict,
                  seconds: float) -> list[dict]:
-    """One row per case and label (Dice, NSD at 1 mm, HD95) for the predictions of ``cases`` in ``pred``."""
-    rows = []
-    rw = io.reader_writer(info.file_ending)
+    """One row per case and label (Dice, NSD at 1 mm, HD95) for the predictions of ``cases`` in ``pred``,
+    scored by :func:`autosam.evaluation.evaluate_folder`."""
+    summary = evaluation.evaluate_folder(labels, pred, info)
+    scored = {Path(c["prediction_file"]).name[: -len(info.file_ending)]: c["metrics"]
+              for c in summary["metric_per_case"]}
+    missing = [c for c in cases if c not in scored]
+    if missing:
+        raise AutosamError(f"{pred}: no prediction for test case {missing[0]}")
     names = {v: k for k, v in info.labels.items()}
-    for c in cases:
-        ref, props = io.read_label(labels / f"{c}{info.file_ending}", rw)
-        hyp, _ = io.read_label(pred / f"{c}{info.file_ending}", rw)
-        metrics = evaluation.case_metrics(ref, hyp, props["spacing"], info.foreground, 1.0, info.ignore_label)
-        for value, m in metrics.items():
-            rows.append({"method": method, "train_size": run["size"], "seed": run["seed"], "case": c,
-                         "label": names[value], "dice": m["Dice"], "nsd": m["NSD"], "hd95": m["HD95"],
-                         "seconds": seconds})
-    return rows
+    return [{"method": method, "train_size": run["size"], "seed": run["seed"], "case": c, "label": names[value],
+             "dice": m["Dice"], "nsd": m["NSD"], "hd95": m["HD95"], "seconds": seconds}
+            for c in cases for value, m in ((v, scored[c][v]) for v in info.foreground)]
 
 
 def write_results(study: Path, rows: list[dict]) -> Path:
@@ -244,7 +281,7 @@ def summary_markdown(rows: list[dict], plan: dict, methods: Sequence[str]) -> st
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(last):.3f} |" if last else
                      f"| {m} | " + " | ".join(cells) + " | - |")
         lines[-1] += f" {np.mean(sec):.1f} |" if sec else " - |"
-    lines += ["", "Methods:"] + [f"- `{m}`: {DESCRIPTIONS[m]}" for m in methods]
+    lines += ["", "Methods:"] + [f"- `{m}`: {describe(m)}" for m in methods]
     return "\n".join(lines) + "\n"
 
 
@@ -421,7 +458,7 @@ class Study:
         return out, seconds
 
     def _time_file(self, run: dict, method: str) -> Path:
-        return self.folder / "predictions" / run["name"] / "seconds" / f"{method}.json"
+        return self.folder / "predictions" / run["name"] / "seconds" / f"{method.replace('/', '@')}.json"
 
     # -- methods ------------------------------------------------------------------------------------------
     def predict(self, method: str, run: dict, models: dict) -> tuple[Path, float]:
@@ -431,20 +468,23 @@ class Study:
         from .prompter.segment import segment_folder
         from .refine import RefineConfig, refine_folder
 
-        out = self.folder / "predictions" / run["name"] / method
+        out = self.folder / "predictions" / run["name"] / method.replace("/", "@")
         if method == "nnunet":
             return models["nnunet"]
-        adapter = models.get("adapter") if method.endswith("-adapted") else None
+        base, variant = parse_method(method)
+        adapter = models.get("adapter") if base.endswith("-adapted") else None
         sam = (lambda: self.predictor(adapter))
         quiet = {"quiet": True}
         if method.startswith("sam-oracle"):
             step = lambda: oracle_folder(self.images, self.labels, out, self.info, sam, run_args={"verb": "study"})
         elif method.startswith("nnunet+sam"):
-            step = lambda: refine_folder(self.images, models["nnunet"][0], out, self.info, sam, RefineConfig(),
+            config = RefineConfig(prompt="box+mask", **variant) if variant else RefineConfig()
+            step = lambda: refine_folder(self.images, models["nnunet"][0], out, self.info, sam, config,
                                          run_args={"verb": "study"}, **quiet)
         else:
             prompter = Prompter.load(models["prompter"], device=self.opts.device)
-            config = None if method == "prompter" else RefineConfig()
+            config = None if method == "prompter" else (
+                RefineConfig(prompt="box+mask", **variant) if variant else RefineConfig())
             if method == "tuned":
                 config, sam = self._tuned_config(models.get("tuned"))
             step = lambda: segment_folder(self.images, out, prompter, self.info, sam, config,
@@ -471,7 +511,7 @@ class Study:
         needs_prompter = any(m.startswith("prompter") or m == "tuned" for m in o.methods) or o.uses("sam-oracle-a")
         if needs_prompter:
             models["prompter"] = self.train_prompter(run)
-        if o.adapt and (any(m.endswith("-adapted") for m in o.methods) or "tuned" in o.methods):
+        if o.adapt and (o.uses_adapted() or "tuned" in o.methods):
             models["adapter"] = self.train_adapter(run, models["prompter"])
         if "tuned" in o.methods:
             models["tuned"] = self.tune(models["prompter"], models.get("adapter"))
@@ -485,11 +525,13 @@ class Study:
         return rows
 
 
-def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_run: bool = False) -> dict:
-    """Run (or resume, or with ``dry_run`` only plan) a study; returns the plan (with ``results``: the rows)."""
+def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_run: bool = False,
+              plan: Optional[dict] = None) -> dict:
+    """Run (or resume, or with ``dry_run`` only plan) a study; returns the plan (with ``results``: the rows).
+    ``plan``: :func:`make_plan`'s result when the caller made it already."""
     opts.check()
     dataset, folder = Path(dataset), Path(folder)
-    plan = check_plan(folder, make_plan(dataset, opts))
+    plan = check_plan(folder, plan if plan is not None else make_plan(dataset, opts))
     info = io.load_dataset_json(dataset)
     if dry_run:
         return plan
@@ -501,7 +543,7 @@ def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_r
     for index, run in enumerate(plan["runs"]):
         rows += study.run(run, index)
         write_results(folder, rows)
-    methods = [m for m in METHODS if m in opts.methods]
+    methods = [m for m in METHODS if m in opts.methods] + [m for m in opts.methods if m not in METHODS]
     with io.atomic_output(folder / "summary.md") as tmp:
         tmp.write_text(summary_markdown(rows, plan, methods))
     learning_curve(rows, methods, folder / "learning_curve.png", f"{info.raw.get('name', dataset.name)}: "

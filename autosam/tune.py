@@ -21,7 +21,8 @@ import numpy as np
 from . import io
 from .errors import AutosamError
 from .fusion import fuse
-from .labels import to_distribution, to_segmentation
+from .evaluation import finite_mean
+from .labels import dice_per_label, to_distribution, to_segmentation
 from .progress import progress
 from .refine import RefineConfig, coarse_foreground, refine_case
 
@@ -45,8 +46,10 @@ class Candidate:
         if self.config is None:
             return NO_SAM
         opts = "".join(f" {k}={v}" for k, v in sorted(self.config.fusion_options.items()))
-        largest = f" max_objects={self.config.max_objects}" if self.config.max_objects else ""
-        return f"{self.config.prompt}/{self.config.fusion}{opts}{largest}"
+        c = self.config
+        extra = (f" max_objects={c.max_objects}" if c.max_objects else "") + (
+            " box_hypotheses" if c.box_hypotheses else "") + (f" rebox={c.rebox}" if c.rebox else "")
+        return f"{c.prompt}/{c.fusion}{opts}{extra}"
 
     def to_dict(self) -> dict:
         return {"name": self.name, "use_sam": self.use_sam,
@@ -75,7 +78,7 @@ class TuneResult:
     base: dict = field(default_factory=dict)
 
     def mean(self, name: str) -> float:
-        return _nanmean(self.scores[name])
+        return finite_mean(self.scores[name])
 
     def ranking(self) -> list[tuple[str, float]]:
         return sorted(((n, self.mean(n)) for n in self.scores), key=lambda x: -x[1] if math.isfinite(x[1]) else 0)
@@ -91,13 +94,15 @@ class TuneResult:
 def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("box", "box+mask"),
                min_ious: Sequence[float] = (0.5, 0.7, 0.8, 0.9),
                min_agreements: Sequence[float] = (0.3, 0.5, 0.7),
-               weights: Sequence[float] = (0.3, 0.5, 0.7), max_objects: Sequence[int] = (0, 1)) -> list[Candidate]:
-    """The default grid: "no SAM", and per prompt strategy and object limit (0: every component prompted; 1: only
-    the largest per label and slice) every fusion (gated over IoU and agreement thresholds, average over SAM's
-    weight). ``base`` gives the fields the grid does not vary (margin, axis, ...)."""
+               weights: Sequence[float] = (0.3, 0.5, 0.7), max_objects: Sequence[int] = (0, 1),
+               levers: Sequence[tuple[bool, int]] = ((False, 0), (True, 0), (False, 1))) -> list[Candidate]:
+    """The default grid: "no SAM", and per prompt strategy, object limit (0: every component prompted; 1: only
+    the largest per label and slice) and localisation lever (``(box_hypotheses, rebox)`` pairs: none, three box
+    scales picked by SAM's IoU, one re-boxing) every fusion (gated over IoU and agreement thresholds, average over
+    SAM's weight). ``base`` gives the fields the grid does not vary (margin, axis, ...)."""
     out = [Candidate(None)]
-    for prompt, limit in ((p, m) for p in prompts for m in max_objects):
-        b = replace(base, prompt=prompt, max_objects=limit, fusion_options={})
+    for prompt, limit, (hyp, rebox) in ((p, m, lv) for p in prompts for m in max_objects for lv in levers):
+        b = replace(base, prompt=prompt, max_objects=limit, box_hypotheses=hyp, rebox=rebox, fusion_options={})
         out += [Candidate(replace(b, fusion=f)) for f in ("replace", "union", "intersection")]
         out += [Candidate(replace(b, fusion="average", fusion_options={"weight": w})) for w in weights]
         out += [Candidate(replace(b, fusion="gated", fusion_options={"min_iou": i, "min_agreement": a}))
@@ -105,20 +110,9 @@ def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("b
     return out
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
 def case_dice(seg: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> float:
     """Mean over labels of Dice (labels empty in both left out; NaN if all are)."""
-    out = []
-    for v in labels:
-        a, b = seg == v, ref == v
-        total = int(a.sum()) + int(b.sum())
-        if total:
-            out.append(2.0 * int((a & b).sum()) / total)
-    return float(np.mean(out)) if out else math.nan
+    return finite_mean(dice_per_label(seg, ref, labels))
 
 
 def _prompt_key(config: RefineConfig) -> tuple:
@@ -160,10 +154,10 @@ def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
 
 def choose(scores: dict[str, list[float]], by_name: dict[str, Candidate], min_gain: float = MIN_GAIN) -> Candidate:
     """The best mean; "no SAM" unless a SAM candidate beats it by ``min_gain`` (ties: the grid's order)."""
-    base = _nanmean(scores[NO_SAM])
+    base = finite_mean(scores[NO_SAM])
     best_name, best = NO_SAM, base if math.isfinite(base) else -math.inf
     for name, values in scores.items():
-        m = _nanmean(values)
+        m = finite_mean(values)
         if name != NO_SAM and math.isfinite(m) and m >= best + (min_gain if best_name == NO_SAM else 1e-9):
             best_name, best = name, m
     return by_name[best_name]

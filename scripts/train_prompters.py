@@ -49,7 +49,7 @@ def sample_exclusions(name: str, dataset_dir: Path, pattern: str | None) -> list
 
 def sample_score(prompter: Prompter, name: str) -> dict:
     """The prompter's own Dice per bundled sample case and label (and the means) on the bundled sample."""
-    from autosam.prompter.infer import dice_per_label
+    from autosam.labels import dice_per_label
 
     sample = sample_dataset(name)
     info = io.load_dataset_json(sample)

@@ -499,6 +499,11 @@ def _(root):
     return _study(_dataset(root / "d"), root.parent / "out", "--methods", "prompter", "nnunet+magic")
 
 
+@case("study: unknown lever in a method variant", "unknown lever", "magic")
+def _(root):
+    return _study(_dataset(root / "d"), root.parent / "out", "--methods", "prompter+sam/replace+magic")
+
+
 @case("study: output inside the dataset", "must differ")
 def _(root):
     d = _dataset(root / "d", cases=CASES + ["hippocampus_165"])

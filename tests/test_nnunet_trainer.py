@@ -211,3 +211,20 @@ def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path, dec
     assert f"-tr {TRAINER}" in out
     crossval = json.loads((model / "crossval_results_folds_0" / "summary.json").read_text())
     assert crossval["foreground_mean"]["Dice"] == pytest.approx(summary["foreground_mean"]["Dice"])
+
+    # 4. validation again without an explicit prompt or fusion: the trainer tunes SAM's configuration (or "no SAM")
+    #    on the fold's validation case, records what it compared, and validation/ holds the winner's output
+    tune_env = {**env, "AUTOSAM_ADAPTER": adapter, "AUTOSAM_BATCH_SIZE": "8", "nnUNet_n_proc_DA": "0"}
+    out = run_cmd(venv_bin, tune_env, "nnUNetv2_train", "951", "2d", "0", "-tr", TRAINER, "-device", "cpu", "--val",
+                  "--npz")
+    assert "autosam: tuned on 1 validation case(s)" in out
+    tuned = json.loads((fold / "autosam_sam.json").read_text())
+    assert tuned["tuning"]["validation_cases"] == [VAL_CASE] and tuned["adapter"] == adapter
+    assert len(tuned["tuning"]["candidates"]) > 100  # every prompt, object limit, lever and fusion, and no SAM
+    revalidated = seg(fold / "validation" / f"{VAL_CASE}.nii.gz")
+    if tuned["use_sam"]:
+        assert tuned["tuning"]["chosen_mean_dice"] >= tuned["tuning"]["no_sam_mean_dice"] + tuned["tuning"]["min_gain"]
+    else:  # "no SAM" won: nnU-Net's own validation output
+        assert np.array_equal(revalidated, seg(fold / "validation_unrefined" / f"{VAL_CASE}.nii.gz"))
+    scored = json.loads((fold / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
+    assert scored == pytest.approx(tuned["tuning"]["chosen_mean_dice"], abs=0.01)

@@ -11,7 +11,8 @@ import torch
 
 from autosam import cli, io
 from autosam.prompter import Prompter, shipped_prompters
-from autosam.prompter.infer import WEIGHTS_ROOT, dice_per_label
+from autosam.labels import dice_per_label
+from autosam.prompter.infer import WEIGHTS_ROOT
 from autosam.sample import sample_dataset
 from autosam.splits import split_by_subject
 

@@ -41,11 +41,18 @@ def test_quick_study_writes_every_method_and_its_outputs(quick_study):
 
 
 def test_quick_study_rerun_resumes_without_training(quick_study, capsys):
+    """A rerun trains nothing; a lever variant added on the rerun is scored from the kept models."""
     model = quick_study / "models" / "n4_s0" / "prompter" / "model.pt"
     before = model.stat().st_mtime_ns
-    assert main(["study", "--quick", "-o", str(quick_study)]) == 0
+    variant = "prompter+sam-adapted/replace+rebox"
+    assert main(["study", "--quick", "-o", str(quick_study), "--methods", "prompter", variant]) == 0
     assert model.stat().st_mtime_ns == before
-    assert "training the prompter" not in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "training the prompter" not in err and "adapting SAM" not in err
+    rows = list(csv.DictReader((quick_study / "results.csv").open()))
+    assert {r["method"] for r in rows} == {"prompter", variant}
+    assert (quick_study / "predictions" / "n4_s0" / "prompter+sam-adapted@replace+rebox").is_dir()
+    assert f"| {variant} |" in out and "replace fusion, rebox" in out
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):

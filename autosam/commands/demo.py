@@ -81,16 +81,17 @@ def run(args: argparse.Namespace) -> int:
             continue
         prompter = Prompter.load(name)
         settings, source = recorded_default(prompter)
-        tuned = None if settings is None else (RefineConfig(**{**settings["refine"], "axis": args.axis})
-                                               if settings["use_sam"] else None)
-        chosen = "no SAM" if settings is not None and tuned is None else (
-            f"SAM {(tuned or RefineConfig()).prompt}/{(tuned or RefineConfig()).fusion}")
+        if settings is None:  # no record: the built-in default
+            default = RefineConfig(axis=args.axis)
+        elif settings["use_sam"]:
+            default = RefineConfig(**{**settings["refine"], "axis": args.axis})
+        else:
+            default = None
+        chosen = "no SAM" if default is None else f"SAM {default.prompt}/{default.fusion}"
         auto, coarse = Path(args.output) / name / "automatic", Path(args.output) / name / "prompter"
         forced = Path(args.output) / name / "prompter_sam_builtin"
-        segment_folder(images, auto, prompter, info, lambda: predictor,
-                       tuned if settings is not None else RefineConfig(axis=args.axis),
-                       overwrite=args.overwrite, run_args={**record, "configuration_source": source},
-                       coarse_dir=coarse)
+        segment_folder(images, auto, prompter, info, lambda: predictor, default, overwrite=args.overwrite,
+                       run_args={**record, "configuration_source": source}, coarse_dir=coarse)
         segment_folder(images, forced, prompter, info, lambda: predictor, RefineConfig(axis=args.axis),
                        overwrite=args.overwrite, run_args=record)
         columns = {

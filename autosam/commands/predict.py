@@ -14,7 +14,7 @@ from ..runner import CaseJob, CaseOutput, CaseRunner
 from ..sam import SamPredictor
 from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
                      parallel_from_args, predictor_from_args, sam_args_record)
-from .refine import FUSION_OPTIONS, REFINE_FIELDS, add_refine_arguments, config_from_args, config_from_record
+from .refine import add_refine_arguments, config_from_args, config_from_record, sam_overrides
 
 HELP = "predict with a trained nnU-Net model and refine its output with SAM"
 
@@ -139,9 +139,7 @@ def run(args: argparse.Namespace) -> int:
     recorded = None if args.ignore_recorded else recorded_settings(model, folds)
     config = config_from_args(args) if recorded is None else config_from_record(args, recorded[1])
     config.check()
-    given = getattr(args, "given", None) or set()
-    sam_options = set(REFINE_FIELDS) | set(FUSION_OPTIONS)
-    if recorded is not None and not recorded[1].get("use_sam", True) and not given & sam_options:
+    if recorded is not None and not recorded[1].get("use_sam", True) and not sam_overrides(args):
         config = None  # tuned in the trainer's validation: SAM did not pay there
     if recorded is not None:
         chosen = "no SAM (nnU-Net alone)" if config is None else f"prompt={config.prompt}, fusion={config.fusion}"

@@ -50,6 +50,10 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
                    help=f"negative points per component for point strategies (default {d.n_negative})")
     g.add_argument("--max-objects", type=int, default=d.max_objects,
                    help="prompt at most this many components per label and slice, the largest (default 0: all)")
+    g.add_argument("--box-hypotheses", action="store_true",
+                   help="decode each box at three scales and keep the mask SAM rates highest (predicted IoU)")
+    g.add_argument("--rebox", type=int, default=d.rebox,
+                   help="redraw each box around SAM's own mask and decode again, this many times (default 0)")
     g.add_argument("--no-fill-gaps", action="store_true",
                    help="do not prompt a slice that misses a class present on both neighbouring slices")
     g.add_argument("--weight", type=float, default=None, help="SAM's weight for --fusion average (default 0.5)")
@@ -87,13 +91,15 @@ def config_from_args(args: argparse.Namespace, check: bool = True) -> RefineConf
     return RefineConfig(prompt=args.prompt, fusion=args.fusion, margin=margin.value, margin_unit=margin.unit,
                         min_size=args.min_size, axis=args.axis, fusion_options=options,
                         n_positive=args.positive_points, n_negative=args.negative_points,
-                        fill_gaps=not args.no_fill_gaps, max_objects=args.max_objects)
+                        fill_gaps=not args.no_fill_gaps, max_objects=args.max_objects,
+                        box_hypotheses=args.box_hypotheses, rebox=args.rebox)
 
 
 #: options of :func:`add_refine_arguments` -> the :class:`RefineConfig` field each sets
 REFINE_FIELDS = {"prompt": "prompt", "fusion": "fusion", "margin": "margin", "margin_unit": "margin_unit",
                  "min_size": "min_size", "axis": "axis", "positive_points": "n_positive",
-                 "negative_points": "n_negative", "no_fill_gaps": "fill_gaps", "max_objects": "max_objects"}
+                 "negative_points": "n_negative", "no_fill_gaps": "fill_gaps", "max_objects": "max_objects",
+                 "box_hypotheses": "box_hypotheses", "rebox": "rebox"}
 SAM_MODEL_OPTIONS = ("sam", "checkpoint", "adapter")
 
 
@@ -120,6 +126,13 @@ def config_from_record(args: argparse.Namespace, recorded: dict) -> RefineConfig
         if key not in given:
             setattr(args, key, recorded.get(key))
     return RefineConfig(**fields)
+
+
+def sam_overrides(args: argparse.Namespace, extra: tuple = ()) -> list[str]:
+    """The SAM options (refine fields, fusion options, and ``extra``) given on the command line, sorted: given
+    ones win over a recorded configuration, and any of them switches SAM on where "no SAM" was recorded."""
+    given = getattr(args, "given", None) or set()
+    return sorted(o for o in given if o in REFINE_FIELDS or o in FUSION_OPTIONS or o in extra)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from ..refine import RefineConfig
 from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
                      parallel_from_args, predictor_from_args, sam_args_record)
 from .options import add_dataset_arguments, dataset_json_from_args
-from .refine import FUSION_OPTIONS, REFINE_FIELDS, add_refine_arguments, config_from_args, config_from_record
+from .refine import add_refine_arguments, config_from_args, config_from_record, sam_overrides
 
 HELP = "segment images fully automatically: a learned prompter prompts SAM (no nnU-Net model needed)"
 
@@ -54,8 +54,7 @@ def choose_configuration(args: argparse.Namespace, prompter) -> tuple[Optional[R
     if recorded is None:
         return config_from_args(args), source
     config = config_from_record(args, recorded)
-    given = getattr(args, "given", None) or set()
-    overrides = sorted(o for o in given if o in REFINE_FIELDS or o in FUSION_OPTIONS or o in ("sam", "adapter"))
+    overrides = sam_overrides(args, extra=("sam", "adapter"))
     if overrides:
         source += "; command line: " + ", ".join("--" + o.replace("_", "-") for o in overrides)
     if not (recorded.get("use_sam", True) or args.use_sam or overrides):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import AutosamError
@@ -14,7 +13,7 @@ HELP = ("compare SAM pipelines with the prompter alone and nnU-Net on your datas
 
 
 def add_parser(sub) -> None:
-    from ..study import METHODS, StudyOptions
+    from ..study import LEVERS, METHODS, VARIABLE, StudyOptions
 
     d = StudyOptions()
     p = sub.add_parser("study", help=HELP, description=HELP + ". Test cases are fixed first, by subject; no model "
@@ -33,7 +32,9 @@ def add_parser(sub) -> None:
                    help="training cases per run, nested subsets ('all': every non-test case; default 5 10 20 all)")
     p.add_argument("--seeds", type=int, default=d.seeds, help=f"subsets drawn per size (default {d.seeds})")
     p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
-                   help="methods to score (default all): " + ", ".join(METHODS))
+                   help="methods to score (default all): " + ", ".join(METHODS) + "; a variant of "
+                   + ", ".join(VARIABLE) + " adds /FUSION[+LEVER...] with levers " + ", ".join(LEVERS)
+                   + " (e.g. prompter+sam-adapted/replace+rebox)")
     p.add_argument("--adapt", default=d.adapt, choices=("decoder", "lora", "desam", "none"),
                    help="SAM adaptation for the '-adapted' methods and the tuned default (default decoder)")
     s = p.add_argument_group("schedules (CPU-sized defaults; on a GPU raise them)")
@@ -82,7 +83,7 @@ def study_options(args: argparse.Namespace):
     if not args.quick or given is None or "adapt" in given:
         opts.adapt = None if args.adapt == "none" else args.adapt
     if opts.adapt is None and "methods" not in (given or set()):
-        opts.methods = [m for m in opts.methods if not m.endswith("-adapted")]
+        opts.methods = [m for m in opts.methods if "-adapted" not in m]
     opts.subject_pattern = options.subject_pattern(args)
     opts.exclude = options.excluded_cases(args)
     opts.test_cases = read_case_list(args.test_cases) if args.test_cases else None
@@ -102,7 +103,7 @@ def read_case_list(values: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from .. import io
     from ..sample import sample_dataset
-    from ..study import make_plan, run_study, summary_markdown
+    from ..study import make_plan, run_study
 
     if args.dataset is None and not args.quick:
         raise AutosamError("-d/--dataset is required (or --quick for the bundled sample)")
@@ -116,9 +117,8 @@ def run(args: argparse.Namespace) -> int:
         print_plan(plan, io.load_dataset_json(dataset), opts)
         return 0
     with options.exclusive_output(args.output, {"dataset": dataset}):
-        result = run_study(dataset, args.output, opts)
-    methods = [m for m in opts.methods]
-    print(summary_markdown(result["results"], result, methods))
+        run_study(dataset, args.output, opts, plan=plan)
+    print((Path(args.output) / "summary.md").read_text())
     print(f"wrote {Path(args.output) / 'results.csv'}, summary.md and learning_curve.png")
     return 0
 
@@ -133,4 +133,4 @@ def print_plan(plan: dict, info, opts) -> None:
     steps = estimate_seconds(plan, info, 35.0 if info.file_ending != ".png" else 1.0, opts.device.startswith("cuda"))
     for step, seconds in steps.items():
         print(f"  {step}: ~{seconds / 60:.0f} min")
-    print(f"estimated total: ~{sum(steps.values()) / 60:.0f} min (rough; {opts.device})", file=sys.stdout)
+    print(f"estimated total: ~{sum(steps.values()) / 60:.0f} min (rough; {opts.device})")

@@ -12,9 +12,11 @@ HELP = "choose whether and how SAM refines a prompter's maps, on validation case
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("tune", help=HELP, description=HELP + ". Candidates: no SAM, and each prompt strategy with "
-                       "each fusion (gated over IoU and agreement thresholds, average over weights). A SAM candidate "
-                       "must beat the prompter alone by --min-gain mean Dice to be chosen.")
+    p = sub.add_parser("tune", help=HELP, description=HELP + ". Candidates: no SAM, and each prompt strategy (box, "
+                       "box+mask), object limit (all components or the largest) and localisation lever (none, box "
+                       "hypotheses, one re-boxing) with each fusion (gated over IoU and agreement thresholds, average "
+                       "over weights). A SAM candidate must beat the prompter alone by --min-gain mean Dice to be "
+                       "chosen.")
     p.add_argument("--prompter", required=True, help="prompter folder or shipped prompter name")
     options.add_dataset_arguments(p, required=True)
     p.add_argument("--cases", nargs="+", default=None,

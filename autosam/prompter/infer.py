@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -50,16 +50,6 @@ def read_config(folder: str | Path) -> dict:
     if config.get("format") != "autosam-prompter":
         raise AutosamError(f"{path}: not an autosam prompter config")
     return config
-
-
-def dice_per_label(seg: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> list[float]:
-    """Dice of each label value between two label maps (NaN where both are empty, as nnU-Net reports it)."""
-    out = []
-    for v in labels:
-        a, b = seg == v, ref == v
-        total = int(a.sum()) + int(b.sum())
-        out.append(float("nan") if total == 0 else 2.0 * int((a & b).sum()) / total)
-    return out
 
 
 class Prompter:

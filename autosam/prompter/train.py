@@ -23,13 +23,14 @@ import torch.nn.functional as F
 
 from .. import io
 from ..errors import AutosamError
+from ..labels import dice_per_label
 from ..losses import binary_loss, multiclass_loss
 from ..progress import progress
 from ..sam import transforms as T
 from ..sam.cache import EmbeddingCache
 from ..splits import split_by_subject, subject_of
 from .data import IGNORE, SliceSet, augmenter, batches, case_slices, load_slices
-from .infer import CONFIG, WEIGHTS, Prompter, dice_per_label
+from .infer import CONFIG, WEIGHTS, Prompter
 from .model import ArchConfig, PromptNet, count_parameters, decode_dense
 
 CHECKPOINT = "checkpoint.pt"

@@ -31,9 +31,11 @@ def validation_cases(prompter: Prompter) -> list[str]:
         raise AutosamError(f"{path}: cannot read the prompter's validation cases ({e})") from None
 
 
-def load_items(prompter: Prompter, dataset_dir: Path, cases: Sequence[str], sam_model=None) -> list[TuneCase]:
-    """Each case's image, reference label and the prompter's coarse map (``sam_model`` for embedding mode)."""
-    info = io.load_dataset_json(dataset_dir)
+def load_items(prompter: Prompter, dataset_dir: Path, cases: Sequence[str], sam_model=None,
+               info: Optional[io.DatasetInfo] = None) -> list[TuneCase]:
+    """Each case's image, reference label and the prompter's coarse map (``sam_model`` for embedding mode);
+    ``info``: the dataset's, when the caller has read it."""
+    info = info or io.load_dataset_json(dataset_dir)
     files = io.list_cases(dataset_dir / "imagesTr", info.file_ending, info.num_channels)
     missing = [c for c in cases if c not in files]
     if missing:
@@ -63,7 +65,7 @@ def tune_prompter(prompter: Prompter, dataset_dir: str | Path, make_predictor: C
     info = io.load_dataset_json(dataset_dir)
     prompter.check_dataset(info)
     predictor = make_predictor()
-    items = load_items(prompter, dataset_dir, chosen, predictor.model if prompter.mode == "embedding" else None)
+    items = load_items(prompter, dataset_dir, chosen, predictor.model if prompter.mode == "embedding" else None, info)
     result = tune(predictor, items, info, candidates(), min_gain=min_gain)
     settings = sam_settings.from_tuning(result, sam=sam, checkpoint=checkpoint, adapter=adapter)
     target = Path(output) if output is not None else Path(prompter.folder) / sam_settings.SETTINGS_FILE
