@@ -130,14 +130,19 @@ def test_finetune_on_crossfitted_prompts_writes_a_loadable_adapter(prompter, tmp
     out = tmp_path / "adapter"
     argv = ["finetune", "-d", str(HIPPO), "-o", str(out), "--prompts-from", f"prompter:{prompter}", "--folds", "2",
             "--fold-epochs", "1", "--epochs", "1", "--iterations", "2", "--batch-size", "4", "--max-slices", "3",
-            "--val-fraction", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+            "--val-fraction", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--tune-cases", "1"]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "cross-fitting 2 fold prompters" in captured.err and "automatic)" in captured.err
+    # the prompter's first validation case was left out of training, then tuned the adapter's default
+    held_out = json.loads((prompter / "splits.json").read_text())["val"][:1]
+    assert "validation case(s) are left out of training" in captured.err
+    tuned = json.loads((out / "autosam_sam.json").read_text())
+    assert tuned["tuning"]["validation_cases"] == held_out and tuned["adapter"] == str(out.resolve())
     config = read_config(out)
     assert config.prompts_from["source"] == f"prompter:{prompter}" and config.prompts_from["use"] == "crossfit"
     record = json.loads((out / RECORD).read_text())
-    assert sorted(sum((f["prompted"] for f in record["folds"]), [])) == CASES
+    assert sorted(sum((f["prompted"] for f in record["folds"]), [])) == sorted(set(CASES) - set(held_out))
     assert build_sam("litemedsam", adapter=out) is not None
     samples = [line for line in captured.err.splitlines() if "training samples" in line][0]
     assert " 0 automatic" not in samples

@@ -42,6 +42,11 @@ def add_parser(sub) -> None:
                    help="fold prompters trained when the prompter trained on training cases (default 3)")
     a.add_argument("--fold-epochs", type=int, default=None,
                    help="epochs of each fold prompter (default: the prompter's recorded ones)")
+    a.add_argument("--no-tune", action="store_true",
+                   help="with prompter:DIR, do not leave the prompter's validation cases out of training to tune "
+                        "the adapter's SAM default on them afterwards (ADAPTER_DIR/autosam_sam.json)")
+    a.add_argument("--tune-cases", type=int, default=10,
+                   help="the prompter's validation cases to tune on (default 10; 0 = all of them)")
     g = p.add_argument_group("prompt noise (relative to the box side)")
     g.add_argument("--jitter", type=float, default=0.1, help="std of each box edge's shift (default 0.1)")
     options.add_margin_argument(g, default=Margin(0.1, "box"), allowed=("box",),
@@ -82,28 +87,54 @@ def run(args: argparse.Namespace) -> int:
         if args.folds < 2 or (args.fold_epochs is not None and args.fold_epochs < 1):
             raise AutosamError("--folds must be at least 2 and --fold-epochs at least 1")
         crossfit.check_source(crossfit.parse_source(args.prompts_from), io.load_dataset_json(dataset))
+    held_out = tuning_cases(args)
     created = not Path(args.output).exists()
     try:
-        return _train(args, dataset, noise, finetune)
+        return _train(args, dataset, noise, finetune, held_out)
     except AutosamError:
         if created and Path(args.output).is_dir() and not any(Path(args.output).iterdir()):
             Path(args.output).rmdir()  # refused before anything was written: leave no empty folder behind
         raise
 
 
-def _train(args: argparse.Namespace, dataset: Path, noise, finetune) -> int:
-    """Run :func:`autosam.adapt.train.finetune` with the options of ``args`` in the locked output folder."""
+def tuning_cases(args: argparse.Namespace) -> list[str]:
+    """With ``--prompts-from prompter:DIR`` (and neither ``--no-tune`` nor ``--resume``): the prompter's validation
+    cases, which the adapter then never trains on, so its SAM default is tuned on cases neither model saw."""
+    from ..adapt.crossfit import parse_source
+    from ..prompter import Prompter
+    from ..prompter.tuning import validation_cases
+
+    if not args.prompts_from or args.no_tune or args.resume:
+        return []
+    source = parse_source(args.prompts_from)
+    if source.kind != "prompter":
+        return []
+    try:
+        cases = validation_cases(Prompter.load(source.path))
+    except AutosamError:  # a prompter without a recorded split: nothing held out to tune on
+        return []
+    return cases[: args.tune_cases or None]
+
+
+def _train(args: argparse.Namespace, dataset: Path, noise, finetune, held_out: list[str]) -> int:
+    """Run :func:`autosam.adapt.train.finetune` with the options of ``args`` in the locked output folder, then tune
+    the adapter's SAM default on ``held_out`` (left out of its training)."""
+    if held_out:
+        print(f"autosam finetune: the prompter's {len(held_out)} validation case(s) are left out of training, to "
+              f"tune the adapter's SAM default on them afterwards (--no-tune trains on them)", file=sys.stderr)
     with options.exclusive_output(args.output, {"dataset": dataset}):
         config = finetune(
             dataset, args.output, base=args.sam, checkpoint=args.checkpoint, method=args.method,
             epochs=args.epochs, rank=args.rank, lora_alpha=args.lora_alpha, train_encoder=args.train_encoder,
             prompt_noise=noise, lr=args.lr, decoder_lr=args.decoder_lr, batch_size=args.batch_size, loss=args.loss,
             val_fraction=args.val_fraction, seed=args.seed, subject_pattern=options.subject_pattern(args),
-            exclude=options.excluded_cases(args), max_cases=args.max_cases, max_slices_per_case=args.max_slices,
+            exclude=options.excluded_cases(args) + held_out, max_cases=args.max_cases, max_slices_per_case=args.max_slices,
             iterations_per_epoch=args.iterations, cache_dir=args.cache_dir, use_cache=not args.no_cache, axis=args.axis,
             device=args.device, resume=args.resume, overwrite=args.overwrite, prompts_from=args.prompts_from,
             folds=args.folds, fold_epochs=args.fold_epochs,
         ).config
+        if held_out:
+            tune_adapter(args, dataset, held_out)
     if args.resume:
         report_resumed(args, config)
     source = getattr(config, "prompts_from", None)
@@ -113,6 +144,23 @@ def _train(args: argparse.Namespace, dataset: Path, noise, finetune) -> int:
     print(f"wrote {args.output} ({config.method} adapter on {config.base}, epoch {config.epoch}/{config.epochs}); "
           f"use it with --sam {config.base} --adapter {args.output}")
     return 0
+
+
+def tune_adapter(args: argparse.Namespace, dataset: Path, cases: list[str]) -> None:
+    """The adapter's SAM default for its prompter, chosen on ``cases`` (:mod:`autosam.prompter.tuning`)."""
+    from ..adapt.crossfit import parse_source
+    from ..prompter import Prompter
+    from ..prompter.tuning import tune_prompter
+    from ..sam import build_sam, resolve_device
+    from ..sam.cache import CachingPredictor
+    from ..sam_settings import SETTINGS_FILE
+
+    device = str(resolve_device(args.device))
+    prompter = Prompter.load(parse_source(args.prompts_from).path, device=device)
+    make = lambda: CachingPredictor(build_sam(args.sam, checkpoint=args.checkpoint, adapter=args.output),  # noqa: E731
+                                    device=device)
+    tune_prompter(prompter, dataset, make, cases=cases, max_cases=0, sam=args.sam, checkpoint=args.checkpoint,
+                  adapter=str(Path(args.output).resolve()), output=Path(args.output) / SETTINGS_FILE)
 
 
 #: options a resumed training may change; every other one comes from the stored configuration
