@@ -62,8 +62,8 @@ def _decode(predictor: SamPredictor, prompts: list[SamPrompt], box_hypotheses: b
     at :data:`BOX_SCALES` and keeps the answer SAM rates highest; ``rebox`` times, each box is redrawn around
     SAM's own mask and decoded again."""
     if box_hypotheses:
-        tried = [dc_replace(p, box=_scaled_box(p.box, s, predictor.sizes[p.slice_index])) if p.box is not None
-                 else p for p in prompts for s in BOX_SCALES]
+        tried = [dc_replace(p, box=_scaled_box(p.box, s, predictor.sizes[p.slice_index]))
+                 if p.box is not None and s != 1.0 else p for p in prompts for s in BOX_SCALES]
         result = predictor.predict(tried)
         n = len(BOX_SCALES)
         best = [i * n + int(np.argmax(result.iou[i * n:(i + 1) * n])) for i in range(len(prompts))]

@@ -100,6 +100,7 @@ class StudyOptions:
     adapt_iterations: int = 0  # steps per adapter epoch (0: one pass over the samples)
     adapt_folds: int = 3
     tune_cases: int = 10
+    max_objects: int = 0  # components prompted per label and slice in every prompted SAM method (0: all)
     nnunet_trainer: Optional[str] = None
     nnunet_configuration: Optional[str] = None
     nnunet_epochs: int = 20
@@ -116,6 +117,8 @@ class StudyOptions:
             raise AutosamError(f"unknown --adapt {self.adapt!r}; choose decoder, lora or desam")
         if self.seeds < 1:
             raise AutosamError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.max_objects < 0:
+            raise AutosamError(f"--max-objects must be >= 0, got {self.max_objects}")
         if self.test_cases is None and not 0 < self.test_fraction < 1:
             raise AutosamError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         for s in self.train_sizes:
@@ -133,7 +136,7 @@ def quick_options() -> StudyOptions:
     """``--quick``: the bundled hippocampus sample end to end in a few minutes (a smoke test, not a result)."""
     return StudyOptions(train_sizes=["3", "4"], seeds=1, test_cases=None, test_fraction=0.2, prompter_epochs=4,
                         prompter_iterations=10, adapt_epochs=1, adapt_iterations=10, adapt_folds=2, tune_cases=1,
-                        nnunet_configuration="2d", nnunet_epochs=1, nnunet_iterations=3)
+                        max_objects=1, nnunet_configuration="2d", nnunet_epochs=1, nnunet_iterations=3)
 
 
 # -- the plan -------------------------------------------------------------------------------------------------
@@ -399,6 +402,7 @@ class Study:
         from .prompter import Prompter
         from .prompter.tuning import tune_prompter
         from .sam_settings import SETTINGS_FILE, read_json
+        from .tune import candidates
 
         prompter = Prompter.load(prompter_dir, device=self.opts.device)
         records = [(prompter_dir / SETTINGS_FILE, None)] + ([(adapter / SETTINGS_FILE, adapter)] if adapter else [])
@@ -407,7 +411,8 @@ class Study:
             if not path.is_file():
                 tune_prompter(prompter, self.dataset, lambda a=adapted: self.predictor(a),
                               max_cases=self.opts.tune_cases, adapter=str(adapted) if adapted else None,
-                              output=path, log=log)
+                              output=path, grid=candidates(max_objects=(self.opts.max_objects,))
+                              if self.opts.max_objects else None, log=log)
             if path.is_file():
                 score = read_json(path).get("tuning", {}).get("chosen_mean_dice", -math.inf)
                 if score > best_score + 1e-9:
@@ -466,7 +471,7 @@ class Study:
         from .oracle import oracle_folder
         from .prompter import Prompter
         from .prompter.segment import segment_folder
-        from .refine import RefineConfig, refine_folder
+        from .refine import refine_folder
 
         out = self.folder / "predictions" / run["name"] / method.replace("/", "@")
         if method == "nnunet":
@@ -478,18 +483,25 @@ class Study:
         if method.startswith("sam-oracle"):
             step = lambda: oracle_folder(self.images, self.labels, out, self.info, sam, run_args={"verb": "study"})
         elif method.startswith("nnunet+sam"):
-            config = RefineConfig(prompt="box+mask", **variant) if variant else RefineConfig()
+            config = self.config(variant)
             step = lambda: refine_folder(self.images, models["nnunet"][0], out, self.info, sam, config,
                                          run_args={"verb": "study"}, **quiet)
         else:
             prompter = Prompter.load(models["prompter"], device=self.opts.device)
-            config = None if method == "prompter" else (
-                RefineConfig(prompt="box+mask", **variant) if variant else RefineConfig())
+            config = None if method == "prompter" else self.config(variant)
             if method == "tuned":
                 config, sam = self._tuned_config(models.get("tuned"))
             step = lambda: segment_folder(self.images, out, prompter, self.info, sam, config,
                                           run_args={"verb": "study", "method": method}, **quiet)
         return out, timed(step, self._time_file(run, method))
+
+    def config(self, variant: Optional[dict] = None):
+        """The built-in default, or a method variant's fields on box+mask prompts (the object limit of the
+        options unless the variant sets one)."""
+        from .refine import RefineConfig
+
+        fields = {"prompt": "box+mask", **variant} if variant else {}
+        return RefineConfig(**{"max_objects": self.opts.max_objects, **fields})
 
     def _tuned_config(self, record: Optional[Path]):
         """The tuned record's configuration (None: no SAM) and its predictor factory (built-in default when
@@ -498,7 +510,7 @@ class Study:
         from .sam_settings import load_file
 
         if record is None:
-            return RefineConfig(), (lambda: self.predictor())
+            return self.config(), (lambda: self.predictor())
         settings = load_file(record)
         adapter = Path(settings["adapter"]) if settings.get("adapter") else None
         config = RefineConfig(**settings["refine"]) if settings.get("use_sam", True) else None

@@ -3,7 +3,7 @@
 
 Every candidate is scored on the same held-out cases with their reference labels: "no SAM" (the coarse map
 alone) and SAM with each prompt strategy and fusion of :func:`candidates`. SAM runs once per case and prompt
-strategy (the encoder once per slice when the predictor caches embeddings); the fusions are cheap. The winner is
+strategy, the encoder once per slice and the decoder once per distinct prompt; the fusions are cheap. The winner is
 the best mean Dice, but a SAM candidate must beat "no SAM" by ``min_gain``, so the chosen default is never below
 the coarse map on the validation cases, and SAM's cost is paid only where it helped.
 
@@ -25,6 +25,7 @@ from .evaluation import finite_mean
 from .labels import dice_per_label, to_distribution, to_segmentation
 from .progress import progress
 from .refine import RefineConfig, coarse_foreground, refine_case
+from .sam.cache import CachingPredictor
 
 #: A SAM candidate must beat the coarse map's mean validation Dice by this much to be chosen (default).
 MIN_GAIN = 0.005
@@ -95,11 +96,12 @@ def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("b
                min_ious: Sequence[float] = (0.5, 0.7, 0.8, 0.9),
                min_agreements: Sequence[float] = (0.3, 0.5, 0.7),
                weights: Sequence[float] = (0.3, 0.5, 0.7), max_objects: Sequence[int] = (0, 1),
-               levers: Sequence[tuple[bool, int]] = ((False, 0), (True, 0), (False, 1))) -> list[Candidate]:
+               levers: Sequence[tuple[bool, int]] = ((False, 0), (True, 0))) -> list[Candidate]:
     """The default grid: "no SAM", and per prompt strategy, object limit (0: every component prompted; 1: only
-    the largest per label and slice) and localisation lever (``(box_hypotheses, rebox)`` pairs: none, three box
-    scales picked by SAM's IoU, one re-boxing) every fusion (gated over IoU and agreement thresholds, average over
-    SAM's weight). ``base`` gives the fields the grid does not vary (margin, axis, ...)."""
+    the largest per label and slice) and localisation lever (``(box_hypotheses, rebox)`` pairs: none, and three
+    box scales picked by SAM's IoU; re-boxing, ``(False, 1)``, is left out by default: it never helped in the
+    studies of scripts/README.md) every fusion (gated over IoU and agreement thresholds, average over SAM's
+    weight). ``base`` gives the fields the grid does not vary (margin, axis, ...)."""
     out = [Candidate(None)]
     for prompt, limit, (hyp, rebox) in ((p, m, lv) for p in prompts for m in max_objects for lv in levers):
         b = replace(base, prompt=prompt, max_objects=limit, box_hypotheses=hyp, rebox=rebox, fusion_options={})
@@ -135,18 +137,20 @@ def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
     for c in grid:
         if c.use_sam:
             groups.setdefault(_prompt_key(c.config), []).append(c)
+    sam = predictor if isinstance(predictor, CachingPredictor) else CachingPredictor.like(predictor)
     for item in progress(items, "tune"):
         scores[NO_SAM].append(case_dice(item.coarse_seg, item.reference, labels))
         coarse = coarse_foreground(info, item.coarse_seg, item.coarse_probs)
-        for group in groups.values():
-            first = replace(group[0].config, fusion="replace", fusion_options={})
-            run = refine_case(predictor, item.case, info, item.coarse_seg, item.coarse_probs, first, keep=True).sam
-            for c in group:
-                fused = fuse(coarse, run, c.config.fusion, **c.config.fusion_options)
-                seg = to_segmentation(to_distribution(fused), labels)
-                scores[c.name].append(case_dice(seg, item.reference, labels))
-        if getattr(getattr(predictor, "cache", None), "folder", "") is None:
-            predictor.clear()  # an in-memory cache serves one case's prompt strategies, then is freed
+        with sam.remembering_decodes():  # a prompt shared by several groups (box scale 1, largest object) once
+            for group in groups.values():
+                first = replace(group[0].config, fusion="replace", fusion_options={})
+                run = refine_case(sam, item.case, info, item.coarse_seg, item.coarse_probs, first, keep=True).sam
+                for c in group:
+                    fused = fuse(coarse, run, c.config.fusion, **c.config.fusion_options)
+                    seg = to_segmentation(to_distribution(fused), labels)
+                    scores[c.name].append(case_dice(seg, item.reference, labels))
+        if sam.cache.folder is None:
+            sam.clear()  # an in-memory cache serves one case's prompt strategies, then is freed
     by_name = {c.name: c for c in grid}
     return TuneResult(cases=[i.case.case_id for i in items], scores=scores, candidates=by_name,
                       best=choose(scores, by_name, min_gain), min_gain=min_gain)

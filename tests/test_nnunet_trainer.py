@@ -213,17 +213,21 @@ def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path, dec
     assert crossval["foreground_mean"]["Dice"] == pytest.approx(summary["foreground_mean"]["Dice"])
 
     # 4. validation again without an explicit prompt or fusion: the trainer tunes SAM's configuration (or "no SAM")
-    #    on the fold's validation case, records what it compared, and validation/ holds the winner's output
-    tune_env = {**env, "AUTOSAM_ADAPTER": adapter, "AUTOSAM_BATCH_SIZE": "8", "nnUNet_n_proc_DA": "0"}
+    #    on the fold's validation case, records what it compared, and validation/ holds the winner's output (the
+    #    untrained network's speckle is prompted from fragments of >= 8 pixels, a setting the grid keeps)
+    tune_env = {**env, "AUTOSAM_ADAPTER": adapter, "AUTOSAM_BATCH_SIZE": "8", "nnUNet_n_proc_DA": "0",
+                "AUTOSAM_MIN_SIZE": "8"}
     out = run_cmd(venv_bin, tune_env, "nnUNetv2_train", "951", "2d", "0", "-tr", TRAINER, "-device", "cpu", "--val",
                   "--npz")
     assert "autosam: tuned on 1 validation case(s)" in out
     tuned = json.loads((fold / "autosam_sam.json").read_text())
     assert tuned["tuning"]["validation_cases"] == [VAL_CASE] and tuned["adapter"] == adapter
     assert len(tuned["tuning"]["candidates"]) > 100  # every prompt, object limit, lever and fusion, and no SAM
+
     revalidated = seg(fold / "validation" / f"{VAL_CASE}.nii.gz")
     if tuned["use_sam"]:
         assert tuned["tuning"]["chosen_mean_dice"] >= tuned["tuning"]["no_sam_mean_dice"] + tuned["tuning"]["min_gain"]
+        assert tuned["refine"]["min_size"] == 8  # the grid varies prompts, levers and fusions, not the rest
     else:  # "no SAM" won: nnU-Net's own validation output
         assert np.array_equal(revalidated, seg(fold / "validation_unrefined" / f"{VAL_CASE}.nii.gz"))
     scored = json.loads((fold / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]

@@ -43,7 +43,7 @@ def folder_dice(pred: Path, dataset: Path, cases) -> dict[str, list[float]]:
 def test_train_lowers_loss_writes_checkpoint_and_resumes(tmp_path, capsys):
     model = tmp_path / "model"
     common = ["train-prompter", "-d", HIPPO, "-o", model, "--input-size", 32, "--base", 8, "--iterations", 10,
-              "--batch-size", 8, "--seed", 3]
+              "--batch-size", 8, "--seed", 3, "--no-tune"]  # tuning: the next test
     torch.manual_seed(0)
     rc, out, err = run_cli(common + ["--epochs", 1], capsys)
     assert rc == 0, err
@@ -78,8 +78,31 @@ def test_train_lowers_loss_writes_checkpoint_and_resumes(tmp_path, capsys):
     assert np.allclose(probs.sum(0), 1, atol=1e-4)
 
     # other network settings in the same folder are refused instead of silently mixing checkpoints
-    rc, out, err = run_cli(common[:-2] + ["--seed", 4, "--epochs", 3], capsys)
+    rc, out, err = run_cli(common[:-3] + ["--seed", 4, "--epochs", 3], capsys)
     assert rc == 2 and "other settings (seed" in err
+
+
+@pytest.mark.slow
+def test_train_prompter_tunes_its_sam_default_and_sets_a_stale_one_aside(tmp_path, capsys):
+    """After training, SAM's default is tuned on the validation case (the HC18 sample: one slice a case); new
+    weights trained with --no-tune set the record tuned for the earlier ones aside instead of using it."""
+    model = tmp_path / "model"
+    common = ["train-prompter", "-d", HC18, "-o", model, "--input-size", 32, "--base", 8, "--iterations", 2,
+              "--batch-size", 2, "--seed", 1]
+    rc, out, err = run_cli(common + ["--epochs", 1], capsys)
+    assert rc == 0, err
+    split = json.loads((model / "splits.json").read_text())
+    tuned = json.loads((model / "autosam_sam.json").read_text())
+    assert tuned["tuning"]["validation_cases"] == split["val"] and len(tuned["tuning"]["candidates"]) > 100
+    assert f"tuned on {len(split['val'])} validation case(s)" in err
+    rc, out, err = run_cli(common + ["--epochs", 2, "--no-tune"], capsys)
+    assert rc == 0 and "resuming after epoch 1" in err, err
+    assert not (model / "autosam_sam.json").exists() and "tuned for the earlier weights" in err
+    assert json.loads((model / "autosam_sam.earlier-weights.json").read_text()) == tuned
+    # a rerun that trains no new epoch leaves a record where it is (put back here by hand)
+    (model / "autosam_sam.earlier-weights.json").replace(model / "autosam_sam.json")
+    rc, out, err = run_cli(common + ["--epochs", 2, "--no-tune"], capsys)
+    assert rc == 0 and "earlier weights" not in err and (model / "autosam_sam.json").is_file(), err
 
 
 @pytest.mark.parametrize("spelling", ["--exclude", "--exclude-cases"])
@@ -87,7 +110,8 @@ def test_exclude_keeps_cases_out(spelling, tmp_path, capsys):
     excluded = tmp_path / "exclude.txt"
     excluded.write_text("hippocampus_148\nhippocampus_149  # sample\n")
     rc, _, err = run_cli(["train-prompter", "-d", HIPPO, "-o", tmp_path / "m", "--input-size", 32, "--base", 8,
-                          "--epochs", 1, "--iterations", 1, "--batch-size", 2, spelling, excluded], capsys)
+                          "--epochs", 1, "--iterations", 1, "--batch-size", 2, "--no-tune", spelling, excluded],
+                         capsys)
     assert rc == 0, err
     assert ("--exclude-cases is deprecated" in err) == (spelling == "--exclude-cases")
     split = json.loads((tmp_path / "m" / "splits.json").read_text())

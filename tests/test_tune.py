@@ -53,6 +53,32 @@ def test_tuning_chooses_sam_where_it_helps(caching):
     assert result.mean(NO_SAM) < 0.93
 
 
+def test_a_prompt_asked_again_is_decoded_once_with_the_same_answer(caching):
+    """Tuning asks the same boxes under several settings; within ``remembering_decodes`` each distinct prompt on
+    a slice pays the decoder once, and the answer is the decoder's own."""
+    from autosam.sam import SamPrompt
+
+    case_id = sorted(FILES)[0]
+    image = io.read_case(case_id, FILES[case_id]).image[:, 0]  # (C, Y, X) of the one slice
+    image = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
+    ref = io.read_label(HC18 / "labelsTr" / f"{case_id}.png")[0][0]
+    ys, xs = np.nonzero(ref)
+    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+    prompts = [SamPrompt(0, box=box), SamPrompt(0, box=box + np.float32([-15, -15, 15, 15])), SamPrompt(0, box=box)]
+    caching.set_slices([image])
+    plain = caching.predict(prompts)
+    with caching.remembering_decodes():
+        caching.set_slices([image])
+        first = caching.predict(prompts)
+        again = caching.predict(prompts[:2])
+    assert first.logits[0] is first.logits[2] and again.logits[0] is first.logits[0]  # decoded once
+    assert again.logits[1] is first.logits[1]
+    for a, b in zip(first.logits, plain.logits):
+        assert np.allclose(a, b, atol=1e-4)
+    assert np.allclose(first.iou, plain.iou, atol=1e-5)
+    assert caching.predict(prompts[:1]).logits[0] is not first.logits[0]  # forgotten on leaving the block
+
+
 def _prompter_copy(tmp_path, use_sam: bool):
     folder = tmp_path / "hc18_prompter"
     shutil.copytree(WEIGHTS_ROOT / "hc18", folder)

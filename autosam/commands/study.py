@@ -46,6 +46,9 @@ def add_parser(sub) -> None:
     s.add_argument("--adapt-folds", type=int, default=d.adapt_folds,
                    help="fold prompters for cross-fitted adapter prompts (default %(default)s)")
     s.add_argument("--tune-cases", type=int, default=d.tune_cases)
+    s.add_argument("--max-objects", type=int, default=d.max_objects,
+                   help="components prompted per label and slice in every prompted SAM method and in tuning (default "
+                        "0: all; --quick: 1, the largest)")
     s.add_argument("--nnunet-trainer", default=None,
                    help="nnU-Net trainer (default: autosam's short CPU schedule, nnUNetTrainer_autosam_Short with "
                         "--nnunet-epochs/--nnunet-iterations; on a GPU give nnUNetTrainer for nnU-Net's own)")
@@ -65,7 +68,7 @@ def add_parser(sub) -> None:
 FIELDS = {"test_fraction": "test_fraction", "train_sizes": "train_sizes", "seeds": "seeds", "methods": "methods",
           "prompter_epochs": "prompter_epochs", "prompter_iterations": "prompter_iterations",
           "adapt_epochs": "adapt_epochs", "adapt_iterations": "adapt_iterations", "adapt_folds": "adapt_folds",
-          "tune_cases": "tune_cases",
+          "tune_cases": "tune_cases", "max_objects": "max_objects",
           "nnunet_trainer": "nnunet_trainer", "nnunet_configuration": "nnunet_configuration",
           "nnunet_epochs": "nnunet_epochs", "nnunet_iterations": "nnunet_iterations", "device": "device",
           "engine": "engine"}

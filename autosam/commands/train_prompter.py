@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from ..sam.runtime import ENGINES
 from . import options
@@ -67,13 +69,39 @@ def run(args: argparse.Namespace) -> int:
     )
     dataset = options.dataset_folder(args)
     with options.exclusive_output(args.output, {"dataset": dataset}):
+        before = epochs_trained(Path(args.output))
         config = train_prompter(dataset, args.output, opts)
         if not args.no_tune:
             tune_after_training(args, dataset)
+        elif epochs_trained(Path(args.output)) != before:
+            set_aside_stale_tuning(Path(args.output))
     val = (config.get("validation") or {}).get("dice")
     score = f"; validation Dice {val['mean']:.4f}" if val else ""
     print(f"wrote {args.output}{score}")
     return 0
+
+
+def epochs_trained(folder: Path) -> int:
+    """Epochs in the folder's training log (0: none yet)."""
+    import json
+
+    try:
+        return len(json.loads((folder / "log.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+def set_aside_stale_tuning(folder: Path) -> None:
+    """New weights trained with ``--no-tune``: a SAM default tuned for the earlier weights no longer holds; it is
+    renamed (kept, not used) so that ``segment`` falls back to the built-in defaults."""
+    from .. import sam_settings
+
+    record = folder / sam_settings.SETTINGS_FILE
+    if record.is_file():
+        kept = record.with_name("autosam_sam.earlier-weights.json")
+        record.replace(kept)
+        print(f"autosam train-prompter: {record} was tuned for the earlier weights; renamed to {kept.name} "
+              f"(`autosam tune --prompter {folder}` tunes the new ones)", file=sys.stderr)
 
 
 def tune_after_training(args: argparse.Namespace, dataset) -> None:

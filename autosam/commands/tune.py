@@ -13,8 +13,8 @@ HELP = "choose whether and how SAM refines a prompter's maps, on validation case
 
 def add_parser(sub) -> None:
     p = sub.add_parser("tune", help=HELP, description=HELP + ". Candidates: no SAM, and each prompt strategy (box, "
-                       "box+mask), object limit (all components or the largest) and localisation lever (none, box "
-                       "hypotheses, one re-boxing) with each fusion (gated over IoU and agreement thresholds, average "
+                       "box+mask), object limit (all components or the largest) and localisation lever (none or box "
+                       "hypotheses) with each fusion (gated over IoU and agreement thresholds, average "
                        "over weights). A SAM candidate must beat the prompter alone by --min-gain mean Dice to be "
                        "chosen.")
     p.add_argument("--prompter", required=True, help="prompter folder or shipped prompter name")

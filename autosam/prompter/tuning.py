@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 from .. import io, sam_settings
 from ..errors import AutosamError
 from ..progress import progress
-from ..tune import MIN_GAIN, TuneCase, TuneResult, candidates, tune
+from ..tune import MIN_GAIN, Candidate, TuneCase, TuneResult, candidates, tune
 from .infer import Prompter
 
 #: Validation cases tuned on by default (the first ones of the prompter's split).
@@ -52,10 +52,11 @@ def load_items(prompter: Prompter, dataset_dir: Path, cases: Sequence[str], sam_
 def tune_prompter(prompter: Prompter, dataset_dir: str | Path, make_predictor: Callable, *,
                   cases: Optional[Sequence[str]] = None, max_cases: int = MAX_CASES, min_gain: float = MIN_GAIN,
                   sam: str = "litemedsam", checkpoint: Optional[str] = None, adapter: Optional[str] = None,
-                  output: Optional[str | Path] = None,
+                  output: Optional[str | Path] = None, grid: Optional[Sequence[Candidate]] = None,
                   log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Optional[TuneResult]:
-    """Tune on ``cases`` (default: the prompter's validation split, at most ``max_cases``) and write the winner
-    to ``output`` (default ``<prompter>/autosam_sam.json``). Returns None when there is nothing to tune on."""
+    """Tune on ``cases`` (default: the prompter's validation split, at most ``max_cases``) over ``grid`` (default
+    :func:`autosam.tune.candidates`) and write the winner to ``output`` (default ``<prompter>/autosam_sam.json``).
+    Returns None when there is nothing to tune on."""
     dataset_dir = Path(dataset_dir)
     chosen = list(cases) if cases is not None else validation_cases(prompter)
     chosen = chosen[: max_cases or None]
@@ -66,7 +67,7 @@ def tune_prompter(prompter: Prompter, dataset_dir: str | Path, make_predictor: C
     prompter.check_dataset(info)
     predictor = make_predictor()
     items = load_items(prompter, dataset_dir, chosen, predictor.model if prompter.mode == "embedding" else None, info)
-    result = tune(predictor, items, info, candidates(), min_gain=min_gain)
+    result = tune(predictor, items, info, grid or candidates(), min_gain=min_gain)
     settings = sam_settings.from_tuning(result, sam=sam, checkpoint=checkpoint, adapter=adapter)
     target = Path(output) if output is not None else Path(prompter.folder) / sam_settings.SETTINGS_FILE
     sam_settings.record(settings, target.parent, by="autosam tune", name=target.name)

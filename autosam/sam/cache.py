@@ -28,7 +28,7 @@ import torch
 
 from ..io import file_lock
 from . import transforms as T
-from .predictor import SamPredictor
+from .predictor import SamPredictor, SamPrompt, SamResult
 
 
 INDEX = "index.json"
@@ -307,7 +307,11 @@ class CachingPredictor(SamPredictor):
 
     Share one :class:`EmbeddingCache` between predictors (or give it a folder, to share it between runs) and
     each slice pays the encoder once. ``cache.stats`` counts requested and encoded slices and encoder seconds.
+    Within :meth:`remembering_decodes`, a prompt asked again on the same slice pays the decoder once too.
     """
+
+    _decoded: Optional[dict] = None  # prompt key -> (logits, iou) while remembering decodes
+    _slice_keys: Optional[list] = None
 
     def __init__(self, model, device: str = "auto", batch_size: int = 16, amp: bool = True,
                  cache: Optional[EmbeddingCache] = None, engine: str = "auto") -> None:
@@ -320,7 +324,7 @@ class CachingPredictor(SamPredictor):
         runtime encoder too), and ``cache`` (default: a new in-memory one)."""
         new = cls.__new__(cls)
         new.__dict__.update(predictor.__dict__)
-        new.embeddings, new.sizes = None, []
+        new.embeddings, new.sizes, new._decoded, new._slice_keys = None, [], None, None
         new.cache = EmbeddingCache() if cache is None else cache
         return new
 
@@ -329,6 +333,45 @@ class CachingPredictor(SamPredictor):
         rows = self.cache.fetch(self.model, slices, self._encode, self.precision)
         self.sizes = [tuple(np.asarray(s).shape[-2:]) for s in slices]
         self.embeddings = torch.stack([r.to(self.device) for r in rows]) if rows else None
+        self._slice_keys = [slice_key(s) for s in slices] if self._decoded is not None else None
+
+    @contextlib.contextmanager
+    def remembering_decodes(self, max_bytes: int = 1 << 30) -> Iterator["CachingPredictor"]:
+        """Within the block, :meth:`predict` answers a prompt it already decoded on the same slice content from
+        memory (its logits and IoU; at most ``max_bytes`` of logits are kept). For callers that ask SAM the same
+        prompts under several settings, as tuning does; the memory is freed on leaving."""
+        self._decoded, self._decoded_room = {}, max_bytes
+        try:
+            yield self
+        finally:
+            self._decoded = self._slice_keys = None
+
+    def predict(self, prompts: Sequence[SamPrompt], multimask: bool = False,
+                batch_size: Optional[int] = None) -> SamResult:
+        if self._decoded is None or self._slice_keys is None:
+            return super().predict(prompts, multimask, batch_size)
+        keys = [self._prompt_key(p, multimask) for p in prompts]
+        answers = {k: self._decoded[k] for k in keys if k in self._decoded}
+        todo = {k: p for k, p in zip(keys, prompts) if k not in answers}
+        if todo:
+            fresh = super().predict(list(todo.values()), multimask, batch_size)
+            for k, logits, iou in zip(todo, fresh.logits, fresh.iou):
+                answers[k] = (logits, float(iou))
+                if logits.nbytes <= self._decoded_room:
+                    self._decoded[k] = answers[k]
+                    self._decoded_room -= logits.nbytes
+        return SamResult(logits=[answers[k][0] for k in keys],
+                         iou=np.array([answers[k][1] for k in keys], dtype=np.float32))
+
+    def _prompt_key(self, p: SamPrompt, multimask: bool) -> tuple:
+        if not 0 <= p.slice_index < len(self._slice_keys):
+            raise IndexError(f"a prompt refers to slice {p.slice_index}; {len(self._slice_keys)} slices are encoded")
+
+        def digest(a) -> Optional[bytes]:
+            return None if a is None else hashlib.sha1(np.ascontiguousarray(a, np.float32).tobytes()).digest()
+
+        return (self._slice_keys[p.slice_index], multimask, digest(p.box), digest(p.points),
+                digest(p.point_labels), digest(p.mask))
 
     def _encode(self, slices: list) -> torch.Tensor:
         SamPredictor.set_slices(self, slices)
