@@ -436,7 +436,8 @@ class Study:
         log(f"study {run['name']}: adapting SAM ({o.adapt}) on the prompter's cross-fitted prompts")
         finetune(self.dataset, folder, base="litemedsam", method=o.adapt, epochs=o.adapt_epochs, val_fraction=0.0,
                  iterations_per_epoch=o.adapt_iterations, exclude=self.others(run) + held_out,
-                 subject_pattern=o.subject_pattern, seed=run["seed"], device=o.device, resume=started, prompts_from=f"prompter:{prompter_dir}", folds=o.adapt_folds)
+                 subject_pattern=o.subject_pattern, seed=run["seed"], device=o.device, resume=started,
+                 prompts_from=f"prompter:{prompter_dir}", folds=o.adapt_folds)
         return folder
 
     def schedule(self):

@@ -128,8 +128,9 @@ def _train(args: argparse.Namespace, dataset: Path, noise, finetune, held_out: l
             epochs=args.epochs, rank=args.rank, lora_alpha=args.lora_alpha, train_encoder=args.train_encoder,
             prompt_noise=noise, lr=args.lr, decoder_lr=args.decoder_lr, batch_size=args.batch_size, loss=args.loss,
             val_fraction=args.val_fraction, seed=args.seed, subject_pattern=options.subject_pattern(args),
-            exclude=options.excluded_cases(args) + held_out, max_cases=args.max_cases, max_slices_per_case=args.max_slices,
-            iterations_per_epoch=args.iterations, cache_dir=args.cache_dir, use_cache=not args.no_cache, axis=args.axis,
+            exclude=options.excluded_cases(args) + held_out, max_cases=args.max_cases,
+            max_slices_per_case=args.max_slices, iterations_per_epoch=args.iterations, cache_dir=args.cache_dir,
+            use_cache=not args.no_cache, axis=args.axis,
             device=args.device, resume=args.resume, overwrite=args.overwrite, prompts_from=args.prompts_from,
             folds=args.folds, fold_epochs=args.fold_epochs,
         ).config
