@@ -168,6 +168,8 @@ class Case:
     image: np.ndarray
     properties: dict
     files: list[Path]
+    #: work done on the case ahead of processing, by a job's ``prefetch`` in the runner's read-ahead thread
+    prefetched: dict = field(default_factory=dict, repr=False)
 
     @property
     def spacing(self) -> tuple[float, ...]:

@@ -125,15 +125,10 @@ def model_reader_writer(predictor) -> Type:
     return predictor.plans_manager.image_reader_writer_class
 
 
-def coarse_prediction(predictor, case: io.Case) -> tuple[np.ndarray, np.ndarray]:
-    """nnU-Net's prediction of one case in the case's own geometry, without touching the disk.
-
-    Returns ``(segmentation (Z, Y, X) int16, probabilities (C, Z, Y, X) float32)``: the softmax over nnU-Net's
-    label channels (background first), resampled and un-cropped exactly as ``nnUNetv2_predict
-    --save_probabilities`` writes them. ``case.image`` must be read with :func:`model_reader_writer`'s class.
-    """
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-
+def preprocess_case(predictor, case: io.Case) -> tuple[np.ndarray, dict]:
+    """nnU-Net's preprocessing of one case (crop, normalise, resample to the plans' spacing): ``(data, properties)``
+    as the network reads them. Needs only the predictor's plans, not its network, so it may run in another
+    thread while the network works on the case before (the case runner's read-ahead does, see ``PredictJob``)."""
     expected = len(predictor.dataset_json["channel_names"])
     if case.image.shape[0] != expected:
         raise AutosamError(f"case {case.case_id}: {case.image.shape[0]} channel(s), the model expects {expected}")
@@ -142,6 +137,21 @@ def coarse_prediction(predictor, case: io.Case) -> tuple[np.ndarray, np.ndarray]
     data, _, properties = preprocessor.run_case_npy(np.array(case.image, dtype=np.float32, copy=True), None,
                                                     properties, predictor.plans_manager,
                                                     predictor.configuration_manager, predictor.dataset_json)
+    return data, properties
+
+
+def coarse_prediction(predictor, case: io.Case,
+                      preprocessed: Optional[tuple[np.ndarray, dict]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net's prediction of one case in the case's own geometry, without touching the disk.
+
+    Returns ``(segmentation (Z, Y, X) int16, probabilities (C, Z, Y, X) float32)``: the softmax over nnU-Net's
+    label channels (background first), resampled and un-cropped exactly as ``nnUNetv2_predict
+    --save_probabilities`` writes them. ``case.image`` must be read with :func:`model_reader_writer`'s class.
+    ``preprocessed``: :func:`preprocess_case`'s answer for this case when it was computed ahead (else computed here).
+    """
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    data, properties = preprocessed if preprocessed is not None else preprocess_case(predictor, case)
     logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
     seg, probs = convert_predicted_logits_to_segmentation_with_correct_shape(
         logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties,

@@ -28,7 +28,8 @@ SHORT_TRAINER = "nnUNetTrainer_autosam_Short"
 GPU_TRAINER = "nnUNetTrainer"
 PLANS = "nnUNetPlans"
 #: schedule fields that change the trained model (a resumed run must match them)
-_TRAINING_FIELDS = ("trainer", "configuration", "fold", "epochs", "iterations", "val_iterations", "batch", "seed")
+_TRAINING_FIELDS = ("trainer", "configuration", "fold", "epochs", "iterations", "val_iterations", "batch", "seed",
+                    "spacing")
 
 
 def _stderr(line: str) -> None:
@@ -46,7 +47,9 @@ class Schedule:
     default is 10 epochs x 50 iterations on the plans' batch (measured on 2 CPU threads, 4 hippocampus cases: about
     1.2 s per 3d_fullres iteration of batch 2, 0.13 s per 2d iteration of batch 5). ``threads``: torch threads (``OMP_NUM_THREADS``), preprocessing and export processes; augmentation
     runs in the training process on CPU (``nnUNet_n_proc_DA=0``, no extra cores) and in ``threads`` workers on a
-    GPU."""
+    GPU. ``spacing``: a target spacing for nnU-Net's planner (``-overwrite_target_spacing``, three numbers in
+    nnU-Net's axis order; 2D images have nnU-Net's 999 first), planned and trained under their own plans name
+    (:attr:`plans`); None keeps nnU-Net's own plans."""
 
     trainer: Optional[str] = None
     configuration: Optional[str] = None
@@ -58,6 +61,7 @@ class Schedule:
     seed: Optional[int] = 1
     device: str = "cpu"
     threads: int = 2
+    spacing: Optional[tuple[float, ...]] = None
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "mps"):
@@ -73,6 +77,17 @@ class Schedule:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise AutosamError(f"schedule {name} must be a positive integer, got {value!r}")
+        if self.spacing is not None:
+            if len(self.spacing) != 3 or not all(isinstance(v, (int, float)) and v > 0 for v in self.spacing):
+                raise AutosamError(f"nnU-Net target spacing must be three positive numbers, got {self.spacing!r}")
+            self.spacing = tuple(float(v) for v in self.spacing)
+
+    @property
+    def plans(self) -> str:
+        """nnU-Net's plans name: ``nnUNetPlans``, or ``nnUNetPlans_spacing_AxBxC`` with a target spacing."""
+        if self.spacing is None:
+            return PLANS
+        return f"{PLANS}_spacing_" + "x".join(f"{v:g}" for v in self.spacing)
 
 
 def _case_files(source: Path, info: io.DatasetInfo, case: str) -> list[Path]:
@@ -187,6 +202,7 @@ def run_logged(cmd: Sequence[str], env: dict[str, str], log: Path,
 def _record(fold_dir: Path, schedule: Schedule, cases: Sequence[str], val_cases: Sequence[str]) -> dict:
     """The schedule and cases of a fold (``autosam_schedule.json``); another schedule there is refused."""
     want = {**{k: getattr(schedule, k) for k in _TRAINING_FIELDS}, "cases": sorted(cases), "val": sorted(val_cases)}
+    want["spacing"] = None if schedule.spacing is None else list(schedule.spacing)  # as JSON reads it back
     path = fold_dir / "autosam_schedule.json"
     if path.is_file():
         have = json.loads(path.read_text())
@@ -203,13 +219,18 @@ def _record(fold_dir: Path, schedule: Schedule, cases: Sequence[str], val_cases:
 def _preprocess(work: Path, dataset_id: int, conf: str, env: dict, schedule: Schedule, say) -> None:
     """nnUNetv2_plan_and_preprocess for one configuration, once (a marker file records it)."""
     pre = work / "nnUNet_preprocessed"
-    if any(pre.glob(f"Dataset{dataset_id:03d}_*/autosam_preprocessed_{conf}")):
+    marker = f"autosam_preprocessed_{conf}" + ("" if schedule.spacing is None else f"_{schedule.plans}")
+    if any(pre.glob(f"Dataset{dataset_id:03d}_*/{marker}")):
         return
     n = str(schedule.threads)
-    run_logged(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", conf, "-np", n, "-npfp", n],
-               env, work / "logs" / f"plan_and_preprocess_{dataset_id}_{conf}.log", say)
+    cmd = ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", conf, "-np", n, "-npfp", n]
+    if schedule.spacing is not None:
+        cmd += ["-overwrite_target_spacing", *(f"{v:g}" for v in schedule.spacing),
+                "-overwrite_plans_name", schedule.plans]
+    suffix = "" if schedule.spacing is None else f"_{schedule.plans}"
+    run_logged(cmd, env, work / "logs" / f"plan_and_preprocess_{dataset_id}_{conf}{suffix}.log", say)
     for folder in pre.glob(f"Dataset{dataset_id:03d}_*"):
-        (folder / f"autosam_preprocessed_{conf}").write_text("done\n")
+        (folder / marker).write_text("done\n")
 
 
 def _check_val_cases(cases: Sequence[str], val_cases: Sequence[str], fold: str) -> None:
@@ -237,7 +258,7 @@ def train_nnunet(source: str | os.PathLike, cases: Sequence[str], work: str | os
     _check_val_cases(cases, val_cases, schedule.fold)
     raw = make_raw_dataset(source, cases, work / "nnUNet_raw", dataset_id, name)
     conf = schedule.configuration or default_configuration(raw)
-    model = work / "nnUNet_results" / raw.name / f"{schedule.trainer}__{PLANS}__{conf}"
+    model = work / "nnUNet_results" / raw.name / f"{schedule.trainer}__{schedule.plans}__{conf}"
     fold_dir = model / f"fold_{schedule.fold}"
     schedule = Schedule(**{**asdict(schedule), "configuration": conf})
     record = _record(fold_dir, schedule, cases, val_cases)
@@ -247,8 +268,8 @@ def train_nnunet(source: str | os.PathLike, cases: Sequence[str], work: str | os
     _preprocess(work, dataset_id, conf, env, schedule, log)
     if val_cases:
         _write_split(work, raw, cases, val_cases)
-    cmd = ["nnUNetv2_train", str(dataset_id), conf, schedule.fold, "-tr", schedule.trainer, "-device",
-           schedule.device]
+    cmd = ["nnUNetv2_train", str(dataset_id), conf, schedule.fold, "-tr", schedule.trainer, "-p", schedule.plans,
+           "-device", schedule.device]
     if (fold_dir / "checkpoint_latest.pth").is_file():
         cmd.append("--c")
     if schedule.device == "cpu":

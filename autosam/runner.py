@@ -201,6 +201,11 @@ class CaseJob:
     def process(self, case: io.Case) -> CaseOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def prefetch(self, case: io.Case) -> None:
+        """Work on a freshly read case that can run beside :meth:`process` of the case before (nnU-Net's
+        preprocessing, say), kept in ``case.prefetched``. The pipelined loop calls it in its read-ahead thread;
+        :meth:`process` must do the work itself when it finds nothing there (the first case, a plain loop, Ray)."""
+
     def ready(self) -> None:
         """Run :meth:`setup` unless this process did already."""
         if not self.__dict__.get("_ready"):
@@ -489,7 +494,10 @@ class CaseRunner:
         keep_going = self.parallel.keep_going
 
         def read(case_id: str) -> io.Case:
-            return io.read_case(case_id, [Path(f) for f in cases[case_id]], rw)
+            case = io.read_case(case_id, [Path(f) for f in cases[case_id]], rw)
+            if self.pipeline and isinstance(process, CaseJob):
+                process.prefetch(case)  # in the read-ahead thread, beside the case being processed
+            return case
 
         def write(case_id: str, done: tuple[io.Case, CaseOutput]) -> None:
             self._write(*done, rw)

@@ -105,6 +105,7 @@ class StudyOptions:
     nnunet_configuration: Optional[str] = None
     nnunet_epochs: int = 20
     nnunet_iterations: int = 50
+    nnunet_spacing: Optional[list] = None  # nnU-Net's -overwrite_target_spacing (three numbers), None: its own
     device: str = "cpu"
     engine: str = "auto"
 
@@ -117,6 +118,9 @@ class StudyOptions:
             raise AutosamError(f"unknown --adapt {self.adapt!r}; choose decoder, lora or desam")
         if self.seeds < 1:
             raise AutosamError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.nnunet_spacing is not None and (len(self.nnunet_spacing) != 3
+                                                or not all(v > 0 for v in self.nnunet_spacing)):
+            raise AutosamError(f"--nnunet-spacing takes three positive numbers, got {self.nnunet_spacing}")
         if self.max_objects < 0:
             raise AutosamError(f"--max-objects must be >= 0, got {self.max_objects}")
         if self.test_cases is None and not 0 < self.test_fraction < 1:
@@ -449,6 +453,8 @@ class Study:
             kwargs["trainer"] = o.nnunet_trainer
         if o.nnunet_configuration:
             kwargs["configuration"] = o.nnunet_configuration
+        if o.nnunet_spacing:
+            kwargs["spacing"] = tuple(o.nnunet_spacing)
         return Schedule(**kwargs)
 
     def nnunet(self, run: dict, index: int) -> tuple[Path, float]:

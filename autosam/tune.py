@@ -12,6 +12,8 @@ the coarse map on the validation cases, and SAM's cost is paid only where it hel
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
@@ -124,8 +126,10 @@ def _prompt_key(config: RefineConfig) -> tuple:
 
 
 def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
-         grid: Optional[Sequence[Candidate]] = None, min_gain: float = MIN_GAIN) -> TuneResult:
-    """Score every candidate of ``grid`` (default :func:`candidates`) on ``items``; the winner as the module says."""
+         grid: Optional[Sequence[Candidate]] = None, min_gain: float = MIN_GAIN, remember: bool = True) -> TuneResult:
+    """Score every candidate of ``grid`` (default :func:`candidates`) on ``items``; the winner as the module says.
+    ``remember``: the decoder answers a prompt asked again within a case from memory (False: decode every time,
+    for measuring what the memory saves)."""
     if not items:
         raise AutosamError("no validation cases to tune on")
     grid = list(grid or candidates())
@@ -141,7 +145,8 @@ def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
     for item in progress(items, "tune"):
         scores[NO_SAM].append(case_dice(item.coarse_seg, item.reference, labels))
         coarse = coarse_foreground(info, item.coarse_seg, item.coarse_probs)
-        with sam.remembering_decodes():  # a prompt shared by several groups (box scale 1, largest object) once
+        # a prompt shared by several groups (box scale 1, largest object) is decoded once
+        with sam.remembering_decodes() if remember else contextlib.nullcontext():
             for group in groups.values():
                 first = replace(group[0].config, fusion="replace", fusion_options={})
                 run = refine_case(sam, item.case, info, item.coarse_seg, item.coarse_probs, first, keep=True).sam

@@ -18,7 +18,6 @@ table last.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
 import time
@@ -63,24 +62,18 @@ def main() -> None:
         sam = CachingPredictor(build_sam("litemedsam"), device="cpu", cache=EmbeddingCache(tmp))
         warm = candidates(prompts=("box",), max_objects=(1,), levers=((False, 0),))[:2]  # no SAM, box/replace
         tune(sam, items, info, warm)  # fills the embedding cache: the rows below time decoding and fusion
-        remember = CachingPredictor.remembering_decodes
-
-        def forgetting(self, *a, **k):
-            return contextlib.nullcontext(self)
         variants = {"before": (candidates(levers=((False, 0), (True, 0), (False, 1))), False),
                     "grid": (candidates(), False), "current": (candidates(), True)}
         rows, scores = [], {}
         for name, (grid, memory) in variants.items():
-            CachingPredictor.remembering_decodes = remember if memory else forgetting
             decoded["n"] = 0
             start = time.perf_counter()
-            result = tune(sam, items, info, grid)
+            result = tune(sam, items, info, grid, remember=memory)
             seconds = time.perf_counter() - start
             scores[name] = result.scores
             rows.append((name, len(grid), memory, decoded["n"], seconds, result.best.name,
                          result.mean(result.best.name)))
             print(f"{name}: {seconds:.1f} s, {decoded['n']} prompts decoded, chose {result.best.name}", flush=True)
-        CachingPredictor.remembering_decodes = remember
     same = all(scores["grid"][k] == scores["current"][k] for k in scores["grid"])
     print(f"\n{Path(prompter.folder).name} prompter, {len(items)} validation case(s) of {data}: {', '.join(cases)}; "
           f"{args.threads} threads, CPU. grid and current scores identical: {same}\n")

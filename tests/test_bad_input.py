@@ -504,6 +504,16 @@ def _(root):
     return _study(_dataset(root / "d"), root.parent / "out", "--methods", "prompter+sam/replace+magic")
 
 
+@case("study: negative --max-objects", "--max-objects", "-1")
+def _(root):
+    return _study(_dataset(root / "d"), root.parent / "out", "--max-objects", "-1")
+
+
+@case("study: --nnunet-spacing with two numbers", "--nnunet-spacing", "three")
+def _(root):
+    return _study(_dataset(root / "d"), root.parent / "out", "--nnunet-spacing", "3", "3")
+
+
 @case("study: output inside the dataset", "must differ")
 def _(root):
     d = _dataset(root / "d", cases=CASES + ["hippocampus_165"])

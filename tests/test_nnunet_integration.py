@@ -151,6 +151,42 @@ def test_coarse_prediction_matches_nnunet_predictor(trained_hippo_2d, cut_case):
     assert np.array_equal(seg, seg2)
 
 
+def test_pipelined_predict_preprocesses_ahead_and_writes_what_the_plain_loop_writes(trained_hippo_2d, tmp_path,
+                                                                                    monkeypatch):
+    """``predict``'s pipelined loop runs nnU-Net's preprocessing of each case in the read-ahead thread, beside the
+    case before it, and writes the same files as the plain loop (nnU-Net alone: no SAM, so it is quick)."""
+    import threading
+
+    from autosam.commands.predict import predict_folder
+
+    model, raw = trained_hippo_2d["model"], trained_hippo_2d["raw"]
+    images = tmp_path / "images"
+    images.mkdir()
+    cases = sorted(f.name[: -len("_0000.nii.gz")] for f in (raw / "imagesTr").iterdir())[:3]
+    for c in cases:
+        (images / f"{c}_0000.nii.gz").symlink_to(raw / "imagesTr" / f"{c}_0000.nii.gz")
+    info = nnunet.model_dataset_info(model)
+    threads = []
+    real = nnunet.preprocess_case
+
+    def noting_thread(predictor, case):  # the real preprocessing; only notes which thread ran it
+        threads.append(threading.current_thread().name)
+        return real(predictor, case)
+
+    monkeypatch.setattr(nnunet, "preprocess_case", noting_thread)
+    written = {}
+    for pipeline in (False, True):
+        threads.clear()
+        out = tmp_path / f"pipeline_{pipeline}"
+        predict_folder(images, out, lambda: nnunet.load_nnunet_predictor(model, device="cpu"), info, None, None,
+                       plans=model / "plans.json", save_probabilities=True, pipeline=pipeline, quiet=True)
+        assert threads == (["autosam-read"] * 3 if pipeline else ["MainThread"] * 3)
+        written[pipeline] = {c: (io.read_label(out / f"{c}.nii.gz")[0], load_npz(out / f"{c}.npz")) for c in cases}
+    for c in cases:
+        assert np.array_equal(written[True][c][0], written[False][c][0])
+        np.testing.assert_array_equal(written[True][c][1], written[False][c][1])
+
+
 def fake_model(root: Path, folds=("0",), checkpoint=True) -> Path:
     """A folder shaped like nnU-Net's model folder (no weights): enough for the checks that run before loading."""
     from autosam.sample import sample_dataset

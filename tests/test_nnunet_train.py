@@ -5,6 +5,7 @@ The slow test trains nnU-Net 2d (1 epoch x 3 iterations, CPU) on 4 bundled hippo
 """
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -44,6 +45,8 @@ def test_raw_dataset_is_idempotent_and_refuses_other_cases(tmp_path):
         lambda: make_raw_dataset(SOURCE, ["hippocampus_999"], tmp_path, 8, "Bad"))
     assert "fold" in one_line_error(lambda: Schedule(fold="first"))
     assert Schedule().trainer == "nnUNetTrainer_autosam_Short" and Schedule(device="cuda").trainer == "nnUNetTrainer"
+    assert "three positive numbers" in one_line_error(lambda: Schedule(spacing=(1.0, 2.0)))
+    assert Schedule(spacing=(999, 3, 3)).plans == "nnUNetPlans_spacing_999x3x3" and Schedule().plans == "nnUNetPlans"
 
 
 @pytest.mark.slow
@@ -74,6 +77,20 @@ def test_train_predict_and_resume(tmp_path):
     assert time.perf_counter() - start < 10
     assert {p: p.stat().st_size for p in logs} == logs
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # a target spacing plans, preprocesses and trains under its own plans name beside the default one; the
+    # predictions come back at the images' own geometry
+    spaced = Schedule(configuration="2d", epochs=1, iterations=3, val_iterations=1, seed=1, spacing=(2, 2, 2))
+    coarse = train_nnunet(SOURCE, CASES[:4], work, 901, spaced, name="Tiny")
+    assert coarse.name == "nnUNetTrainer_autosam_Short__nnUNetPlans_spacing_2x2x2__2d"
+    plans = json.loads((coarse / "plans.json").read_text())
+    assert plans["plans_name"] == spaced.plans and plans["configurations"]["2d"]["spacing"] == [2.0, 2.0]
+    assert checkpoint.stat().st_mtime_ns == stamps[checkpoint]  # the default plans' model is untouched
+    assert train_nnunet(SOURCE, CASES[:4], work, 901, spaced, name="Tiny") == coarse  # its record matches on reruns
+    out = predict_nnunet(coarse, images, tmp_path / "predicted_coarse", spaced)
+    for case in CASES[4:]:
+        seg, _ = io.read_label(out / f"{case}.nii.gz")
+        assert seg.shape == io.read_label(images / f"{case}_0000.nii.gz")[0].shape
 
     # another schedule in the same fold, or a case that is not in the dataset, is one line naming the problem
     longer = Schedule(configuration="2d", epochs=2, iterations=3, val_iterations=1, seed=1)

@@ -66,8 +66,13 @@ class PredictJob(CaseJob):
         self.nnunet()
         self._sam = self.make_predictor() if self.config is not None else None
 
+    def prefetch(self, case: io.Case) -> None:
+        """nnU-Net's preprocessing of the next case while the current one is predicted (once nnU-Net is loaded)."""
+        if self._nnunet is not None:
+            case.prefetched["nnunet"] = nnunet.preprocess_case(self._nnunet, case)
+
     def process(self, case: io.Case) -> CaseOutput:
-        seg, probs = nnunet.coarse_prediction(self.nnunet(), case)
+        seg, probs = nnunet.coarse_prediction(self.nnunet(), case, case.prefetched.pop("nnunet", None))
         if self.config is None:
             return CaseOutput(seg, probs if self.keep_probabilities else None)
         result = refine_case(self._sam, case, self.info, seg, probs, self.config, keep=self.keep_probabilities)

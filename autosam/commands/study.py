@@ -54,6 +54,10 @@ def add_parser(sub) -> None:
                         "--nnunet-epochs/--nnunet-iterations; on a GPU give nnUNetTrainer for nnU-Net's own)")
     s.add_argument("--nnunet-configuration", default=None, help="nnU-Net configuration (default: 2d for 2D data, "
                                                                 "else 3d_fullres)")
+    s.add_argument("--nnunet-spacing", type=float, nargs="+", default=None, metavar="S",
+                   help="nnU-Net target spacing, three numbers in nnU-Net's axis order (2D images: 999 first), as "
+                        "nnUNetv2_plan_and_preprocess -overwrite_target_spacing, under their own plans name "
+                        "(default: nnU-Net's own plans)")
     s.add_argument("--nnunet-epochs", type=int, default=d.nnunet_epochs)
     s.add_argument("--nnunet-iterations", type=int, default=d.nnunet_iterations)
     p.add_argument("--quick", action="store_true",
@@ -70,6 +74,7 @@ FIELDS = {"test_fraction": "test_fraction", "train_sizes": "train_sizes", "seeds
           "adapt_epochs": "adapt_epochs", "adapt_iterations": "adapt_iterations", "adapt_folds": "adapt_folds",
           "tune_cases": "tune_cases", "max_objects": "max_objects",
           "nnunet_trainer": "nnunet_trainer", "nnunet_configuration": "nnunet_configuration",
+          "nnunet_spacing": "nnunet_spacing",
           "nnunet_epochs": "nnunet_epochs", "nnunet_iterations": "nnunet_iterations", "device": "device",
           "engine": "engine"}
 

@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..prompter.train import TrainOptions, train_prompter
+    from ..prompter.train import TrainOptions, epochs_trained, train_prompter
 
     if args.device == "cpu" and torch.get_num_threads() > 4:
         torch.set_num_threads(4)
@@ -79,16 +79,6 @@ def run(args: argparse.Namespace) -> int:
     score = f"; validation Dice {val['mean']:.4f}" if val else ""
     print(f"wrote {args.output}{score}")
     return 0
-
-
-def epochs_trained(folder: Path) -> int:
-    """Epochs in the folder's training log (0: none yet)."""
-    import json
-
-    try:
-        return len(json.loads((folder / "log.json").read_text()))
-    except (OSError, ValueError, TypeError):
-        return 0
 
 
 def set_aside_stale_tuning(folder: Path) -> None:

@@ -9,6 +9,7 @@ embeddings of the training slices, :class:`autosam.sam.cache.EmbeddingCache`).
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 import sys
@@ -34,6 +35,7 @@ from .infer import CONFIG, WEIGHTS, Prompter
 from .model import ArchConfig, PromptNet, count_parameters, decode_dense
 
 CHECKPOINT = "checkpoint.pt"
+LOG = "log.json"  # per-epoch loss and validation Dice
 SPLITS = "splits.json"
 EMBEDDINGS = "embedding_cache"
 #: Options that fix the network or its data; a resumed run must use the same values.
@@ -199,11 +201,19 @@ def train_prompter(dataset_dir: str | Path, model_dir: str | Path, opts: TrainOp
         history.append(_train_epoch(prompter, optimizer, data, info, opts, epoch, embedder, history, log))
         _atomic_torch_save({"epoch": epoch + 1, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                             "history": history}, model_dir / CHECKPOINT)
-        io.write_json(history, model_dir / "log.json")
+        io.write_json(history, model_dir / LOG)
     _atomic_torch_save(net.state_dict(), model_dir / WEIGHTS)
     config["validation"] = _validation_record(history, split, opts)
     io.write_json(config, model_dir / CONFIG)
     return config
+
+
+def epochs_trained(model_dir: str | os.PathLike) -> int:
+    """Epochs recorded in a prompter folder's training log (0: none yet, or no readable log)."""
+    try:
+        return len(json.loads((Path(model_dir) / LOG).read_text()))
+    except (OSError, ValueError, TypeError):
+        return 0
 
 
 def _choose_cases(dataset_dir: Path, info: io.DatasetInfo, opts: TrainOptions, log: Callable[[str], None]) -> list[str]:

@@ -1,0 +1,95 @@
+"""``autosam predict``'s case loop: plain against pipelined (nnU-Net's preprocessing of the next case in the read-ahead
+thread, writing in the background), in one process, on the same cases.
+
+Without ``--model`` a tiny nnU-Net 2d (1 epoch x 2 iterations, CPU) is trained on 4 cases of the bundled hippocampus
+sample into a temporary folder: an untrained network costs the same per case as a trained one. No SAM runs (``-c``
+nnU-Net alone), so the table isolates the loop around nnU-Net. Each variant runs twice, in the order plain,
+pipelined, pipelined, plain, and its faster run counts; the outputs of the two variants must be identical.
+
+    OMP_NUM_THREADS=2 python scripts/benchmark_predict.py --cases 10
+    python scripts/benchmark_predict.py --model MODEL_FOLDER --images IMAGES_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autosam import io, nnunet
+from autosam.commands.predict import predict_folder
+from autosam.nnunet_train import Schedule, train_nnunet
+from autosam.sample import sample_dataset
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hippocampus"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="trained nnU-Net model folder (default: train a tiny one)")
+    ap.add_argument("--images", type=Path, help=f"image folder (default: --cases cases of {DATA} or the sample)")
+    ap.add_argument("--cases", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sample = sample_dataset("hippocampus")
+        train = sorted(f.name[: -len(".nii.gz")] for f in (sample / "labelsTr").iterdir())[:4]
+        model = args.model or train_nnunet(sample, train, tmp / "nnunet", 950, Schedule(
+            configuration="2d", epochs=1, iterations=2, val_iterations=1, threads=args.threads), name="Bench")
+        images = args.images or link_cases(DATA if DATA.is_dir() else sample, set(train), args.cases, tmp / "images")
+        info = nnunet.model_dataset_info(model)
+        spent = {"preprocess": 0.0}
+        real = nnunet.preprocess_case
+
+        def timed_preprocess(predictor, case):
+            start = time.perf_counter()
+            try:
+                return real(predictor, case)
+            finally:
+                spent["preprocess"] += time.perf_counter() - start
+
+        nnunet.preprocess_case = timed_preprocess
+        best, outputs = {}, {}
+        for pipeline in (False, True, True, False):
+            out = tmp / f"out_{pipeline}_{len(best)}"
+            spent["preprocess"] = 0.0
+            start = time.perf_counter()
+            written = predict_folder(images, out, lambda: nnunet.load_nnunet_predictor(model, device="cpu"), info,
+                                     None, None, plans=model / "plans.json", pipeline=pipeline, quiet=True)
+            seconds = time.perf_counter() - start
+            if pipeline not in best or seconds < best[pipeline][0]:
+                best[pipeline] = (seconds, spent["preprocess"], len(written))
+            outputs[pipeline] = {c: io.read_label(out / f"{c}{info.file_ending}")[0] for c in written}
+        nnunet.preprocess_case = real
+    same = all(np.array_equal(outputs[True][c], outputs[False][c]) for c in outputs[False])
+    plain = best[False][0]
+    print(f"\n{best[False][2]} case(s) of {images}, model {model.name}, {args.threads} threads, CPU; "
+          f"identical outputs: {same}\n")
+    print("| loop | s total | s/case | preprocessing s (all cases) | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for pipeline, name in ((False, "plain"), (True, "pipelined")):
+        seconds, pre, n = best[pipeline]
+        print(f"| {name} | {seconds:.1f} | {seconds / n:.2f} | {pre:.1f} | {plain / seconds:.2f}x |")
+    if not same:
+        raise SystemExit("the pipelined loop wrote other segmentations")
+
+
+def link_cases(source: Path, skip: set, n: int, folder: Path) -> Path:
+    """Symlinks to the first ``n`` images of ``source`` whose case is not in ``skip``."""
+    folder.mkdir()
+    info = io.load_dataset_json(source)
+    cases = [c for c in sorted(io.list_cases(source / "imagesTr", info.file_ending, info.num_channels))
+             if c not in skip][:n]
+    for c in cases:
+        name = f"{c}_0000{info.file_ending}"
+        (folder / name).symlink_to((source / "imagesTr" / name).resolve())
+    return folder
+
+
+if __name__ == "__main__":
+    main()
