@@ -219,7 +219,8 @@ def _record(fold_dir: Path, schedule: Schedule, cases: Sequence[str], val_cases:
 def _preprocess(work: Path, dataset_id: int, conf: str, env: dict, schedule: Schedule, say) -> None:
     """nnUNetv2_plan_and_preprocess for one configuration, once (a marker file records it)."""
     pre = work / "nnUNet_preprocessed"
-    marker = f"autosam_preprocessed_{conf}" + ("" if schedule.spacing is None else f"_{schedule.plans}")
+    suffix = "" if schedule.spacing is None else f"_{schedule.plans}"  # nnU-Net's own plans keep the old names
+    marker = f"autosam_preprocessed_{conf}{suffix}"
     if any(pre.glob(f"Dataset{dataset_id:03d}_*/{marker}")):
         return
     n = str(schedule.threads)
@@ -227,7 +228,6 @@ def _preprocess(work: Path, dataset_id: int, conf: str, env: dict, schedule: Sch
     if schedule.spacing is not None:
         cmd += ["-overwrite_target_spacing", *(f"{v:g}" for v in schedule.spacing),
                 "-overwrite_plans_name", schedule.plans]
-    suffix = "" if schedule.spacing is None else f"_{schedule.plans}"
     run_logged(cmd, env, work / "logs" / f"plan_and_preprocess_{dataset_id}_{conf}{suffix}.log", say)
     for folder in pre.glob(f"Dataset{dataset_id:03d}_*"):
         (folder / marker).write_text("done\n")

@@ -118,9 +118,13 @@ class StudyOptions:
             raise AutosamError(f"unknown --adapt {self.adapt!r}; choose decoder, lora or desam")
         if self.seeds < 1:
             raise AutosamError(f"--seeds must be >= 1, got {self.seeds}")
-        if self.nnunet_spacing is not None and (len(self.nnunet_spacing) != 3
-                                                or not all(v > 0 for v in self.nnunet_spacing)):
-            raise AutosamError(f"--nnunet-spacing takes three positive numbers, got {self.nnunet_spacing}")
+        if self.nnunet_spacing is not None:  # nnunet_train's own check, before anything is written
+            from .nnunet_train import Schedule
+
+            try:
+                Schedule(spacing=self.nnunet_spacing)
+            except AutosamError as e:
+                raise AutosamError(f"--nnunet-spacing: {e}") from None
         if self.max_objects < 0:
             raise AutosamError(f"--max-objects must be >= 0, got {self.max_objects}")
         if self.test_cases is None and not 0 < self.test_fraction < 1:
@@ -454,7 +458,7 @@ class Study:
         if o.nnunet_configuration:
             kwargs["configuration"] = o.nnunet_configuration
         if o.nnunet_spacing:
-            kwargs["spacing"] = tuple(o.nnunet_spacing)
+            kwargs["spacing"] = o.nnunet_spacing
         return Schedule(**kwargs)
 
     def nnunet(self, run: dict, index: int) -> tuple[Path, float]:

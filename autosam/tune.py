@@ -13,7 +13,6 @@ the coarse map on the validation cases, and SAM's cost is paid only where it hel
 from __future__ import annotations
 
 import contextlib
-
 import math
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence

@@ -9,8 +9,8 @@ embeddings of the training slices, :class:`autosam.sam.cache.EmbeddingCache`).
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import shutil
 import sys
 import time
