@@ -42,9 +42,10 @@ class RefineConfig:
     function (``weight`` for average, ``min_iou``/``min_agreement`` for gated).
     """
 
-    # defaults: the best non-oracle row of scripts/benchmark_refine.py (real nnU-Net predictions, see README)
+    # defaults: box+mask prompts, average fusion: tied best on real nnU-Net predictions of hippocampus
+    # (scripts/benchmark_refine.py) and at or above gated in every comparison of scripts/README.md
     prompt: str = "box+mask"
-    fusion: str = "gated"
+    fusion: str = "average"
     margin: float = 0.0
     min_size: int = 4
     axis: Optional[int] = None

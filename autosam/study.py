@@ -34,23 +34,27 @@ DESCRIPTIONS = {
     "sam-oracle": "frozen SAM, boxes from the reference labels (a ceiling, not automatic)",
     "sam-oracle-adapted": "adapted SAM, boxes from the reference labels (a ceiling, not automatic)",
     "prompter": "the prompter alone",
-    "prompter+sam": "prompter -> frozen SAM, built-in default (box+mask, gated)",
-    "prompter+sam-adapted": "prompter -> adapted SAM, built-in default (box+mask, gated)",
+    "prompter+sam": "prompter -> frozen SAM, built-in default (box+mask, average)",
+    "prompter+sam-adapted": "prompter -> adapted SAM, built-in default (box+mask, average)",
     "tuned": "prompter -> the default tuned on the prompter's validation cases (may be no SAM)",
     "nnunet": "nnU-Net alone",
     "nnunet+sam": "nnU-Net -> frozen SAM, built-in default",
     "nnunet+sam-adapted": "nnU-Net -> adapted SAM, built-in default",
 }
 #: Levers a method variant can switch on (``METHOD/FUSION+LEVER+...``), as :class:`RefineConfig` fields.
-LEVERS = {"hypotheses": {"box_hypotheses": True}, "rebox": {"rebox": 1}, "largest": {"max_objects": 1}}
+LEVERS = {"hypotheses": {"box_hypotheses": True}, "rebox": {"rebox": 1}, "largest": {"max_objects": 1},
+          "box": {"prompt": "box"}}
+#: What a variant starts from: box+mask prompts (the lever ``box`` drops the mask prompt).
+VARIANT_BASE = {"prompt": "box+mask"}
 #: Methods that take a variant: SAM prompted from an automatic coarse map.
 VARIABLE = ("prompter+sam", "prompter+sam-adapted", "nnunet+sam", "nnunet+sam-adapted")
 RESULT_FIELDS = ("method", "train_size", "seed", "case", "label", "dice", "nsd", "hd95", "seconds")
 
 
 def parse_method(method: str) -> tuple[str, Optional[dict]]:
-    """``"prompter+sam-adapted/replace+rebox"`` -> ``("prompter+sam-adapted", {"fusion": "replace", "rebox": 1})``:
-    the base method and the :class:`RefineConfig` fields of its variant (None: the base method as it is)."""
+    """``"prompter+sam-adapted/replace+rebox"`` -> ``("prompter+sam-adapted", {"prompt": "box+mask", "fusion":
+    "replace", "rebox": 1})``: the base method and the :class:`RefineConfig` fields of its variant (None: the base
+    method as it is)."""
     from .fusion import fusion_strategies
 
     base, _, spec = method.partition("/")
@@ -63,7 +67,7 @@ def parse_method(method: str) -> tuple[str, Optional[dict]]:
     fusion, *levers = spec.split("+")
     if fusion not in fusion_strategies:
         raise AutosamError(f"method {method!r}: unknown fusion {fusion!r}; choose from {', '.join(fusion_strategies)}")
-    fields: dict = {"fusion": fusion}
+    fields: dict = {**VARIANT_BASE, "fusion": fusion}
     for lever in levers:
         if lever not in LEVERS:
             raise AutosamError(f"method {method!r}: unknown lever {lever!r}; choose from {', '.join(LEVERS)}")
@@ -76,7 +80,8 @@ def describe(method: str) -> str:
     if variant is None:
         return DESCRIPTIONS[base]
     fusion, *levers = method.partition("/")[2].split("+")
-    return DESCRIPTIONS[base].split(", built-in")[0] + f", box+mask prompts, {fusion} fusion" + (
+    levers = [lv for lv in levers if lv != "box"]
+    return DESCRIPTIONS[base].split(", built-in")[0] + f", {variant['prompt']} prompts, {fusion} fusion" + (
         "".join(f", {lv}" for lv in levers) if levers else "")
 
 
@@ -507,11 +512,11 @@ class Study:
         return out, timed(step, self._time_file(run, method))
 
     def config(self, variant: Optional[dict] = None):
-        """The built-in default, or a method variant's fields on box+mask prompts (the object limit of the
-        options unless the variant sets one)."""
+        """The built-in default, or a method variant's fields (the object limit of the options unless the variant
+        sets one)."""
         from .refine import RefineConfig
 
-        fields = {"prompt": "box+mask", **variant} if variant else {}
+        fields = dict(variant) if variant else {}
         return RefineConfig(**{"max_objects": self.opts.max_objects, **fields})
 
     def _tuned_config(self, record: Optional[Path]):

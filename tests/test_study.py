@@ -7,7 +7,7 @@ import json
 import pytest
 
 from autosam.cli import main
-from autosam.study import METHODS
+from autosam.study import METHODS, describe, parse_method
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "run n3_s0: 3 training case(s)" in out and "estimated total" in out
     assert not (tmp_path / "s").exists()
+
+
+def test_variant_levers_are_refine_fields():
+    """A variant starts from box+mask prompts; ``box`` drops the mask prompt, the others add their lever."""
+    assert parse_method("nnunet+sam-adapted/average+box") == (
+        "nnunet+sam-adapted", {"prompt": "box", "fusion": "average"})
+    assert parse_method("prompter+sam/replace+hypotheses+largest") == (
+        "prompter+sam", {"prompt": "box+mask", "fusion": "replace", "box_hypotheses": True, "max_objects": 1})
+    assert describe("nnunet+sam-adapted/average+box+hypotheses").endswith(
+        "adapted SAM, box prompts, average fusion, hypotheses")
+    assert parse_method("nnunet") == ("nnunet", None)

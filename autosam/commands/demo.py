@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{name}: fully automatic (shipped prompter {name!r}, no labels used) -> {auto}")
         print(f"default configuration: {chosen}; from {source}")
         print(automatic_table(info, columns))
+        builtin = RefineConfig()
         print("(default: what 'autosam segment --prompter NAME' does; SAM built-in (forced): --use-sam with the "
-              "built-in box+mask/gated; SAM + label boxes: the ceiling of SAM with box prompts)")
+              f"built-in {builtin.prompt}/{builtin.fusion}; SAM + label boxes: the ceiling of SAM with box prompts)")
     return 0
