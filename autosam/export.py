@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional, Type
 
@@ -55,7 +54,8 @@ def prepare_folder(
     """Create ``out_dir`` with ``dataset.json``, ``plans.json`` and ``autosam_run.json``; clear stale temp files.
 
     ``plans`` is a plans.json path or dict (e.g. the coarse folder's or the model's); without it a minimal one
-    is written. A previous run with other arguments is reported on stderr (its finished cases are kept).
+    is written; ``run_args`` replace the record of a previous run (:func:`changed_settings` tells the difference
+    first).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -70,19 +70,21 @@ def prepare_folder(
             _copy_atomic(Path(plans), out / "plans.json")
     else:
         io.write_json(minimal_plans(info), out / "plans.json")
-    previous = out / RUN_FILE
-    if previous.is_file():
-        try:
-            old = json.loads(previous.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            old = None
-        new = json.loads(json.dumps(run_args, default=str))
-        if old is not None and old != new:
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            print(f"note: {out} holds results of a run with other settings ({', '.join(changed)}); cases already "
-                  f"there are kept unless --overwrite is given", file=sys.stderr)
-    io.write_json(run_args, previous)
+    io.write_json(run_args, out / RUN_FILE)
     return out
+
+
+def changed_settings(out_dir: str | os.PathLike, run_args: dict) -> list[str]:
+    """The keys in which ``run_args`` differ from the run recorded in ``out_dir`` (empty: the same, or no readable
+    record)."""
+    try:
+        old = json.loads((Path(out_dir) / RUN_FILE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    new = json.loads(json.dumps(run_args, default=str))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 def clear_temporary(out_dir: str | os.PathLike, names: Optional[set[str]] = None) -> None:

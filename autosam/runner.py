@@ -422,9 +422,13 @@ class CaseRunner:
         if self.overwrite:
             return list(case_ids)
         todo = [c for c in case_ids if not self.finished(c)]
-        if len(todo) < len(case_ids) and not self.quiet:
-            print(f"{len(case_ids) - len(todo)} case(s) already in {self.out}, skipped (use --overwrite to redo "
-                  f"them)", file=sys.stderr)
+        kept = len(case_ids) - len(todo)
+        if kept and not self.quiet:
+            print(f"{kept} case(s) already in {self.out}, skipped (use --overwrite to redo them)", file=sys.stderr)
+        changed = export.changed_settings(self.out, self.record) if kept and self.record is not None else []
+        if changed:  # said even when quiet: the kept cases are not what these settings would give
+            print(f"note: {self.out} holds {kept} case(s) of a run with other settings ({', '.join(changed)}); they "
+                  f"are kept unless --overwrite is given", file=sys.stderr)
         return todo
 
     def select(self, case_ids: Sequence[str]) -> list[str]:

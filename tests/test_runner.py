@@ -62,7 +62,13 @@ def test_runs_resumes_and_overwrites(data, tmp_path, capsys):
     before = _snapshot(out)
     assert CaseRunner(out, info, record={"verb": "test"}).run(cases, _eroded(labels, calls)) == []
     assert len(calls) == 3 and _snapshot(out) == before  # resumed: nothing redone, nothing rewritten
-    assert "3 case(s) already in" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3 case(s) already in" in err and "other settings" not in err
+    # a rerun with other settings keeps the finished cases and says so, even quiet and with nothing left to do
+    quiet = CaseRunner(out, info, record={"verb": "test", "fusion": "average"}, quiet=True)
+    assert quiet.run(cases, _eroded(labels, calls)) == [] and _snapshot(out) == before
+    assert capsys.readouterr().err.strip() == (f"note: {out} holds 3 case(s) of a run with other settings (fusion); "
+                                               "they are kept unless --overwrite is given")
     assert CaseRunner(out, info, record={"verb": "test"}, overwrite=True).run(cases, _eroded(labels, calls)) \
         == list(cases)
     assert len(calls) == 6
