@@ -75,6 +75,16 @@ fusion_strategies: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+#: Not a strategy of its own: ``average`` where the coarse map carries probabilities, ``gated`` on a hard label map
+#: (there an average of a 0/1 map and SAM ties at 0.5 and acts as an intersection). Resolve it with :func:`resolve`.
+AUTO = "auto"
+
+
+def resolve(strategy: str, soft: bool) -> str:
+    """The strategy that ``strategy`` names for a coarse map with (``soft``) or without probabilities."""
+    return ("average" if soft else "gated") if strategy == AUTO else strategy
+
+
 def fuse(coarse: np.ndarray, run: SamRun, strategy: str = "replace", **options) -> np.ndarray:
     """Apply a named strategy; ``coarse`` and ``run.probabilities`` must both be ``(K, Z, Y, X)``."""
     if strategy not in fusion_strategies:

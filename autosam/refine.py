@@ -16,7 +16,7 @@ import numpy as np
 
 from . import io, slicing
 from .errors import AutosamError
-from .fusion import fuse, fusion_strategies
+from .fusion import AUTO, fuse, fusion_strategies, resolve
 from .labels import to_distribution, to_segmentation
 from .sam_run import SamRun, run_sam
 from .prompts import PromptOptions, prompt_strategies, prompts_for_slices
@@ -26,7 +26,8 @@ from .sam.transforms import normalize_case
 
 
 #: fusion strategy -> the options it takes (``RefineConfig.fusion_options``)
-FUSION_OPTIONS = {"average": ("weight",), "gated": ("min_iou", "min_agreement")}
+FUSION_OPTIONS = {"average": ("weight",), "gated": ("min_iou", "min_agreement"),
+                  AUTO: ("weight", "min_iou", "min_agreement")}
 
 
 @dataclass
@@ -42,10 +43,11 @@ class RefineConfig:
     function (``weight`` for average, ``min_iou``/``min_agreement`` for gated).
     """
 
-    # defaults: box+mask prompts, average fusion: tied best on real nnU-Net predictions of hippocampus
-    # (scripts/benchmark_refine.py) and at or above gated in every comparison of scripts/README.md
+    # defaults: box+mask prompts; fusion auto = average on coarse probabilities (tied best on real nnU-Net
+    # predictions of hippocampus, scripts/benchmark_refine.py; above gated on HC18, scripts/README.md), gated on
+    # hard label maps (where an average of 0/1 and SAM ties at 0.5)
     prompt: str = "box+mask"
-    fusion: str = "average"
+    fusion: str = AUTO
     margin: float = 0.0
     min_size: int = 4
     axis: Optional[int] = None
@@ -59,11 +61,18 @@ class RefineConfig:
     box_hypotheses: bool = False
     rebox: int = 0
 
+    def fusion_for(self, soft: bool) -> tuple[str, dict]:
+        """The fusion strategy and its options for a coarse map with (``soft``) or without probabilities
+        (``auto`` resolved, options of the other strategy dropped)."""
+        name = resolve(self.fusion, soft)
+        return name, {k: v for k, v in self.fusion_options.items() if k in FUSION_OPTIONS.get(name, ())}
+
     def check(self) -> None:
         if self.prompt not in prompt_strategies:
             raise AutosamError(f"unknown prompt strategy {self.prompt!r}; choose one of {', '.join(prompt_strategies)}")
-        if self.fusion not in fusion_strategies:
-            raise AutosamError(f"unknown fusion strategy {self.fusion!r}; choose one of {', '.join(fusion_strategies)}")
+        if self.fusion not in fusion_strategies and self.fusion != AUTO:
+            raise AutosamError(f"unknown fusion strategy {self.fusion!r}; choose one of "
+                               f"{', '.join([*fusion_strategies, AUTO])}")
         if self.margin < 0 or self.min_size < 0 or self.n_positive < 0 or self.n_negative < 0 or self.max_objects < 0 \
                 or self.rebox < 0:
             raise AutosamError("margin, min_size, point counts, max_objects and rebox must not be negative")
@@ -181,7 +190,8 @@ def _refine_slab(predictor, case, info, config, image, coarse_seg, coarse_probs,
     run = run_sam(predictor, image[_along(axis, start, stop)], axis, own, labels,
                   box_hypotheses=config.box_hypotheses, rebox=config.rebox)
     core = coarse[_along(axis, start - lo, stop - lo)]
-    return run, to_distribution(fuse(core, run, config.fusion, **config.fusion_options))
+    fusion, options = config.fusion_for(soft=probs_part is not None)
+    return run, to_distribution(fuse(core, run, fusion, **options))
 
 
 def find_coarse_files(coarse_dir, cases, file_ending: str) -> dict:

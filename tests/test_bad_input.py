@@ -270,10 +270,10 @@ def _(root):
     return _refine(d, c, d)
 
 
-@case("refine: --weight with gated fusion", "--weight", "average")
+@case("refine: --min-iou with average fusion", "--min-iou", "gated")
 def _(root):
     d = _dataset(root / "d")
-    return _refine(d, _coarse(root / "c", d), root.parent / "out", "--weight", "0.3")
+    return _refine(d, _coarse(root / "c", d), root.parent / "out", "--fusion", "average", "--min-iou", "0.5")
 
 
 @case("refine: point counts with a box-only prompt", "--positive-points", "box")

@@ -82,3 +82,16 @@ def test_every_strategy_keeps_shape_and_unknown_is_refused():
         fuse(COARSE, run, "vote")
     with pytest.raises(AutosamError, match="differ in shape"):
         fuse(COARSE[:, :1], run, "replace")
+
+
+def test_auto_fusion_is_average_on_probabilities_and_gated_on_label_maps():
+    """The built-in default: an average needs coarse probabilities (a 0/1 map ties SAM at 0.5), so a hard label map
+    gets the gate; each side keeps only its own options."""
+    from autosam.refine import RefineConfig
+
+    config = RefineConfig(fusion_options={"weight": 0.3, "min_iou": 0.9})
+    config.check()
+    assert config.fusion == "auto"
+    assert config.fusion_for(soft=True) == ("average", {"weight": 0.3})
+    assert config.fusion_for(soft=False) == ("gated", {"min_iou": 0.9})
+    assert RefineConfig(fusion="replace").fusion_for(soft=False) == ("replace", {})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import io
 from ..errors import AutosamError
-from ..fusion import fusion_strategies
+from ..fusion import AUTO, fusion_strategies
 from ..prompts import prompt_strategies
 from ..refine import RefineConfig, refine_folder
 from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
@@ -38,8 +38,9 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
     g = parser.add_argument_group("prompts and fusion")
     g.add_argument("--prompt", default=d.prompt, choices=list(prompt_strategies),
                    help=f"prompt strategy (default {d.prompt})")
-    g.add_argument("--fusion", default=d.fusion, choices=list(fusion_strategies),
-                   help=f"how SAM's answer is fused with the {coarse} map (default {d.fusion})")
+    g.add_argument("--fusion", default=d.fusion, choices=[*fusion_strategies, AUTO],
+                   help=f"how SAM's answer is fused with the {coarse} map (default {d.fusion}: average where the "
+                        f"{coarse} map has probabilities, gated on a hard label map)")
     add_margin_argument(g, default=Margin(d.margin, d.margin_unit), unit_option=True,
                         help_extra="; mm uses the case spacing")
     g.add_argument("--min-size", type=int, default=d.min_size,
@@ -71,7 +72,7 @@ def check_applicable(args: argparse.Namespace, prompt: str, fusion: str) -> None
     given = getattr(args, "given", None)
     given = set(vars(args)) if given is None else given
     for option, strategy in FUSION_OPTIONS.items():
-        if option in given and getattr(args, option) is not None and fusion != strategy:
+        if option in given and getattr(args, option) is not None and fusion not in (strategy, AUTO):
             raise AutosamError(f"--{option.replace('_', '-')} applies to --fusion {strategy} only (fusion is "
                                f"{fusion})")
     for option in ("positive_points", "negative_points"):
@@ -118,7 +119,7 @@ def config_from_record(args: argparse.Namespace, recorded: dict) -> RefineConfig
     if "margin" in given:  # a margin carries its unit
         fields["margin_unit"] = cli["margin_unit"]
     check_applicable(args, fields["prompt"], fields["fusion"])
-    applicable = [k for k, strategy in FUSION_OPTIONS.items() if strategy == fields["fusion"]]
+    applicable = [k for k, strategy in FUSION_OPTIONS.items() if fields["fusion"] in (strategy, AUTO)]
     options = {k: v for k, v in (fields.get("fusion_options") or {}).items() if k in applicable}
     options.update({k: getattr(args, k) for k in ("weight", "min_iou", "min_agreement") if k in given})
     fields["fusion_options"] = options
