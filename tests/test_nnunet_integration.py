@@ -48,8 +48,8 @@ def test_nnunet_then_sam_through_nnunet_tools(trained_hippo_2d, cut_case, decode
     adapter = str(decoder_adapter[0])
     images, labels, case = cut_case
     # --min-size: the noise-level model marks ~150 specks on these slices; SAM decodes only the ~20 larger ones
-    # --fusion replace: the default (average) blends SAM with this barely trained model's map, and the test
-    # must see SAM's voxels reach the output
+    # --fusion replace: the default (auto: average on these probabilities) blends SAM with this barely trained
+    # model's map, and the test must see SAM's voxels reach the output
     # --adapter: an adapted SAM (a decoder adapter from autosam finetune) in both verbs
     sam_args = ["--device", "cpu", "--save-probabilities", "--min-size", "40", "--fusion", "replace",
                 "--adapter", adapter]

@@ -8,7 +8,7 @@ from .. import io
 from ..errors import AutosamError
 from ..fusion import AUTO, fusion_strategies
 from ..prompts import prompt_strategies
-from ..refine import RefineConfig, refine_folder
+from ..refine import FUSION_OPTIONS as TAKES, RefineConfig, refine_folder
 from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
                      parallel_from_args, predictor_from_args, sam_args_record)
 from .options import Margin, add_dataset_arguments, add_margin_argument, dataset_json_from_args, resolve_margin
@@ -63,7 +63,8 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
                    help=f"Dice with the {coarse} slice needed by --fusion gated (default 0.5)")
 
 
-#: fusion options -> the strategy that uses them
+#: fusion options -> the strategy that uses them, for messages (what each strategy takes, ``auto`` included:
+#: ``refine.FUSION_OPTIONS``)
 FUSION_OPTIONS = {"weight": "average", "min_iou": "gated", "min_agreement": "gated"}
 
 
@@ -72,7 +73,7 @@ def check_applicable(args: argparse.Namespace, prompt: str, fusion: str) -> None
     given = getattr(args, "given", None)
     given = set(vars(args)) if given is None else given
     for option, strategy in FUSION_OPTIONS.items():
-        if option in given and getattr(args, option) is not None and fusion not in (strategy, AUTO):
+        if option in given and getattr(args, option) is not None and option not in TAKES.get(fusion, ()):
             raise AutosamError(f"--{option.replace('_', '-')} applies to --fusion {strategy} only (fusion is "
                                f"{fusion})")
     for option in ("positive_points", "negative_points"):
@@ -119,7 +120,7 @@ def config_from_record(args: argparse.Namespace, recorded: dict) -> RefineConfig
     if "margin" in given:  # a margin carries its unit
         fields["margin_unit"] = cli["margin_unit"]
     check_applicable(args, fields["prompt"], fields["fusion"])
-    applicable = [k for k, strategy in FUSION_OPTIONS.items() if fields["fusion"] in (strategy, AUTO)]
+    applicable = TAKES.get(fields["fusion"], ())
     options = {k: v for k, v in (fields.get("fusion_options") or {}).items() if k in applicable}
     options.update({k: getattr(args, k) for k in ("weight", "min_iou", "min_agreement") if k in given})
     fields["fusion_options"] = options
