@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autosam import io
+from autosam import export, io
 from autosam.runner import LOCK_FILE
 from autosam.sample import sample_dataset
 
@@ -34,6 +34,12 @@ def _arrays(folder: Path, ending: str) -> dict:
     return out
 
 
+def _finished(folder: Path, ending: str) -> list[str]:
+    """Cases with all their files (label, npz, pkl): a label alone is not a finished case."""
+    ids = [f.name[:-len(ending)] for f in folder.iterdir() if f.name.endswith(ending)]
+    return [c for c in ids if all(f.is_file() for f in export.case_files(folder, c, ending, True))]
+
+
 def test_segment_killed_mid_way_resumes_to_the_same_outputs(tmp_path, venv_bin, cli_env):
     env = {**cli_env, "OMP_NUM_THREADS": "1"}
     info = io.load_dataset_json(HIPPO)
@@ -45,14 +51,13 @@ def test_segment_killed_mid_way_resumes_to_the_same_outputs(tmp_path, venv_bin, 
     proc = _segment(venv_bin, killed, env)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        if killed.is_dir() and any(f.name.endswith(info.file_ending) for f in killed.iterdir()):
+        if killed.is_dir() and _finished(killed, info.file_ending):
             break
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = [f for f in killed.iterdir() if f.name.endswith(info.file_ending)]
-    assert 1 <= len(done) < n_cases
+    assert 1 <= len(_finished(killed, info.file_ending)) < n_cases
     assert (killed / LOCK_FILE).exists()  # the dead run's lock is still there
 
     resumed = subprocess.run([str(venv_bin / "autosam"), "segment", "-i", str(HIPPO / "imagesTr"), "-o", str(killed),
