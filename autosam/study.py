@@ -104,6 +104,7 @@ class StudyOptions:
     adapt_epochs: int = 4
     adapt_iterations: int = 0  # steps per adapter epoch (0: one pass over the samples)
     adapt_folds: int = 3
+    adapt_prompt: str = "box+mask"  # what the adapter is given on the cross-fitted prompts: box+mask or box
     tune_cases: int = 10
     max_objects: int = 0  # components prompted per label and slice in every prompted SAM method (0: all)
     nnunet_trainer: Optional[str] = None
@@ -121,6 +122,12 @@ class StudyOptions:
             raise AutosamError("adapted methods need --adapt decoder|lora|desam")
         if self.adapt not in (None, "decoder", "lora", "desam"):
             raise AutosamError(f"unknown --adapt {self.adapt!r}; choose decoder, lora or desam")
+        from .adapt.data import auto_prompts
+
+        try:
+            auto_prompts(self.adapt_prompt)
+        except AutosamError as e:
+            raise AutosamError(f"--adapt-prompt: {e}") from None
         if self.seeds < 1:
             raise AutosamError(f"--seeds must be >= 1, got {self.seeds}")
         if self.nnunet_spacing is not None:  # nnunet_train's own check, before anything is written
@@ -443,14 +450,20 @@ class Study:
         folder = self.folder / "models" / run["name"] / "adapter"
         o = self.opts
         started = (folder / CONFIG_NAME).is_file()
-        if started and read_config(folder).epoch >= o.adapt_epochs:
-            return folder
+        if started:
+            trained = ((read_config(folder).prompts_from or {}).get("prompts") or {}).get("strategy", "box")
+            # an adapter of an older study trained on boxes: the option says which one a rerun expects
+            if trained != o.adapt_prompt:
+                raise AutosamError(f"{folder}: this adapter trained on {trained} prompts, not {o.adapt_prompt} "
+                                   f"(--adapt-prompt); use another study folder or give --adapt-prompt {trained}")
+            if read_config(folder).epoch >= o.adapt_epochs:
+                return folder
         held_out = validation_cases(Prompter.load(prompter_dir))
         log(f"study {run['name']}: adapting SAM ({o.adapt}) on the prompter's cross-fitted prompts")
         finetune(self.dataset, folder, base="litemedsam", method=o.adapt, epochs=o.adapt_epochs, val_fraction=0.0,
                  iterations_per_epoch=o.adapt_iterations, exclude=self.others(run) + held_out,
                  subject_pattern=o.subject_pattern, seed=run["seed"], device=o.device, resume=started,
-                 prompts_from=f"prompter:{prompter_dir}", folds=o.adapt_folds)
+                 prompts_from=f"prompter:{prompter_dir}", folds=o.adapt_folds, auto_prompt=o.adapt_prompt)
         return folder
 
     def schedule(self):
@@ -536,10 +549,10 @@ class Study:
         """Train what the run's methods need, segment the test cases with each method, score them."""
         o = self.opts
         models: dict = {}
-        needs_prompter = any(m.startswith("prompter") or m == "tuned" for m in o.methods) or o.uses("sam-oracle-a")
-        if needs_prompter:
+        adapts = bool(o.adapt) and (o.uses_adapted() or "tuned" in o.methods)
+        if adapts or any(m.startswith("prompter") or m == "tuned" for m in o.methods):  # the adapter's prompts too
             models["prompter"] = self.train_prompter(run)
-        if o.adapt and (o.uses_adapted() or "tuned" in o.methods):
+        if adapts:
             models["adapter"] = self.train_adapter(run, models["prompter"])
         if "tuned" in o.methods:
             models["tuned"] = self.tune(models["prompter"], models.get("adapter"))

@@ -79,7 +79,7 @@ def test_automatic_samples_from_a_coarse_map():
     coarse = _label(case).astype(np.int16)
     empty = int(np.nonzero(~coarse.reshape(coarse.shape[0], -1).any(1))[0][0])  # a slice with no label (axis 0)
     coarse[empty, 10:16, 10:16] = 1
-    data = load_training_set(HIPPO, info, [case], 0, 0, "test", coarse={case: coarse})
+    data = load_training_set(HIPPO, info, [case], 0, 0, "test", coarse={case: (coarse, None)})
     auto = [s for s in data.samples if s.box is not None]
     plain = [s for s in data.samples if s.box is None]
     hit = [s for s in auto if s.mask.any()]
@@ -90,6 +90,49 @@ def test_automatic_samples_from_a_coarse_map():
         assert s.mask.any() or not (data.slices[s.slice].label == s.label).any()
     fp = [s for s in auto if data.slices[s.slice].index == empty]
     assert len(fp) == 1 and not fp[0].mask.any() and np.array_equal(fp[0].box, [10, 10, 15, 15])
+
+
+def test_automatic_box_mask_samples_carry_the_coarse_probabilities_as_mask_prompt():
+    """``box+mask`` automatic prompts: each sample's mask prompt is the coarse probabilities as logits, inside its
+    box only (a label map without probabilities gives the same from itself); the decoder gets it (the loss on the
+    same batch differs without it)."""
+    import torch
+
+    from autosam.adapt.config import PromptNoise
+    from autosam.adapt.data import auto_prompts
+    from autosam.adapt.train import batch_loss
+
+    info = io.load_dataset_json(HIPPO)
+    case = CASES[0]
+    coarse = _label(case).astype(np.int16)
+    probs = np.stack([coarse == v for v in (0, 1, 2)]).astype(np.float32)
+    data = load_training_set(HIPPO, info, [case], 0, 4, "test", coarse={case: (coarse, probs)},
+                             prompts=auto_prompts("box+mask"))
+    auto = [i for i, s in enumerate(data.samples) if s.box is not None]
+    assert auto and all(data.samples[i].prompt_mask is not None for i in auto)
+    for i in auto:
+        s = data.samples[i]
+        x0, y0, x1, y1 = (int(v) for v in s.box)
+        inside = np.zeros_like(s.mask)
+        inside[y0 : y1 + 1, x0 : x1 + 1] = True
+        class_map = data.slices[s.slice].label == s.label
+        assert np.array_equal(s.prompt_mask > 0, class_map & inside)
+    hard = load_training_set(HIPPO, info, [case], 0, 4, "test", coarse={case: (coarse, None)},
+                             prompts=auto_prompts("box+mask"))  # a label map alone: its own mask, as refine does
+    assert [np.array_equal(h.prompt_mask, s.prompt_mask) for h, s in zip(hard.samples, data.samples)
+            if s.box is not None] == [True] * len(auto)
+    with pytest.raises(AutosamError, match="box, box\\+mask"):
+        auto_prompts("points")
+
+    model = build_sam("litemedsam").eval()
+    idx = auto[:4]
+    rng = lambda: np.random.default_rng(0)
+    with torch.no_grad():
+        with_mask = batch_loss(model, data, idx, "box", PromptNoise(), rng(), "dice_bce", torch.device("cpu"))[0]
+        for i in idx:
+            data.samples[i].prompt_mask = None
+        box_only = batch_loss(model, data, idx, "box", PromptNoise(), rng(), "dice_bce", torch.device("cpu"))[0]
+    assert not torch.allclose(with_mask, box_only)
 
 
 # --- cross-fitting -------------------------------------------------------------------------------------------------
@@ -141,6 +184,7 @@ def test_finetune_on_crossfitted_prompts_writes_a_loadable_adapter(prompter, tmp
     assert tuned["tuning"]["validation_cases"] == held_out and tuned["adapter"] == str(out.resolve())
     config = read_config(out)
     assert config.prompts_from["source"] == f"prompter:{prompter}" and config.prompts_from["use"] == "crossfit"
+    assert config.prompts_from["prompts"]["strategy"] == "box+mask"  # the default: refine's built-in prompt
     record = json.loads((out / RECORD).read_text())
     assert sorted(sum((f["prompted"] for f in record["folds"]), [])) == sorted(set(CASES) - set(held_out))
     assert build_sam("litemedsam", adapter=out) is not None

@@ -55,6 +55,17 @@ def test_quick_study_rerun_resumes_without_training(quick_study, capsys):
     assert f"| {variant} |" in out and "replace fusion, rebox" in out
 
 
+def test_quick_study_refuses_an_adapter_trained_on_other_prompts(quick_study, capsys):
+    """The kept adapter trained on box+mask prompts; asking for box ones is one line, exit 2, the adapter kept."""
+    adapter = quick_study / "models" / "n3_s0" / "adapter" / "adapter.pt"
+    before = adapter.stat().st_mtime_ns
+    assert main(["study", "--quick", "-o", str(quick_study), "--methods", "nnunet+sam-adapted",
+                 "--adapt-prompt", "box"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "trained on box+mask prompts, not box (--adapt-prompt)" in err[-1]
+    assert adapter.stat().st_mtime_ns == before
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert main(["study", "--quick", "-o", str(tmp_path / "s"), "--dry-run"]) == 0
     out = capsys.readouterr().out

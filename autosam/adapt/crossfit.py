@@ -227,14 +227,14 @@ def check_coarse_files(source: PromptSource, cases: Sequence[str], info: io.Data
 
 def automatic_coarse(source: PromptSource, dataset_dir: str | Path, cases: Sequence[str], work_dir: str | Path,
                      folds: int = 3, subject_pattern: Optional[str] = None, epochs: Optional[int] = None,
-                     device: str = "cpu", seed: int = 0, log: Log = _stderr) -> Coarse:
-    """The coarse label maps of ``cases`` from ``source`` (probabilities dropped): :func:`crossfit_coarse` or
-    :func:`coarse_from_folder`."""
+                     device: str = "cpu", seed: int = 0, log: Log = _stderr, probabilities: bool = False) -> Coarse:
+    """The coarse label maps of ``cases`` from ``source`` (probabilities dropped unless ``probabilities``):
+    :func:`crossfit_coarse` or :func:`coarse_from_folder`."""
     if source.kind == "coarse":
         log(f"prompts from the coarse predictions in {source.path} (not checked for training overlap)")
-        return coarse_from_folder(dataset_dir, cases, source.path, work_dir, probabilities=False)
+        return coarse_from_folder(dataset_dir, cases, source.path, work_dir, probabilities=probabilities)
     return crossfit_coarse(dataset_dir, cases, source.path, work_dir, folds, subject_pattern, epochs, device, seed,
-                           probabilities=False, log=log)
+                           probabilities=probabilities, log=log)
 
 
 def read_record(work_dir: str | Path) -> dict:

@@ -36,13 +36,15 @@ class Sample:
     """One training target: a connected component of ``label`` on slice ``slice`` (an index into the slice list).
 
     An automatic sample also has ``box``: the prompt an automatic coarse map gave, ``mask`` then being the
-    reference it should yield (empty for a false positive); a label sample's prompt is drawn from ``mask``.
+    reference it should yield (empty for a false positive), and with ``box+mask`` prompts ``prompt_mask``, the
+    coarse probabilities as SAM's mask-prompt logits (slice-sized); a label sample's prompt is drawn from ``mask``.
     """
 
     slice: int
     label: int
     mask: np.ndarray = field(repr=False)
     box: Optional[np.ndarray] = None
+    prompt_mask: Optional[np.ndarray] = field(default=None, repr=False)
 
 
 def select_cases(all_cases: Iterable[str], include: Optional[Sequence[str]] = None, exclude: Sequence[str] = (),
@@ -96,29 +98,52 @@ def read_training_case(
 
 
 #: How automatic prompts are made from a coarse map: refine's defaults (box per component of at least 4 pixels,
-#: no margin, gaps between slices filled), boxes only.
+#: no margin, gaps between slices filled), boxes only (adapters trained before ``box+mask`` record this).
 AUTO_PROMPTS = {"strategy": "box", "margin": 0.0, "min_size": 4, "gaps": True}
+#: The prompt kinds automatic samples can have: boxes, or boxes with the coarse probabilities as mask prompt.
+AUTO_PROMPT_KINDS = ("box", "box+mask")
+#: The default kind: refine's built-in prompt strategy, so the adapter learns the prompts it is given.
+AUTO_PROMPT = "box+mask"
+
+
+def auto_prompts(kind: str = AUTO_PROMPT) -> dict:
+    """:data:`AUTO_PROMPTS` with the prompt strategy ``kind`` (one of :data:`AUTO_PROMPT_KINDS`)."""
+    if kind not in AUTO_PROMPT_KINDS:
+        raise AutosamError(f"automatic prompts {kind!r}: choose one of {', '.join(AUTO_PROMPT_KINDS)}")
+    return {**AUTO_PROMPTS, "strategy": kind}
 
 
 def read_auto_case(
     case: str, files: list[Path], label_path: Path, info: io.DatasetInfo, axis: Optional[int], max_slices: int,
-    coarse: np.ndarray,
+    coarse: np.ndarray, probabilities: Optional[np.ndarray] = None, prompts: Optional[dict] = None,
 ) -> tuple[list[TrainSlice], list[Sample]]:
     """Labelled slices plus the slices an automatic ``coarse`` label map prompts (at most ``max_slices`` of each,
-    evenly spread; 0 = all), and the automatic samples (``slice`` indexes the returned list)."""
+    evenly spread; 0 = all), and the automatic samples (``slice`` indexes the returned list).
+
+    ``prompts`` (default :data:`AUTO_PROMPTS`) says how prompts are made; ``box+mask`` mask prompts come from the
+    coarse ``probabilities`` ``(K+1, *shape)`` (background first, nnU-Net's layout), or from the label map itself
+    when there are none, as refine makes them."""
+    prompts = dict(prompts or AUTO_PROMPTS)
     norm, labels, ax, label = _read_case(case, files, label_path, info, axis)
     if coarse.shape != label.shape:
         raise AutosamError(f"case {case}: coarse map of shape {coarse.shape} differs from the label's {label.shape}")
-    prompts = prompts_for_slices(slicing.to_slices(coarse[None], ax)[:, 0], info.foreground, **AUTO_PROMPTS)
-    prompted = sorted({p.prompt.slice_index for p in prompts})
+    prob_slices = None
+    if "mask" in prompts["strategy"] and probabilities is not None:
+        if probabilities.shape[1:] != label.shape:
+            raise AutosamError(f"case {case}: coarse probabilities of shape {probabilities.shape[1:]} differ from "
+                               f"the label's {label.shape}")
+        prob_slices = slicing.to_slices(probabilities[1:], ax)
+    made = prompts_for_slices(slicing.to_slices(coarse[None], ax)[:, 0], info.foreground, prob_slices=prob_slices,
+                              **prompts)
+    prompted = sorted({p.prompt.slice_index for p in made})
     if max_slices and len(prompted) > max_slices:
         prompted = [prompted[i] for i in np.unique(np.linspace(0, len(prompted) - 1, max_slices).round().astype(int))]
     chosen = sorted(set(labelled_slices(label, ax, max_slices)) | set(prompted))
     where = {s: k for k, s in enumerate(chosen)}
     slices = [TrainSlice(case, ax, i, np.ascontiguousarray(labels[i]), np.ascontiguousarray(norm[i])) for i in chosen]
     samples = [Sample(where[p.prompt.slice_index], p.label, box_target(labels[p.prompt.slice_index] == p.label,
-                                                                       p.prompt.box), p.prompt.box)
-               for p in prompts if p.prompt.slice_index in where]
+                                                                       p.prompt.box), p.prompt.box, p.prompt.mask)
+               for p in made if p.prompt.slice_index in where]
     return slices, samples
 
 

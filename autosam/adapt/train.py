@@ -24,7 +24,8 @@ from ..sam.cache import EmbeddingCache
 from ..splits import split_by_subject
 from . import crossfit
 from .config import CONFIG_NAME, SPLIT_NAME, STATE_NAME, WEIGHTS_NAME, AdapterConfig, PromptNoise
-from .data import AUTO_PROMPTS, Sample, TrainSlice, make_samples, read_auto_case, read_training_case, select_cases
+from .data import (AUTO_PROMPT, AUTO_PROMPTS, Sample, TrainSlice, auto_prompts, make_samples, read_auto_case,
+                   read_training_case, select_cases)
 from .model import adapter_state, is_new_parameter, prepare_model, save_adapter
 from .noise import perturb_box, prompt_kind, sample_prompt
 
@@ -64,12 +65,13 @@ class TrainingSet:
 
 def load_training_set(
     dataset_dir: Path, info: io.DatasetInfo, cases: Sequence[str], axis: Optional[int], max_slices: int, desc: str,
-    cache: Optional[EmbeddingCache] = None, model=None, coarse: Optional[dict] = None,
+    cache: Optional[EmbeddingCache] = None, model=None, coarse: Optional[dict] = None, prompts: Optional[dict] = None,
 ) -> TrainingSet:
     """Read the cases' labelled slices; with a cache, embed them by ``model`` (once) and drop the images.
 
-    ``coarse`` (case -> automatic coarse label map) adds the slices it prompts and one automatic sample per prompt
-    (:func:`autosam.adapt.data.read_auto_case`) after the label samples."""
+    ``coarse`` (case -> automatic coarse ``(label map, probabilities or None)``) adds the slices it prompts and one
+    automatic sample per prompt, made as ``prompts`` says (:func:`autosam.adapt.data.read_auto_case`), after the
+    label samples."""
     files = io.list_cases(dataset_dir / "imagesTr", info.file_ending, info.num_channels)
     labels = io.label_files(dataset_dir / "labelsTr", list(cases), info.file_ending)
     slices: list[TrainSlice] = []
@@ -77,8 +79,9 @@ def load_training_set(
     auto: list[Sample] = []
     for case in progress(list(cases), desc):
         if coarse is not None:
-            part, found = read_auto_case(case, files[case], labels[case], info, axis, max_slices, coarse[case])
-            auto += [Sample(s.slice + len(slices), s.label, s.mask, s.box) for s in found]
+            part, found = read_auto_case(case, files[case], labels[case], info, axis, max_slices, *coarse[case],
+                                         prompts=prompts)
+            auto += [Sample(s.slice + len(slices), s.label, s.mask, s.box, s.prompt_mask) for s in found]
         else:
             part = read_training_case(case, files[case], labels[case], info, axis, max_slices)
         if cache is not None and part:
@@ -96,7 +99,8 @@ def batch_loss(
     loss_kind: str, device: torch.device, auto_jitter: float = AUTO_JITTER,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample mask loss, IoU-head loss and hard Dice for the samples ``idx`` with prompts of ``kind``
-    (automatic samples always get their box; a batch is all automatic or all label samples)."""
+    (automatic samples always get their box, and their mask prompt when they have one; a batch is all automatic or
+    all label samples)."""
     size, low = model.image_size, model.low_res_size
     samples = [data.samples[i] for i in idx]
     if all(data.embeddings[s.slice] is not None for s in samples):
@@ -127,7 +131,10 @@ def batch_loss(
         for j, (cc, ll) in enumerate(zip(coords, labels)):
             c[j, : len(cc)], lab[j, : len(ll)] = cc, ll
         points = (torch.as_tensor(c, device=device), torch.as_tensor(lab, device=device))
-    logits, iou_pred = model.decode(emb, boxes=box_t, points=points, multimask=False)
+    masks = None
+    if all(s.prompt_mask is not None for s in samples):
+        masks = torch.stack([T.mask_to_canvas(s.prompt_mask, size, low, fill=-20.0) for s in samples]).to(device)
+    logits, iou_pred = model.decode(emb, boxes=box_t, points=points, masks=masks, multimask=False)
     targets = [data.target(i, size, low) for i in idx]
     target = torch.stack([t for t, _ in targets]).to(device)
     valid = torch.stack([v for _, v in targets]).to(device)
@@ -179,6 +186,7 @@ def finetune(
     device: str = "auto", resume: bool = False, overwrite: bool = False,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
     prompts_from: Optional[str] = None, folds: int = 3, fold_epochs: Optional[int] = None,
+    auto_prompt: str = AUTO_PROMPT,
 ) -> FinetuneResult:
     """Train an adapter on the nnU-Net raw dataset ``dataset_dir`` and write it to ``adapter_dir``.
 
@@ -188,7 +196,9 @@ def finetune(
 
     ``prompts_from`` (``prompter:DIR`` or ``coarse:FOLDER``) adds automatic prompts on the training cases, made by
     a prompter that never trained on them (``folds`` cross-fitted fold prompters trained ``fold_epochs`` epochs,
-    default the prompter's own), beside the label-derived noisy ones (:mod:`autosam.adapt.crossfit`).
+    default the prompter's own), beside the label-derived noisy ones (:mod:`autosam.adapt.crossfit`);
+    ``auto_prompt`` ``box+mask`` (the default) also gives them the source's probabilities as SAM's mask prompt, as
+    refine's built-in ``box+mask`` strategy does; ``box`` gives boxes only.
     """
     dataset_dir, folder = Path(dataset_dir), Path(adapter_dir)
     if loss not in LOSSES:
@@ -199,7 +209,7 @@ def finetune(
     if not resume:  # every check before anything is written
         split = _plan_split(dataset_dir, info, cases, exclude, max_cases, seed, subject_pattern, val_fraction,
                             max_slices_per_case)
-        auto = _prompts_from_config(prompts_from, folds, fold_epochs, info, split["train"])
+        auto = _prompts_from_config(prompts_from, folds, fold_epochs, info, split["train"], auto_prompt)
     folder.mkdir(parents=True, exist_ok=True)
     state = _prepare_folder(folder, resume, overwrite)
     if state is not None:
@@ -233,8 +243,9 @@ def _training_data(config: AdapterConfig, split: dict, dataset_dir: Path, info: 
     """The training set (with the automatic samples of ``config.prompts_from``) and the validation set."""
     n_slices = split.get("max_slices_per_case", 0)
     coarse = _automatic_coarse(config, dataset_dir, split, folder, device, log)
+    prompts = (config.prompts_from or {}).get("prompts", AUTO_PROMPTS)
     train = load_training_set(dataset_dir, info, split["train"], config.axis, n_slices, "reading train cases",
-                              cache, model, coarse)
+                              cache, model, coarse, prompts)
     val = load_training_set(dataset_dir, info, split["val"], config.axis, n_slices, "reading val cases", cache, model)
     if not train.samples:
         raise AutosamError(f"{dataset_dir}: no labelled slices in the training cases")
@@ -251,8 +262,9 @@ def _plan_split(dataset_dir: Path, info: io.DatasetInfo, cases: Optional[Sequenc
 
 
 def _prompts_from_config(prompts_from: Optional[str], folds: int, fold_epochs: Optional[int], info: io.DatasetInfo,
-                         train_cases: Sequence[str]) -> Optional[dict]:
+                         train_cases: Sequence[str], auto_prompt: str = AUTO_PROMPT) -> Optional[dict]:
     """``AdapterConfig.prompts_from`` of a new training, after checking the source (nothing written yet)."""
+    prompts = auto_prompts(auto_prompt)
     if not prompts_from:
         return None
     source = crossfit.parse_source(prompts_from)
@@ -261,21 +273,22 @@ def _prompts_from_config(prompts_from: Optional[str], folds: int, fold_epochs: O
     crossfit.check_source(source, info)
     crossfit.check_coarse_files(source, train_cases, info)
     return {"source": str(source), "folds": folds, "fold_epochs": fold_epochs, "jitter": AUTO_JITTER,
-            "prompts": AUTO_PROMPTS, "record": crossfit.RECORD}
+            "prompts": prompts, "record": crossfit.RECORD}
 
 
 def _automatic_coarse(config: AdapterConfig, dataset_dir: Path, split: dict, folder: Path, device: str,
                       log: Callable[[str], None]) -> Optional[dict]:
-    """The automatic coarse label map of each training case (None without ``prompts_from``); records how they
-    were made in ``config.prompts_from["use"]`` and ``folder/prompts_from.json``."""
+    """The automatic coarse ``(label map, probabilities or None)`` of each training case (None without
+    ``prompts_from``; probabilities only for mask prompts); records how they were made in
+    ``config.prompts_from["use"]`` and ``folder/prompts_from.json``."""
     pf = config.prompts_from
     if not pf:
         return None
     coarse = crossfit.automatic_coarse(crossfit.parse_source(pf["source"]), dataset_dir, split["train"], folder,
                                        pf["folds"], config.subject_pattern, pf.get("fold_epochs"), device,
-                                       config.seed, log)
+                                       config.seed, log, probabilities="mask" in pf["prompts"]["strategy"])
     pf["use"] = crossfit.read_record(folder)["use"]
-    return {case: seg for case, (seg, _) in coarse.items()}
+    return coarse
 
 
 def _resumed(state: dict, epochs: int) -> tuple[AdapterConfig, dict]:

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..adapt.data import AUTO_PROMPT, AUTO_PROMPT_KINDS
 from ..errors import AutosamError
 from ..sam import sam_registry
 from . import options
@@ -38,6 +39,9 @@ def add_parser(sub) -> None:
                    help="also train on the prompts an automatic source really gives on the training cases: "
                         "prompter:DIR (a prompter folder or shipped name; cross-fitted when it trained on them) "
                         "or coarse:FOLDER (coarse predictions <case><file_ending> not trained on them)")
+    a.add_argument("--auto-prompt", default=AUTO_PROMPT, choices=AUTO_PROMPT_KINDS,
+                   help="what SAM is given on the automatic prompts: box+mask (the box and the source's "
+                        "probabilities as mask prompt, as refine's built-in default gives them; the default) or box")
     a.add_argument("--folds", type=int, default=3,
                    help="fold prompters trained when the prompter trained on training cases (default 3)")
     a.add_argument("--fold-epochs", type=int, default=None,
@@ -132,7 +136,7 @@ def _train(args: argparse.Namespace, dataset: Path, noise, finetune, held_out: l
             max_slices_per_case=args.max_slices, iterations_per_epoch=args.iterations, cache_dir=args.cache_dir,
             use_cache=not args.no_cache, axis=args.axis,
             device=args.device, resume=args.resume, overwrite=args.overwrite, prompts_from=args.prompts_from,
-            folds=args.folds, fold_epochs=args.fold_epochs,
+            folds=args.folds, fold_epochs=args.fold_epochs, auto_prompt=args.auto_prompt,
         ).config
         if held_out:
             tune_adapter(args, dataset, held_out)

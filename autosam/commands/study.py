@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..adapt.data import AUTO_PROMPT_KINDS
 from ..errors import AutosamError
 from ..sam.runtime import ENGINES
 from . import options
@@ -45,6 +46,10 @@ def add_parser(sub) -> None:
                    help="steps per adapter epoch (default 0: one pass over the samples)")
     s.add_argument("--adapt-folds", type=int, default=d.adapt_folds,
                    help="fold prompters for cross-fitted adapter prompts (default %(default)s)")
+    s.add_argument("--adapt-prompt", default=d.adapt_prompt, choices=AUTO_PROMPT_KINDS,
+                   help="what the adapter is given on the cross-fitted prompts: box+mask (the box and the prompter's "
+                        "probabilities as mask prompt; finetune --auto-prompt; default) or box (studies before "
+                        "box+mask was the default)")
     s.add_argument("--tune-cases", type=int, default=d.tune_cases)
     s.add_argument("--max-objects", type=int, default=d.max_objects,
                    help="components prompted per label and slice in every prompted SAM method and in tuning (default "
@@ -72,6 +77,7 @@ def add_parser(sub) -> None:
 FIELDS = {"test_fraction": "test_fraction", "train_sizes": "train_sizes", "seeds": "seeds", "methods": "methods",
           "prompter_epochs": "prompter_epochs", "prompter_iterations": "prompter_iterations",
           "adapt_epochs": "adapt_epochs", "adapt_iterations": "adapt_iterations", "adapt_folds": "adapt_folds",
+          "adapt_prompt": "adapt_prompt",
           "tune_cases": "tune_cases", "max_objects": "max_objects",
           "nnunet_trainer": "nnunet_trainer", "nnunet_configuration": "nnunet_configuration",
           "nnunet_spacing": "nnunet_spacing",
