@@ -451,12 +451,13 @@ class Study:
         o = self.opts
         started = (folder / CONFIG_NAME).is_file()
         if started:
-            trained = ((read_config(folder).prompts_from or {}).get("prompts") or {}).get("strategy", "box")
+            kept = read_config(folder)
+            trained = ((kept.prompts_from or {}).get("prompts") or {}).get("strategy", "box")
             # an adapter of an older study trained on boxes: the option says which one a rerun expects
             if trained != o.adapt_prompt:
                 raise AutosamError(f"{folder}: this adapter trained on {trained} prompts, not {o.adapt_prompt} "
                                    f"(--adapt-prompt); use another study folder or give --adapt-prompt {trained}")
-            if read_config(folder).epoch >= o.adapt_epochs:
+            if kept.epoch >= o.adapt_epochs:
                 return folder
         held_out = validation_cases(Prompter.load(prompter_dir))
         log(f"study {run['name']}: adapting SAM ({o.adapt}) on the prompter's cross-fitted prompts")
