@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Optional, Sequence, Type
 
@@ -127,17 +128,58 @@ def model_reader_writer(predictor) -> Type:
 
 def preprocess_case(predictor, case: io.Case) -> tuple[np.ndarray, dict]:
     """nnU-Net's preprocessing of one case (crop, normalise, resample to the plans' spacing): ``(data, properties)``
-    as the network reads them. Needs only the predictor's plans, not its network, so it may run in another
-    thread while the network works on the case before (the case runner's read-ahead does, see ``PredictJob``)."""
+    as the network reads them. Needs only the predictor's plans, not its network, so it may run beside the network
+    working on the case before: in the case runner's read-ahead thread, or in :class:`PreprocessPool`'s processes
+    (see ``PredictJob``)."""
+    check_channels(predictor, case)
+    return preprocess_image(case.image, case.properties, *_plans(predictor))
+
+
+def check_channels(predictor, case: io.Case) -> None:
     expected = len(predictor.dataset_json["channel_names"])
     if case.image.shape[0] != expected:
         raise AutosamError(f"case {case.case_id}: {case.image.shape[0]} channel(s), the model expects {expected}")
-    properties = copy.deepcopy(case.properties)  # nnU-Net's preprocessing adds keys to the dict it is given
-    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    data, _, properties = preprocessor.run_case_npy(np.array(case.image, dtype=np.float32, copy=True), None,
-                                                    properties, predictor.plans_manager,
-                                                    predictor.configuration_manager, predictor.dataset_json)
+
+
+def _plans(predictor) -> tuple:
+    """What nnU-Net's preprocessing reads of a predictor (all picklable: nnU-Net ships the same to its workers)."""
+    return predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
+
+
+def preprocess_image(image: np.ndarray, properties: dict, plans_manager, configuration_manager,
+                     dataset_json: dict) -> tuple[np.ndarray, dict]:
+    """:func:`preprocess_case` on an image ``(C, Z, Y, X)`` and its reader's properties (left unchanged)."""
+    properties = copy.deepcopy(properties)  # nnU-Net's preprocessing adds keys to the dict it is given
+    preprocessor = configuration_manager.preprocessor_class(verbose=False)
+    data, _, properties = preprocessor.run_case_npy(np.array(image, dtype=np.float32, copy=True), None, properties,
+                                                    plans_manager, configuration_manager, dataset_json)
     return data, properties
+
+
+def _worker_start() -> None:
+    torch.set_num_threads(1)  # one core per process, as nnUNetv2_predict's preprocessing workers
+
+
+class PreprocessPool:
+    """nnU-Net's preprocessing in ``processes`` worker processes, as ``nnUNetv2_predict -npp`` runs it: each
+    :meth:`submit` returns a future of :func:`preprocess_case`'s answer. Workers are spawned (no fork of a process
+    that holds torch and SAM threads) and start on the first case."""
+
+    def __init__(self, predictor, processes: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.predictor = predictor
+        self._plans = _plans(predictor)
+        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_worker_start)
+
+    def submit(self, case: io.Case) -> Future:
+        check_channels(self.predictor, case)
+        return self._pool.submit(preprocess_image, case.image, case.properties, *self._plans)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def coarse_prediction(predictor, case: io.Case,

@@ -206,6 +206,14 @@ class CaseJob:
         preprocessing, say), kept in ``case.prefetched``. The pipelined loop calls it in its read-ahead thread;
         :meth:`process` must do the work itself when it finds nothing there (the first case, a plain loop, Ray)."""
 
+    @property
+    def read_ahead(self) -> int:
+        """How many cases the pipelined loop reads (and :meth:`prefetch`es) ahead of the one being processed."""
+        return 1
+
+    def close(self) -> None:
+        """Release what :meth:`prefetch` started (worker processes, say); the local loop calls it at its end."""
+
     def ready(self) -> None:
         """Run :meth:`setup` unless this process did already."""
         if not self.__dict__.get("_ready"):
@@ -506,9 +514,12 @@ class CaseRunner:
         def write(case_id: str, done: tuple[io.Case, CaseOutput]) -> None:
             self._write(*done, rw)
 
-        reader = ReadAhead(todo, read, depth=1) if self.pipeline else ((c, *_call(read, c)) for c in todo)
+        depth = process.read_ahead if isinstance(process, CaseJob) else 1
+        reader = ReadAhead(todo, read, depth=depth) if self.pipeline else ((c, *_call(read, c)) for c in todo)
         writer = Writer(write, keep_going) if self.pipeline else _Inline(write, keep_going)
         with contextlib.ExitStack() as stack:
+            if isinstance(process, CaseJob):
+                stack.callback(process.close)  # after the reader has stopped (exit order is reversed)
             if self.pipeline:
                 stack.enter_context(reader)
                 stack.enter_context(writer)

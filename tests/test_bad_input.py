@@ -376,6 +376,13 @@ def _(root):
     return ["predict", "-m", m, "-i", d / "imagesTr", "-o", root.parent / "out", "-f", "0", "--device", "cpu"]
 
 
+@case("predict: negative --nnunet-processes", "--nnunet-processes", "0 or more")
+def _(root):
+    d = _dataset(root / "d")
+    return ["predict", "-m", root / "nope", "-i", d / "imagesTr", "-o", root.parent / "out", "--device", "cpu",
+            "-npp", "-1"]
+
+
 # --- evaluate, report --------------------------------------------------------------------------------------------
 @case("evaluate: missing prediction folder", "prediction folder not found")
 def _(root):

@@ -18,6 +18,7 @@ import pytest
 
 from autosam import io, nnunet
 from autosam.cli import main
+from autosam.sample import sample_dataset
 from nnunet_helpers import run_cmd, write_slab
 
 N_SLICES = 6
@@ -154,7 +155,8 @@ def test_coarse_prediction_matches_nnunet_predictor(trained_hippo_2d, cut_case):
 def test_pipelined_predict_preprocesses_ahead_and_writes_what_the_plain_loop_writes(trained_hippo_2d, tmp_path,
                                                                                     monkeypatch):
     """``predict``'s pipelined loop runs nnU-Net's preprocessing of each case in the read-ahead thread, beside the
-    case before it, and writes the same files as the plain loop (nnU-Net alone: no SAM, so it is quick)."""
+    case before it, or in worker processes (``-npp``), and writes the same files as the plain loop (nnU-Net alone:
+    no SAM, so it is quick)."""
     import threading
 
     from autosam.commands.predict import predict_folder
@@ -174,22 +176,45 @@ def test_pipelined_predict_preprocesses_ahead_and_writes_what_the_plain_loop_wri
         return real(predictor, case)
 
     monkeypatch.setattr(nnunet, "preprocess_case", noting_thread)
+    pools = []
+    monkeypatch.setattr(nnunet.PreprocessPool, "close", lambda self, _real=nnunet.PreprocessPool.close:
+                        (pools.append(self), _real(self)))
     written = {}
-    for pipeline in (False, True):
+    for variant, pipeline, processes in (("plain", False, 0), ("thread", True, 0), ("processes", True, 2)):
         threads.clear()
-        out = tmp_path / f"pipeline_{pipeline}"
+        out = tmp_path / variant
         predict_folder(images, out, lambda: nnunet.load_nnunet_predictor(model, device="cpu"), info, None, None,
-                       plans=model / "plans.json", save_probabilities=True, pipeline=pipeline, quiet=True)
-        assert threads == (["autosam-read"] * 3 if pipeline else ["MainThread"] * 3)
-        written[pipeline] = {c: (io.read_label(out / f"{c}.nii.gz")[0], load_npz(out / f"{c}.npz")) for c in cases}
-    for c in cases:
-        assert np.array_equal(written[True][c][0], written[False][c][0])
-        np.testing.assert_array_equal(written[True][c][1], written[False][c][1])
+                       plans=model / "plans.json", save_probabilities=True, pipeline=pipeline, quiet=True,
+                       nnunet_processes=processes)
+        # -npp 2: nnU-Net's preprocessing ran in the pool's processes (neither here nor in the read-ahead thread),
+        # and the pool was shut down at the end of the loop
+        assert threads == {"plain": ["MainThread"] * 3, "thread": ["autosam-read"] * 3, "processes": []}[variant]
+        assert len(pools) == (variant == "processes")
+        written[variant] = {c: (io.read_label(out / f"{c}.nii.gz")[0], load_npz(out / f"{c}.npz")) for c in cases}
+    for variant in ("thread", "processes"):
+        for c in cases:
+            assert np.array_equal(written[variant][c][0], written["plain"][c][0])
+            np.testing.assert_array_equal(written[variant][c][1], written["plain"][c][1])
+
+
+def test_predict_runs_nnunet_alone_on_the_cpu_in_the_plain_loop(monkeypatch):
+    """nnU-Net alone on the CPU: no read-ahead or background writes beside its threads (they cost 20% in
+    scripts/benchmark_predict.py); with SAM the runner's default; AUTOSAM_PIPELINE decides either way."""
+    from autosam.commands.predict import pipelined
+    from autosam.refine import RefineConfig
+    from autosam.runner import CaseRunner
+
+    monkeypatch.delenv("AUTOSAM_PIPELINE", raising=False)
+    assert pipelined(None, "cpu") is False and pipelined(RefineConfig(), "cpu") is None
+    assert pipelined(None, "cpu", processes=2) is None  # -npp asked for: the loop that runs it
+    info = io.load_dataset_json(sample_dataset("hippocampus"))
+    assert CaseRunner("out", info, pipeline=pipelined(RefineConfig(), "cpu")).pipeline
+    monkeypatch.setenv("AUTOSAM_PIPELINE", "1")
+    assert pipelined(None, "cpu") is None and CaseRunner("out", info, pipeline=pipelined(None, "cpu")).pipeline
 
 
 def fake_model(root: Path, folds=("0",), checkpoint=True) -> Path:
     """A folder shaped like nnU-Net's model folder (no weights): enough for the checks that run before loading."""
-    from autosam.sample import sample_dataset
 
     model = root / "Dataset900_Hippo" / "nnUNetTrainer__nnUNetPlans__2d"
     model.mkdir(parents=True)

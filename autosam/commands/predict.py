@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -12,10 +14,13 @@ from ..errors import AutosamError
 from ..refine import RefineConfig, refine_case
 from ..runner import CaseJob, CaseOutput, CaseRunner
 from ..sam import SamPredictor
+from ..sam.predictor import resolve_device
 from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
                      parallel_from_args, predictor_from_args, sam_args_record)
 from .refine import add_refine_arguments, config_from_args, config_from_record, sam_overrides
 
+#: ``--nnunet-processes`` on a GPU unless given: nnUNetv2_predict's default ``-npp``.
+GPU_PROCESSES = 3
 HELP = "predict with a trained nnU-Net model and refine its output with SAM"
 
 
@@ -34,6 +39,10 @@ def add_parser(sub) -> None:
     p.add_argument("--step-size", type=float, default=0.5,
                    help="nnU-Net sliding-window step as a fraction of the patch (default 0.5)")
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation in nnU-Net")
+    p.add_argument("-npp", "--nnunet-processes", type=int, default=None, metavar="N",
+                   help="processes for nnU-Net's preprocessing, reading as many cases ahead, as nnUNetv2_predict "
+                        f"-npp (default {GPU_PROCESSES} on a GPU; 0 on the CPU, where the network takes every core "
+                        "and the next case is preprocessed in a thread)")
     add_refine_arguments(p, coarse="nnU-Net")
     p.add_argument("--ignore-recorded", action="store_true",
                    help="a model trained with nnUNetTrainerAutoSAM recorded its SAM settings (backend, adapter, "
@@ -53,8 +62,10 @@ class PredictJob(CaseJob):
     make_predictor: Callable[[], SamPredictor]
     info: io.DatasetInfo
     config: Optional[RefineConfig]  # None: no SAM (nnU-Net's own prediction)
+    nnunet_processes: int = 0  # > 0: nnU-Net's preprocessing in that many processes, as many cases ahead
     _nnunet: Any = field(default=None, init=False, repr=False)
     _sam: Any = field(default=None, init=False, repr=False)
+    _pool: Any = field(default=None, init=False, repr=False)
 
     def nnunet(self):
         """nnU-Net's predictor, built on first use."""
@@ -66,13 +77,32 @@ class PredictJob(CaseJob):
         self.nnunet()
         self._sam = self.make_predictor() if self.config is not None else None
 
+    @property
+    def read_ahead(self) -> int:
+        return max(1, self.nnunet_processes)
+
     def prefetch(self, case: io.Case) -> None:
-        """nnU-Net's preprocessing of the next case while the current one is predicted (once nnU-Net is loaded)."""
-        if self._nnunet is not None:
+        """nnU-Net's preprocessing of the cases ahead while the current one is predicted (once nnU-Net is loaded):
+        in this read-ahead thread, or handed to ``nnunet_processes`` worker processes (a future)."""
+        if self._nnunet is None:
+            return
+        if self.nnunet_processes > 0:
+            if self._pool is None:
+                self._pool = nnunet.PreprocessPool(self._nnunet, self.nnunet_processes)
+            case.prefetched["nnunet"] = self._pool.submit(case)
+        else:
             case.prefetched["nnunet"] = nnunet.preprocess_case(self._nnunet, case)
 
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
     def process(self, case: io.Case) -> CaseOutput:
-        seg, probs = nnunet.coarse_prediction(self.nnunet(), case, case.prefetched.pop("nnunet", None))
+        ahead = case.prefetched.pop("nnunet", None)
+        if isinstance(ahead, Future):
+            ahead = ahead.result()
+        seg, probs = nnunet.coarse_prediction(self.nnunet(), case, ahead)
         if self.config is None:
             return CaseOutput(seg, probs if self.keep_probabilities else None)
         result = refine_case(self._sam, case, self.info, seg, probs, self.config, keep=self.keep_probabilities)
@@ -95,6 +125,7 @@ def predict_folder(
     config: Optional[RefineConfig] = RefineConfig(),
     run_args: Optional[dict] = None,
     model_dir: Optional[Path] = None,
+    nnunet_processes: int = 0,
     **options,
 ) -> list[str]:
     """nnU-Net + SAM on every pending case of ``images_dir``; writes ``out_dir``; returns the cases written.
@@ -104,7 +135,8 @@ def predict_folder(
     single process nnU-Net's before anything is written, so a broken model leaves the output folder untouched; Ray
     workers build their own, and this process reads only the reader/writer from ``plans``). ``options`` go to
     :class:`~autosam.runner.CaseRunner`; give ``plans`` (the model's plans.json) so nnU-Net's ensembling and
-    postprocessing find the reader/writer and label manager in the output.
+    postprocessing find the reader/writer and label manager in the output. ``nnunet_processes`` > 0: nnU-Net's
+    preprocessing runs in that many processes, as many cases ahead (``nnUNetv2_predict -npp``; pipelined loop).
     """
     if config is not None:
         config.check()
@@ -112,7 +144,7 @@ def predict_folder(
     runner = CaseRunner(out_dir, info, inputs={"image": images, "model": model_dir}, record=run_args or {},
                         desc="predict", **options)
     cases = io.list_cases(images, info.file_ending, info.num_channels)
-    job = PredictJob(make_nnunet, make_predictor, info, config)
+    job = PredictJob(make_nnunet, make_predictor, info, config, nnunet_processes)
     plans = options.get("plans")
 
     def prepare() -> None:  # the model's reader: the same geometry as nnU-Net's own prediction
@@ -137,7 +169,23 @@ def recorded_settings(model: Path, folds: Sequence[str]) -> Optional[tuple[Path,
     return autosam_settings.recorded_files(model, folds)[0], settings
 
 
+def pipelined(config: Optional[RefineConfig], device: str, processes: int = 0) -> Optional[bool]:
+    """Whether ``predict``'s loop is pipelined: False for nnU-Net alone on the CPU without ``processes``, whose
+    threads take every core so that work beside them only slows them down (measured: scripts/README.md, "Predict
+    loop"); otherwise None, the runner's default. ``AUTOSAM_PIPELINE`` set decides either way."""
+    if (config is None and not processes and resolve_device(device).type == "cpu"
+            and "AUTOSAM_PIPELINE" not in os.environ):
+        return False
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    processes = args.nnunet_processes
+    if processes is None:
+        processes = GPU_PROCESSES if resolve_device(args.device).type == "cuda" else 0
+    if processes < 0:
+        raise AutosamError(f"--nnunet-processes must be 0 or more (got {processes})")
+
     model = nnunet.check_model_folder(args.model)
     info = nnunet.model_dataset_info(model)
     folds = nnunet.resolve_folds(model, args.folds, args.nnunet_checkpoint)
@@ -165,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
     parallel = parallel_from_args(args)
     written = predict_folder(args.images, args.output, make_nnunet, info, lambda: predictor_from_args(args),
                              config, **output_options(args), run_args=record, plans=model / "plans.json",
-                             model_dir=model, parallel=parallel)
+                             model_dir=model, parallel=parallel, nnunet_processes=processes,
+                             pipeline=pipelined(config, args.device, processes))
     print(f"predicted and refined {len(written)} case(s) -> {args.output}")
     return 0
 
