@@ -47,6 +47,11 @@ LEVERS = {"hypotheses": {"box_hypotheses": True}, "rebox": {"rebox": 1}, "larges
 #: What a variant starts from: box+mask prompts (the lever ``box`` drops the mask prompt).
 VARIANT_BASE = {"prompt": "box+mask"}
 #: Methods that take a variant: SAM prompted from an automatic coarse map.
+#: Whose cross-fitted maps prompt the adapter (``--adapt-source``).
+ADAPT_SOURCES = ("prompter", "nnunet")
+#: The record of the nnU-Net folds behind an ``--adapt-source nnunet`` adapter (in ``models/<run>/nnunet_folds``).
+NNUNET_FOLDS = "folds.json"
+_WHOSE = {"prompter": "the prompter's", "nnunet": "nnU-Net's"}
 VARIABLE = ("prompter+sam", "prompter+sam-adapted", "nnunet+sam", "nnunet+sam-adapted")
 RESULT_FIELDS = ("method", "train_size", "seed", "case", "label", "dice", "nsd", "hd95", "seconds")
 
@@ -105,6 +110,7 @@ class StudyOptions:
     adapt_iterations: int = 0  # steps per adapter epoch (0: one pass over the samples)
     adapt_folds: int = 3
     adapt_prompt: str = "box+mask"  # what the adapter is given on the cross-fitted prompts: box+mask or box
+    adapt_source: str = "prompter"  # whose cross-fitted maps prompt the adapter: prompter or nnunet
     tune_cases: int = 10
     max_objects: int = 0  # components prompted per label and slice in every prompted SAM method (0: all)
     nnunet_trainer: Optional[str] = None
@@ -128,6 +134,10 @@ class StudyOptions:
             auto_prompts(self.adapt_prompt)
         except AutosamError as e:
             raise AutosamError(f"--adapt-prompt: {e}") from None
+        if self.adapt_source not in ADAPT_SOURCES:
+            raise AutosamError(f"unknown --adapt-source {self.adapt_source!r}; choose {' or '.join(ADAPT_SOURCES)}")
+        if self.adapt_folds < 2:
+            raise AutosamError(f"--adapt-folds must be >= 2, got {self.adapt_folds}")
         if self.seeds < 1:
             raise AutosamError(f"--seeds must be >= 1, got {self.seeds}")
         if self.nnunet_spacing is not None:  # nnunet_train's own check, before anything is written
@@ -226,14 +236,19 @@ def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, g
     o = plan["options"]
     sam = (0.006 if gpu else 0.6) * slices_per_case
     n_test = len(plan["test"])
+    methods = o["methods"]
+    adapts = bool(o["adapt"]) and any("-adapted" in m or m == "tuned" for m in methods)
+    from_nnunet = adapts and o.get("adapt_source") == "nnunet"
+    prompted = any(m.startswith("prompter") or m == "tuned" for m in methods) or (adapts and not from_nnunet)
+    nnunet = o["nnunet_epochs"] * (o["nnunet_iterations"] + 5) * (0.3 if gpu else 1.0) + 60
     per_run = {
-        "prompter": o["prompter_epochs"] * o["prompter_iterations"] * (0.01 if gpu else 0.15),
-        "tuning": o["tune_cases"] * sam * 2,
-        "adapter": (o["adapt_folds"] + 1) * o["prompter_epochs"] * o["prompter_iterations"] * (0.01 if gpu else 0.1)
-        if o["adapt"] else 0,
-        "nnunet": o["nnunet_epochs"] * (o["nnunet_iterations"] + 5) * (0.3 if gpu else 1.0) + 60
-        if any(m.startswith("nnunet") for m in o["methods"]) else 0,
-        "inference": n_test * 0.2 * len(o["methods"]),
+        "prompter": o["prompter_epochs"] * o["prompter_iterations"] * (0.01 if gpu else 0.15) if prompted else 0,
+        "tuning": o["tune_cases"] * sam * 2 if "tuned" in methods else 0,
+        "adapter": ((0 if from_nnunet else o["adapt_folds"]) + 1) * o["prompter_epochs"] * o["prompter_iterations"]
+        * (0.01 if gpu else 0.1) if adapts else 0,
+        "nnunet": nnunet if any(m.startswith("nnunet") for m in methods) else 0,
+        "nnU-Net folds (--adapt-source nnunet)": o["adapt_folds"] * nnunet if from_nnunet else 0,
+        "inference": n_test * 0.2 * len(methods),
     }
     steps = {k: v * len(plan["runs"]) for k, v in per_run.items()}
     steps["SAM encoder (test cases, cached once)"] = n_test * sam
@@ -439,33 +454,84 @@ class Study:
                     best, best_score = path, score
         return best
 
-    def train_adapter(self, run: dict, prompter_dir: Path) -> Path:
-        """The run's SAM adapter, trained on the prompter's cross-fitted prompts (the prompter's validation
-        cases, on which the default is tuned, are left out)."""
-        from .adapt.config import CONFIG_NAME, read_config
+    def train_adapter(self, run: dict, prompter_dir: Optional[Path], index: int) -> Path:
+        """The run's SAM adapter, trained on the cross-fitted maps of ``--adapt-source``: the prompter's (fold
+        prompters) or nnU-Net's (fold nnU-Nets, :meth:`nnunet_folds`). The prompter's validation cases, on which
+        the default is tuned, are left out whenever the run has a prompter."""
         from .adapt.train import finetune
         from .prompter.tuning import validation_cases
         from .prompter import Prompter
 
         folder = self.folder / "models" / run["name"] / "adapter"
         o = self.opts
-        started = (folder / CONFIG_NAME).is_file()
-        if started:
-            kept = read_config(folder)
-            trained = ((kept.prompts_from or {}).get("prompts") or {}).get("strategy", "box")
-            # an adapter of an older study trained on boxes: the option says which one a rerun expects
-            if trained != o.adapt_prompt:
-                raise AutosamError(f"{folder}: this adapter trained on {trained} prompts, not {o.adapt_prompt} "
-                                   f"(--adapt-prompt); use another study folder or give --adapt-prompt {trained}")
-            if kept.epoch >= o.adapt_epochs:
-                return folder
-        held_out = validation_cases(Prompter.load(prompter_dir))
-        log(f"study {run['name']}: adapting SAM ({o.adapt}) on the prompter's cross-fitted prompts")
+        kept = self.kept_adapter(run)
+        started = kept is not None
+        if started and kept.epoch >= o.adapt_epochs:
+            return folder
+        held_out = validation_cases(Prompter.load(prompter_dir)) if prompter_dir else []
+        if o.adapt_source == "nnunet":
+            prompts_from = f"coarse:{self.nnunet_folds(run, index)}"
+        else:
+            prompts_from = f"prompter:{prompter_dir}"
+        log(f"study {run['name']}: adapting SAM ({o.adapt}) on {_WHOSE[o.adapt_source]} cross-fitted prompts")
         finetune(self.dataset, folder, base="litemedsam", method=o.adapt, epochs=o.adapt_epochs, val_fraction=0.0,
                  iterations_per_epoch=o.adapt_iterations, exclude=self.others(run) + held_out,
                  subject_pattern=o.subject_pattern, seed=run["seed"], device=o.device, resume=started,
-                 prompts_from=f"prompter:{prompter_dir}", folds=o.adapt_folds, auto_prompt=o.adapt_prompt)
+                 prompts_from=prompts_from, folds=o.adapt_folds, auto_prompt=o.adapt_prompt)
         return folder
+
+    def kept_adapter(self, run: dict):
+        """The config of the run's kept adapter (None: none yet); one trained on other prompts or on another
+        source's maps than the options ask is refused in one line, so a study never mixes adapters."""
+        from .adapt.config import CONFIG_NAME, read_config
+
+        folder = self.folder / "models" / run["name"] / "adapter"
+        if not (folder / CONFIG_NAME).is_file():
+            return None
+        kept, o = read_config(folder), self.opts
+        trained = ((kept.prompts_from or {}).get("prompts") or {}).get("strategy", "box")
+        # an adapter of an older study trained on boxes: the option says which one a rerun expects
+        if trained != o.adapt_prompt:
+            raise AutosamError(f"{folder}: this adapter trained on {trained} prompts, not {o.adapt_prompt} "
+                               f"(--adapt-prompt); use another study folder or give --adapt-prompt {trained}")
+        source = "nnunet" if str((kept.prompts_from or {}).get("source", "")).startswith("coarse:") else "prompter"
+        if source != o.adapt_source:
+            raise AutosamError(f"{folder}: this adapter trained on {_WHOSE[source]} maps, not "
+                               f"{_WHOSE[o.adapt_source]} (--adapt-source); use another study folder or give "
+                               f"--adapt-source {source}")
+        return kept
+
+    def nnunet_folds(self, run: dict, index: int) -> Path:
+        """nnU-Net's cross-fitted maps of the run's cases: ``--adapt-folds`` nnU-Nets (the study's schedule), each
+        trained on the other folds' cases and predicting its own fold's (label maps and probabilities) into one
+        folder, ``models/<run>/nnunet_folds/predictions``; which fold trained on and predicted which cases is
+        recorded in ``folds.json`` there. Kept models and predictions are reused."""
+        from .adapt.crossfit import fold_assignment
+        from .nnunet_train import predict_nnunet, train_nnunet
+
+        o = self.opts
+        root = self.folder / "models" / run["name"] / "nnunet_folds"
+        out = root / "predictions"
+        schedule = self.schedule()
+        held = fold_assignment(run["cases"], o.adapt_folds, run["seed"], o.subject_pattern)
+        files = io.list_cases(self.dataset / "imagesTr", self.info.file_ending, self.info.num_channels)
+        folds = []
+        for i, part in enumerate(held):
+            train = [c for c in run["cases"] if c not in part]
+            images = root / f"fold_{i}" / "images"
+            images.mkdir(parents=True, exist_ok=True)
+            for case in part:
+                for f in files[case]:
+                    if not (images / f.name).exists():
+                        (images / f.name).symlink_to(f.resolve())
+            log(f"study {run['name']}: nnU-Net fold {i + 1}/{len(held)} on {len(train)} case(s), "
+                f"predicting its {len(part)} held-out case(s)")
+            model = train_nnunet(self.dataset, train, root / f"fold_{i}", 900 + index, schedule)
+            predict_nnunet(model, images, out, schedule, save_probabilities=True)
+            folds.append({"folder": f"fold_{i}", "trained_on": sorted(train), "predicted": sorted(part)})
+        io.write_json({"cases": sorted(run["cases"]), "subject_pattern": o.subject_pattern, "folds": folds},
+                      out / NNUNET_FOLDS)
+        return out
 
     def schedule(self):
         from .nnunet_train import Schedule
@@ -551,10 +617,11 @@ class Study:
         o = self.opts
         models: dict = {}
         adapts = bool(o.adapt) and (o.uses_adapted() or "tuned" in o.methods)
-        if adapts or any(m.startswith("prompter") or m == "tuned" for m in o.methods):  # the adapter's prompts too
+        prompted = any(m.startswith("prompter") or m == "tuned" for m in o.methods)
+        if prompted or (adapts and o.adapt_source == "prompter"):  # the prompter also prompts the adapter
             models["prompter"] = self.train_prompter(run)
         if adapts:
-            models["adapter"] = self.train_adapter(run, models["prompter"])
+            models["adapter"] = self.train_adapter(run, models.get("prompter"), index)
         if "tuned" in o.methods:
             models["tuned"] = self.tune(models["prompter"], models.get("adapter"))
         if o.uses("nnunet"):
@@ -577,9 +644,12 @@ def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_r
     info = io.load_dataset_json(dataset)
     if dry_run:
         return plan
+    study = Study(dataset, folder, opts, plan)
+    if opts.adapt and (opts.uses_adapted() or "tuned" in opts.methods):
+        for run in plan["runs"]:  # a kept adapter of other prompts is refused before anything is written
+            study.kept_adapter(run)
     folder.mkdir(parents=True, exist_ok=True)
     io.write_json(plan, folder / "plan.json")
-    study = Study(dataset, folder, opts, plan)
     study.link_test_images()
     rows: list[dict] = []
     for index, run in enumerate(plan["runs"]):

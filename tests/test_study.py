@@ -82,3 +82,40 @@ def test_variant_levers_are_refine_fields():
     assert describe("nnunet+sam-adapted/average+box+hypotheses").endswith(
         "adapted SAM, box prompts, average fusion, hypotheses")
     assert parse_method("nnunet") == ("nnunet", None)
+
+
+def test_quick_study_adapts_on_nnunets_cross_fitted_maps(tmp_path, capsys):
+    """``--adapt-source nnunet``: fold nnU-Nets (nnU-Net's own commands) each predict only cases they did not train
+    on, the adapter learns from those maps, and no prompter is trained; the other source is then refused."""
+    folder = tmp_path / "nnsrc"
+    # the adapted SAM with label boxes: the fold nnU-Nets and the adapter are trained, the study's own nnU-Net not
+    assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
+                 "--methods", "sam-oracle-adapted"]) == 0
+    run = json.loads((folder / "plan.json").read_text())["runs"][0]
+    models = folder / "models" / run["name"]
+    record = json.loads((models / "nnunet_folds" / "predictions" / "folds.json").read_text())
+    assert len(record["folds"]) == 2
+    predicted = []
+    for fold in record["folds"]:
+        assert not set(fold["trained_on"]) & set(fold["predicted"])
+        assert sorted(fold["trained_on"] + fold["predicted"]) == sorted(run["cases"])
+        # nnU-Net's own record of what that fold model trained on
+        schedules = list((models / "nnunet_folds" / fold["folder"]).glob("nnUNet_results/*/*/fold_all/"
+                                                                          "autosam_schedule.json"))
+        assert len(schedules) == 1 and json.loads(schedules[0].read_text())["cases"] == fold["trained_on"]
+        predicted += fold["predicted"]
+    assert sorted(predicted) == sorted(run["cases"])
+    prompts = json.loads((models / "adapter" / "prompts_from.json").read_text())
+    assert prompts["source"] == f"coarse:{models / 'nnunet_folds' / 'predictions'}"
+    assert set(prompts["cases"]) <= set(run["cases"]) and prompts["cases"]
+    assert not (models / "prompter").exists() and not (folder / "nnunet").exists()
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    assert {r["method"] for r in rows} == {"sam-oracle-adapted"}
+    assert sum(float(r["dice"]) for r in rows) / len(rows) > 0.5  # the adapter still segments with good boxes
+    capsys.readouterr()
+    adapter = models / "adapter" / "adapter.pt"
+    before = adapter.stat().st_mtime_ns
+    assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--methods", "sam-oracle-adapted"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "trained on nnU-Net's maps, not the prompter's (--adapt-source)" in err[-1]
+    assert adapter.stat().st_mtime_ns == before

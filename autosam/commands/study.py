@@ -14,7 +14,7 @@ HELP = ("compare SAM pipelines with the prompter alone and nnU-Net on your datas
 
 
 def add_parser(sub) -> None:
-    from ..study import LEVERS, METHODS, VARIABLE, StudyOptions
+    from ..study import ADAPT_SOURCES, LEVERS, METHODS, VARIABLE, StudyOptions
 
     d = StudyOptions()
     p = sub.add_parser("study", help=HELP, description=HELP + ". Test cases are fixed first, by subject; no model "
@@ -45,7 +45,11 @@ def add_parser(sub) -> None:
     s.add_argument("--adapt-iterations", type=int, default=d.adapt_iterations,
                    help="steps per adapter epoch (default 0: one pass over the samples)")
     s.add_argument("--adapt-folds", type=int, default=d.adapt_folds,
-                   help="fold prompters for cross-fitted adapter prompts (default %(default)s)")
+                   help="folds (prompters or nnU-Nets) for cross-fitted adapter prompts (default %(default)s)")
+    s.add_argument("--adapt-source", default=d.adapt_source, choices=ADAPT_SOURCES,
+                   help="whose cross-fitted maps prompt the adapter: the prompter's (default) or nnU-Net's "
+                        "(--adapt-folds nnU-Nets with the study's nnU-Net schedule, each predicting the cases it "
+                        "left out)")
     s.add_argument("--adapt-prompt", default=d.adapt_prompt, choices=AUTO_PROMPT_KINDS,
                    help="what the adapter is given on the cross-fitted prompts: box+mask (the box and the prompter's "
                         "probabilities as mask prompt; finetune --auto-prompt; default) or box (studies before "
@@ -77,7 +81,7 @@ def add_parser(sub) -> None:
 FIELDS = {"test_fraction": "test_fraction", "train_sizes": "train_sizes", "seeds": "seeds", "methods": "methods",
           "prompter_epochs": "prompter_epochs", "prompter_iterations": "prompter_iterations",
           "adapt_epochs": "adapt_epochs", "adapt_iterations": "adapt_iterations", "adapt_folds": "adapt_folds",
-          "adapt_prompt": "adapt_prompt",
+          "adapt_prompt": "adapt_prompt", "adapt_source": "adapt_source",
           "tune_cases": "tune_cases", "max_objects": "max_objects",
           "nnunet_trainer": "nnunet_trainer", "nnunet_configuration": "nnunet_configuration",
           "nnunet_spacing": "nnunet_spacing",
@@ -146,5 +150,6 @@ def print_plan(plan: dict, info, opts) -> None:
     print("methods: " + ", ".join(opts.methods))
     steps = estimate_seconds(plan, info, 35.0 if info.file_ending != ".png" else 1.0, opts.device.startswith("cuda"))
     for step, seconds in steps.items():
-        print(f"  {step}: ~{seconds / 60:.0f} min")
+        if seconds:  # steps the methods do not need are left out
+            print(f"  {step}: ~{seconds / 60:.0f} min")
     print(f"estimated total: ~{sum(steps.values()) / 60:.0f} min (rough; {opts.device})")
