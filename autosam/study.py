@@ -2,10 +2,11 @@
 
 Test cases are fixed first (by subject) and no model ever trains or tunes on them. For each training size and
 seed, a nested, seeded subset of the other cases trains the prompter (whose own validation split then tunes its SAM
-default), a SAM adapter on the prompter's cross-fitted prompts, and nnU-Net through its own commands. Every method
-then segments the same test cases and is scored per case and label (Dice, NSD, HD95, seconds).
+default), a SAM adapter on the prompter's (or, ``--adapt-source nnunet``, nnU-Net's) cross-fitted prompts, and
+nnU-Net through its own commands. Every method then segments the same test cases and is scored per case and label
+(Dice, NSD, HD95, seconds).
 
-Layout of ``STUDY_DIR``: ``plan.json``; ``test_images/`` (links); ``models/<run>/{prompter,adapter}``;
+Layout of ``STUDY_DIR``: ``plan.json``; ``test_images/`` (links); ``models/<run>/{prompter,adapter,nnunet_folds}``;
 ``nnunet/`` (nnU-Net's raw, preprocessed and results folders); ``predictions/<run>/<method>/`` (nnU-Net layout);
 ``embedding_cache/``; ``results.csv``, ``summary.md`` and ``learning_curve.png``. Everything is kept and reused, so
 a rerun resumes where the last one stopped.
@@ -46,12 +47,12 @@ LEVERS = {"hypotheses": {"box_hypotheses": True}, "rebox": {"rebox": 1}, "larges
           "box": {"prompt": "box"}}
 #: What a variant starts from: box+mask prompts (the lever ``box`` drops the mask prompt).
 VARIANT_BASE = {"prompt": "box+mask"}
-#: Methods that take a variant: SAM prompted from an automatic coarse map.
 #: Whose cross-fitted maps prompt the adapter (``--adapt-source``).
 ADAPT_SOURCES = ("prompter", "nnunet")
 #: The record of the nnU-Net folds behind an ``--adapt-source nnunet`` adapter (in ``models/<run>/nnunet_folds``).
 NNUNET_FOLDS = "folds.json"
 _WHOSE = {"prompter": "the prompter's", "nnunet": "nnU-Net's"}
+#: Methods that take a variant: SAM prompted from an automatic coarse map.
 VARIABLE = ("prompter+sam", "prompter+sam-adapted", "nnunet+sam", "nnunet+sam-adapted")
 RESULT_FIELDS = ("method", "train_size", "seed", "case", "label", "dice", "nsd", "hd95", "seconds")
 
