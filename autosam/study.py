@@ -14,6 +14,7 @@ a rerun resumes where the last one stopped.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import sys
@@ -162,6 +163,15 @@ class StudyOptions:
     def uses_adapted(self) -> bool:
         return any(parse_method(m)[0].endswith("-adapted") for m in self.methods)
 
+    def adapts(self) -> bool:
+        """A SAM adapter is trained: an adapted method, or the tuned default (which also tries the adapter)."""
+        return bool(self.adapt) and (self.uses_adapted() or "tuned" in self.methods)
+
+    def needs_prompter(self) -> bool:
+        """A prompter is trained: a prompter method, the tuned default, or the prompter's maps prompt the adapter."""
+        prompted = any(m.startswith("prompter") or m == "tuned" for m in self.methods)
+        return prompted or (self.adapts() and self.adapt_source == "prompter")
+
 
 def quick_options() -> StudyOptions:
     """``--quick``: the bundled hippocampus sample end to end in a few minutes (a smoke test, not a result)."""
@@ -235,15 +245,16 @@ def check_plan(study: Path, plan: dict) -> dict:
 def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, gpu: bool) -> dict[str, float]:
     """A rough time per step (CPU: ~0.6 s per SAM slice with OpenVINO; GPU: ~100x less)."""
     o = plan["options"]
+    opts = StudyOptions(**o)
     sam = (0.006 if gpu else 0.6) * slices_per_case
     n_test = len(plan["test"])
     methods = o["methods"]
-    adapts = bool(o["adapt"]) and any("-adapted" in m or m == "tuned" for m in methods)
-    from_nnunet = adapts and o.get("adapt_source") == "nnunet"
-    prompted = any(m.startswith("prompter") or m == "tuned" for m in methods) or (adapts and not from_nnunet)
+    adapts = opts.adapts()
+    from_nnunet = adapts and opts.adapt_source == "nnunet"
     nnunet = o["nnunet_epochs"] * (o["nnunet_iterations"] + 5) * (0.3 if gpu else 1.0) + 60
     per_run = {
-        "prompter": o["prompter_epochs"] * o["prompter_iterations"] * (0.01 if gpu else 0.15) if prompted else 0,
+        "prompter": o["prompter_epochs"] * o["prompter_iterations"] * (0.01 if gpu else 0.15)
+        if opts.needs_prompter() else 0,
         "tuning": o["tune_cases"] * sam * 2 if "tuned" in methods else 0,
         "adapter": ((0 if from_nnunet else o["adapt_folds"]) + 1) * o["prompter_epochs"] * o["prompter_iterations"]
         * (0.01 if gpu else 0.1) if adapts else 0,
@@ -386,14 +397,23 @@ class Study:
         self._predictors: dict = {}
 
     # -- shared pieces ------------------------------------------------------------------------------------
-    def link_test_images(self) -> None:
-        files = io.list_cases(self.dataset / "imagesTr", self.info.file_ending, self.info.num_channels)
-        self.images.mkdir(parents=True, exist_ok=True)
-        for case in self.plan["test"]:
-            for f in files[case]:
-                link = self.images / f.name
+    @functools.cached_property
+    def files(self) -> dict[str, list[Path]]:
+        """Each case of the dataset and its image files."""
+        return io.list_cases(self.dataset / "imagesTr", self.info.file_ending, self.info.num_channels)
+
+    def link_images(self, cases: Sequence[str], folder: Path) -> Path:
+        """``folder`` with links to the image files of ``cases`` (kept links are left as they are)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            for f in self.files[case]:
+                link = folder / f.name
                 if not link.exists():
                     link.symlink_to(f.resolve())
+        return folder
+
+    def link_test_images(self) -> None:
+        self.link_images(self.plan["test"], self.images)
 
     def predictor(self, adapter: Optional[Path] = None):
         """A caching SAM predictor (frozen, or with ``adapter``), built once per adapter."""
@@ -411,8 +431,7 @@ class Study:
 
     def others(self, run: dict) -> list[str]:
         """Every case of the dataset outside the run's training subset (test cases included)."""
-        files = io.list_cases(self.dataset / "imagesTr", self.info.file_ending, self.info.num_channels)
-        return sorted(set(files) - set(run["cases"]))
+        return sorted(set(self.files) - set(run["cases"]))
 
     def score(self, method: str, run: dict, folder: Path, seconds: float) -> list[dict]:
         return score_folder(folder, self.labels, self.info, self.plan["test"], method, run,
@@ -515,16 +534,10 @@ class Study:
         out = root / "predictions"
         schedule = self.schedule()
         held = fold_assignment(run["cases"], o.adapt_folds, run["seed"], o.subject_pattern)
-        files = io.list_cases(self.dataset / "imagesTr", self.info.file_ending, self.info.num_channels)
         folds = []
         for i, part in enumerate(held):
             train = [c for c in run["cases"] if c not in part]
-            images = root / f"fold_{i}" / "images"
-            images.mkdir(parents=True, exist_ok=True)
-            for case in part:
-                for f in files[case]:
-                    if not (images / f.name).exists():
-                        (images / f.name).symlink_to(f.resolve())
+            images = self.link_images(part, root / f"fold_{i}" / "images")
             log(f"study {run['name']}: nnU-Net fold {i + 1}/{len(held)} on {len(train)} case(s), "
                 f"predicting its {len(part)} held-out case(s)")
             model = train_nnunet(self.dataset, train, root / f"fold_{i}", 900 + index, schedule)
@@ -617,11 +630,9 @@ class Study:
         """Train what the run's methods need, segment the test cases with each method, score them."""
         o = self.opts
         models: dict = {}
-        adapts = bool(o.adapt) and (o.uses_adapted() or "tuned" in o.methods)
-        prompted = any(m.startswith("prompter") or m == "tuned" for m in o.methods)
-        if prompted or (adapts and o.adapt_source == "prompter"):  # the prompter also prompts the adapter
+        if o.needs_prompter():
             models["prompter"] = self.train_prompter(run)
-        if adapts:
+        if o.adapts():
             models["adapter"] = self.train_adapter(run, models.get("prompter"), index)
         if "tuned" in o.methods:
             models["tuned"] = self.tune(models["prompter"], models.get("adapter"))
@@ -646,7 +657,7 @@ def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_r
     if dry_run:
         return plan
     study = Study(dataset, folder, opts, plan)
-    if opts.adapt and (opts.uses_adapted() or "tuned" in opts.methods):
+    if opts.adapts():
         for run in plan["runs"]:  # a kept adapter of other prompts is refused before anything is written
             study.kept_adapter(run)
     folder.mkdir(parents=True, exist_ok=True)
