@@ -39,8 +39,10 @@ class RefineConfig:
     components under ``min_size`` pixels get no prompt, and at most ``max_objects`` (the largest; 0: all) per label
     and slice do; ``box_hypotheses`` and ``rebox`` (times) are SAM-side localisation levers
     (:func:`autosam.sam_run.run_sam`); ``fill_gaps`` prompts a slice missing a class between two
-    slices that have it; ``axis`` as in :func:`autosam.slicing.choose_axis`; ``fusion_options`` go to the fusion
-    function (``weight`` for average, ``min_iou``/``min_agreement`` for gated).
+    slices that have it; ``axis`` as in :func:`autosam.slicing.choose_axis`; ``planes`` refines a 3D volume along
+    each of its three axes and averages the three fused distributions (``axis`` is then ignored; 2D images and
+    volumes one voxel thick have one plane); ``fusion_options`` go to the fusion function (``weight`` for
+    average, ``min_iou``/``min_agreement`` for gated).
     """
 
     # defaults: box+mask prompts; fusion auto = average on coarse probabilities (tied best on real nnU-Net
@@ -60,6 +62,7 @@ class RefineConfig:
     max_objects: int = 0
     box_hypotheses: bool = False
     rebox: int = 0
+    planes: bool = False
 
     def fusion_for(self, soft: bool) -> tuple[str, dict]:
         """The fusion strategy and its options for a coarse map with (``soft``) or without probabilities
@@ -84,7 +87,17 @@ class RefineConfig:
                                f"({uses})")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, as recorded in ``autosam_run.json`` and tuned settings; fields added later are left out at
+        their default, so a kept run of an older autosam still reads as the same settings."""
+        d = asdict(self)
+        for name, default in LATER_FIELDS.items():
+            if d[name] == default:
+                del d[name]
+        return d
+
+
+#: fields added to :class:`RefineConfig` after its records were first written, with their defaults
+LATER_FIELDS = {"planes": False}
 
 
 @dataclass
@@ -140,7 +153,8 @@ def refine_case(
     The case is refined ``slab`` slices at a time (prompts, SAM, fusion and the label decision per slab), so
     memory stays bounded on large volumes; with ``keep=False`` no whole-case probability volume is held at all
     (what the folder verbs use unless probabilities are saved). Voxels of the ignore label (if the dataset has
-    one) in ``coarse_seg`` count as background.
+    one) in ``coarse_seg`` count as background. With ``config.planes`` one whole-case distribution is summed over
+    the three axes whatever ``keep``, and ``sam`` is the run along the default axis.
     """
     config.check()
     if coarse_seg.shape != case.image.shape[1:]:
@@ -149,8 +163,25 @@ def refine_case(
     if coarse_probs is not None:
         check_coarse_probabilities(info, coarse_seg, coarse_probs)
     labels, shape = info.foreground, coarse_seg.shape
-    axis = slicing.choose_axis(case.spacing, shape, config.axis)
+    axis = slicing.choose_axis(case.spacing, shape, None if config.planes else config.axis)
     image = normalize_case(case.image, info.channel_names)
+    along = lambda a, k: _refine_along(predictor, case, info, config, image, coarse_seg, coarse_probs, a, k, slab)  # noqa: E731
+    if not config.planes or min(shape) == 1:
+        return along(axis, keep)
+    # three planes: the default axis first (its SAM run is the one returned), one summed distribution held
+    total, first = None, None
+    for a in [axis, *(a for a in (0, 1, 2) if a != axis)]:
+        refined = along(a, True)
+        first = refined.sam if first is None else first
+        total = refined.probabilities if total is None else total + refined.probabilities
+    total /= 3
+    sam = first if keep else replace(first, probabilities=None)
+    return Refined(segmentation=to_segmentation(total, labels), probabilities=total if keep else None, sam=sam)
+
+
+def _refine_along(predictor, case, info, config, image, coarse_seg, coarse_probs, axis, keep, slab) -> Refined:
+    """:func:`refine_case` along one ``axis``, ``slab`` slices at a time."""
+    labels, shape = info.foreground, coarse_seg.shape
     n = shape[axis]
     seg = np.zeros(shape, dtype=np.int16)
     probabilities = np.zeros((len(labels) + 1, *shape), np.float32) if keep else None

@@ -45,7 +45,7 @@ DESCRIPTIONS = {
 }
 #: Levers a method variant can switch on (``METHOD/FUSION+LEVER+...``), as :class:`RefineConfig` fields.
 LEVERS = {"hypotheses": {"box_hypotheses": True}, "rebox": {"rebox": 1}, "largest": {"max_objects": 1},
-          "box": {"prompt": "box"}}
+          "box": {"prompt": "box"}, "planes": {"planes": True}}
 #: What a variant starts from: box+mask prompts (the lever ``box`` drops the mask prompt).
 VARIANT_BASE = {"prompt": "box+mask"}
 #: Whose cross-fitted maps prompt the adapter (``--adapt-source``).
@@ -255,7 +255,8 @@ def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, g
     per_run = {
         "prompter": o["prompter_epochs"] * o["prompter_iterations"] * (0.01 if gpu else 0.15)
         if opts.needs_prompter() else 0,
-        "tuning": o["tune_cases"] * sam * 2 if "tuned" in methods else 0,
+        # the default axis twice (frozen and adapted SAM), and on 3D the two other planes of the planes candidates
+        "tuning": o["tune_cases"] * sam * (4 if slices_per_case > 1 else 2) if "tuned" in methods else 0,
         "adapter": ((0 if from_nnunet else o["adapt_folds"]) + 1) * o["prompter_epochs"] * o["prompter_iterations"]
         * (0.01 if gpu else 0.1) if adapts else 0,
         "nnunet": nnunet if any(m.startswith("nnunet") for m in methods) else 0,

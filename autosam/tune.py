@@ -50,7 +50,8 @@ class Candidate:
         opts = "".join(f" {k}={v}" for k, v in sorted(self.config.fusion_options.items()))
         c = self.config
         extra = (f" max_objects={c.max_objects}" if c.max_objects else "") + (
-            " box_hypotheses" if c.box_hypotheses else "") + (f" rebox={c.rebox}" if c.rebox else "")
+            " box_hypotheses" if c.box_hypotheses else "") + (f" rebox={c.rebox}" if c.rebox else "") + (
+            " planes" if c.planes else "")
         return f"{c.prompt}/{c.fusion}{opts}{extra}"
 
     def to_dict(self) -> dict:
@@ -97,12 +98,15 @@ def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("b
                min_ious: Sequence[float] = (0.5, 0.7, 0.8, 0.9),
                min_agreements: Sequence[float] = (0.3, 0.5, 0.7),
                weights: Sequence[float] = (0.3, 0.5, 0.7), max_objects: Sequence[int] = (0, 1),
-               levers: Sequence[tuple[bool, int]] = ((False, 0), (True, 0))) -> list[Candidate]:
+               levers: Sequence[tuple[bool, int]] = ((False, 0), (True, 0)), planes: bool = True) -> list[Candidate]:
     """The default grid: "no SAM", and per prompt strategy, object limit (0: every component prompted; 1: only
     the largest per label and slice) and localisation lever (``(box_hypotheses, rebox)`` pairs: none, and three
     box scales picked by SAM's IoU; re-boxing, ``(False, 1)``, is left out by default: it never helped in the
     studies of scripts/README.md) every fusion (gated over IoU and agreement thresholds, average over SAM's
-    weight). ``base`` gives the fields the grid does not vary (margin, axis, ...)."""
+    weight). ``planes`` adds, per prompt strategy, ``average`` at each weight on all three planes of a 3D case
+    (:class:`~autosam.refine.RefineConfig` ``planes``, with the first object limit; :func:`tune` drops them when
+    every case is 2D). ``base``
+    gives the fields the grid does not vary (margin, axis, ...)."""
     out = [Candidate(None)]
     for prompt, limit, (hyp, rebox) in ((p, m, lv) for p in prompts for m in max_objects for lv in levers):
         b = replace(base, prompt=prompt, max_objects=limit, box_hypotheses=hyp, rebox=rebox, fusion_options={})
@@ -110,7 +114,15 @@ def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("b
         out += [Candidate(replace(b, fusion="average", fusion_options={"weight": w})) for w in weights]
         out += [Candidate(replace(b, fusion="gated", fusion_options={"min_iou": i, "min_agreement": a}))
                 for i in min_ious for a in min_agreements]
+    if planes and not base.planes:
+        for prompt in prompts:
+            b = replace(base, prompt=prompt, max_objects=max_objects[0], box_hypotheses=False, rebox=0, planes=True)
+            out += [Candidate(replace(b, fusion="average", fusion_options={"weight": w})) for w in weights]
     return out
+
+
+def _is_3d(item: "TuneCase") -> bool:
+    return min(item.coarse_seg.shape) > 1
 
 
 def case_dice(seg: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> float:
@@ -132,6 +144,8 @@ def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
     if not items:
         raise AutosamError("no validation cases to tune on")
     grid = list(grid or candidates())
+    if not any(_is_3d(i) for i in items):  # planes are the one plane of a 2D image
+        grid = [c for c in grid if not (c.use_sam and c.config.planes)]
     if not any(not c.use_sam for c in grid):
         grid.insert(0, Candidate(None))
     labels = info.foreground
@@ -148,16 +162,25 @@ def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
         with sam.remembering_decodes() if remember else contextlib.nullcontext():
             for group in groups.values():
                 first = replace(group[0].config, fusion="replace", fusion_options={})
-                run = refine_case(sam, item.case, info, item.coarse_seg, item.coarse_probs, first, keep=True).sam
-                for c in group:
-                    fused = fuse(coarse, run, c.config.fusion, **c.config.fusion_options)
-                    seg = to_segmentation(to_distribution(fused), labels)
-                    scores[c.name].append(case_dice(seg, item.reference, labels))
+                runs = [refine_case(sam, item.case, info, item.coarse_seg, item.coarse_probs, config, keep=True).sam
+                        for config in _one_per_axis(first, item)]
+                for c in group:  # as refine_case: each plane fused, the distributions averaged
+                    dist = sum(to_distribution(fuse(coarse, run, c.config.fusion, **c.config.fusion_options))
+                               for run in runs) / len(runs)
+                    scores[c.name].append(case_dice(to_segmentation(dist, labels), item.reference, labels))
         if sam.cache.folder is None:
             sam.clear()  # an in-memory cache serves one case's prompt strategies, then is freed
     by_name = {c.name: c for c in grid}
     return TuneResult(cases=[i.case.case_id for i in items], scores=scores, candidates=by_name,
                       best=choose(scores, by_name, min_gain), min_gain=min_gain)
+
+
+def _one_per_axis(config: RefineConfig, item: TuneCase) -> list[RefineConfig]:
+    """``config`` itself, or with ``planes`` on a 3D case, one config per axis (their runs are fused and averaged
+    as :func:`autosam.refine.refine_case` does)."""
+    if not (config.planes and _is_3d(item)):
+        return [config]
+    return [replace(config, planes=False, axis=a) for a in (0, 1, 2)]
 
 
 def choose(scores: dict[str, list[float]], by_name: dict[str, Candidate], min_gain: float = MIN_GAIN) -> Candidate:

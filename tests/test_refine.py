@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from autosam import cli, evaluation, export, io
+from autosam import cli, evaluation, export, io, slicing
 from autosam.refine import RefineConfig, refine_case
 from autosam.sample import sample_dataset
 
@@ -217,3 +217,55 @@ def test_refine_errors_are_one_line_exit_2(hippo, tmp_path, capsys):
 
     assert "must differ" in _error(capsys, "-i", images, "-c", good, "-o", good)
     assert not (tmp_path / "o1" / f"{HIPPO}.nii.gz").exists()
+
+
+@pytest.mark.slow
+def test_planes_average_the_three_axes(litemedsam, tmp_path):
+    """``planes``: a 3D case refined along each axis and the three fused distributions averaged; the coarse map
+    is a real label grown by a voxel in 3D, which every plane of SAM then trims."""
+    from autosam.sam.cache import CachingPredictor
+
+    root = sample_dataset("hippocampus")
+    info = io.load_dataset_json(root)
+    box = (slice(4, 28), slice(4, 43), slice(5, 27))  # the labels with a margin, (Z, Y, X)
+    image = sitk.ReadImage(str(root / "imagesTr" / f"{HIPPO}_0000.nii.gz"))
+    crop = sitk.GetImageFromArray(sitk.GetArrayFromImage(image)[box])
+    crop.SetSpacing(image.GetSpacing())
+    gt = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "labelsTr" / f"{HIPPO}.nii.gz")))[box].astype(np.int16)
+    sitk.WriteImage(crop, str(tmp_path / f"{HIPPO}_0000.nii.gz"))
+    case = io.read_case(HIPPO, [tmp_path / f"{HIPPO}_0000.nii.gz"])
+    coarse = np.zeros_like(gt)
+    for v in (1, 2):
+        coarse[ndimage.binary_dilation(gt == v) & (coarse == 0)] = v
+    onehot = np.stack([coarse == v for v in (0, 1, 2)]).astype(np.float32)
+    probs = ndimage.gaussian_filter(onehot, (0, 0.7, 0.7, 0.7))
+    probs /= probs.sum(0, keepdims=True)
+    predictor = CachingPredictor(litemedsam, device="cpu")
+    with predictor.remembering_decodes():
+        planes = refine_case(predictor, case, info, coarse, probs, RefineConfig(fusion="average", planes=True))
+        axes = [refine_case(predictor, case, info, coarse, probs, RefineConfig(fusion="average", axis=a))
+                for a in (0, 1, 2)]
+    mean = sum(r.probabilities for r in axes) / 3
+    np.testing.assert_allclose(planes.probabilities, mean, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray([0, 1, 2])[mean.argmax(0)], planes.segmentation)
+    axis = slicing.choose_axis(case.spacing, gt.shape)  # the run returned is the default axis's
+    assert planes.sam.axis == axis and planes.sam.prompted.shape == (2, gt.shape[axis])
+    scores = {"coarse": _dice(gt, coarse, [1, 2]), "planes": _dice(gt, planes.segmentation, [1, 2]),
+              **{f"axis {a}": _dice(gt, r.segmentation, [1, 2]) for a, r in enumerate(axes)}}
+    print(scores)
+    assert scores["planes"] > scores["coarse"] + 0.02, scores
+    # tuning scores a planes candidate as refine_case segments it
+    from autosam.tune import Candidate, TuneCase, tune
+
+    grid = [Candidate(None), Candidate(RefineConfig(fusion="average", fusion_options={"weight": 0.5}, planes=True))]
+    with predictor.remembering_decodes():
+        tuned = tune(predictor, [TuneCase(case, gt, coarse, probs)], info, grid, min_gain=0.0)
+    assert tuned.best.config.planes and tuned.mean(grid[1].name) == pytest.approx(scores["planes"], abs=1e-6)
+    # a 2D image has one plane: the same answer as without planes
+    hc18 = sample_dataset("hc18")
+    img = io.read_case("801_HC", [hc18 / "imagesTr" / "801_HC_0000.png"])
+    ref = io.read_label(hc18 / "labelsTr" / "801_HC.png")[0]
+    coarse2d = (ndimage.distance_transform_edt(ref[0] == 1) > 20)[None].astype(np.int16)
+    info2d = io.load_dataset_json(hc18)
+    flat = [refine_case(predictor, img, info2d, coarse2d, None, RefineConfig(planes=p)) for p in (True, False)]
+    np.testing.assert_array_equal(flat[0].probabilities, flat[1].probabilities)

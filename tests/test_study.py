@@ -81,6 +81,8 @@ def test_variant_levers_are_refine_fields():
         "prompter+sam", {"prompt": "box+mask", "fusion": "replace", "box_hypotheses": True, "max_objects": 1})
     assert describe("nnunet+sam-adapted/average+box+hypotheses").endswith(
         "adapted SAM, box prompts, average fusion, hypotheses")
+    assert parse_method("nnunet+sam/average+planes") == (
+        "nnunet+sam", {"prompt": "box+mask", "fusion": "average", "planes": True})
     assert parse_method("nnunet") == ("nnunet", None)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from .. import io
@@ -55,6 +56,9 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
                    help="decode each box at three scales and keep the mask SAM rates highest (predicted IoU)")
     g.add_argument("--rebox", type=int, default=d.rebox,
                    help="redraw each box around SAM's own mask and decode again, this many times (default 0)")
+    g.add_argument("--planes", action="store_true",
+                   help="refine 3D volumes along each of their three axes and average the three results (three "
+                        "times SAM's cost; for near-isotropic volumes; --axis is then ignored)")
     g.add_argument("--no-fill-gaps", action="store_true",
                    help="do not prompt a slice that misses a class present on both neighbouring slices")
     g.add_argument("--weight", type=float, default=None, help="SAM's weight for --fusion average (default 0.5)")
@@ -94,14 +98,14 @@ def config_from_args(args: argparse.Namespace, check: bool = True) -> RefineConf
                         min_size=args.min_size, axis=args.axis, fusion_options=options,
                         n_positive=args.positive_points, n_negative=args.negative_points,
                         fill_gaps=not args.no_fill_gaps, max_objects=args.max_objects,
-                        box_hypotheses=args.box_hypotheses, rebox=args.rebox)
+                        box_hypotheses=args.box_hypotheses, rebox=args.rebox, planes=args.planes)
 
 
 #: options of :func:`add_refine_arguments` -> the :class:`RefineConfig` field each sets
 REFINE_FIELDS = {"prompt": "prompt", "fusion": "fusion", "margin": "margin", "margin_unit": "margin_unit",
                  "min_size": "min_size", "axis": "axis", "positive_points": "n_positive",
                  "negative_points": "n_negative", "no_fill_gaps": "fill_gaps", "max_objects": "max_objects",
-                 "box_hypotheses": "box_hypotheses", "rebox": "rebox"}
+                 "box_hypotheses": "box_hypotheses", "rebox": "rebox", "planes": "planes"}
 SAM_MODEL_OPTIONS = ("sam", "checkpoint", "adapter")
 
 
@@ -112,7 +116,7 @@ def config_from_record(args: argparse.Namespace, recorded: dict) -> RefineConfig
     given = getattr(args, "given", None)
     if given is None:
         return config_from_args(args)
-    cli = config_from_args(args, check=False).to_dict()
+    cli = asdict(config_from_args(args, check=False))
     fields = dict(recorded["refine"])
     for option, name in REFINE_FIELDS.items():
         if option in given:
