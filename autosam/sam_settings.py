@@ -186,7 +186,7 @@ def record(settings: dict, folder: str | os.PathLike, run: Optional[dict] = None
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {key: settings.get(key) for key in MODEL_KEYS}
     data["use_sam"] = bool(settings.get("use_sam", True))
-    data["refine"] = dict(settings["refine"])
+    data["refine"] = refine_config(settings).to_dict()  # as autosam_run.json records it
     if settings.get("tuning"):
         data["tuning"] = settings["tuning"]
     data["runtime"] = run or {}
