@@ -163,18 +163,18 @@ def refine_case(
     if coarse_probs is not None:
         check_coarse_probabilities(info, coarse_seg, coarse_probs)
     labels, shape = info.foreground, coarse_seg.shape
-    axis = slicing.choose_axis(case.spacing, shape, None if config.planes else config.axis)
+    axes = slicing.plane_axes(case.spacing, shape, config.axis, config.planes)
     image = normalize_case(case.image, info.channel_names)
     along = lambda a, k: _refine_along(predictor, case, info, config, image, coarse_seg, coarse_probs, a, k, slab)  # noqa: E731
-    if not config.planes or min(shape) == 1:
-        return along(axis, keep)
+    if len(axes) == 1:
+        return along(axes[0], keep)
     # three planes: the default axis first (its SAM run is the one returned), one summed distribution held
     total, first = None, None
-    for a in [axis, *(a for a in (0, 1, 2) if a != axis)]:
+    for a in axes:
         refined = along(a, True)
         first = refined.sam if first is None else first
         total = refined.probabilities if total is None else total + refined.probabilities
-    total /= 3
+    total /= len(axes)
     sam = first if keep else replace(first, probabilities=None)
     return Refined(segmentation=to_segmentation(total, labels), probabilities=total if keep else None, sam=sam)
 

@@ -27,6 +27,16 @@ def choose_axis(spacing: Sequence[float], shape: Sequence[int], axis: Optional[i
     return min(candidates, key=lambda a: (shape[a], a))
 
 
+def plane_axes(spacing: Sequence[float], shape: Sequence[int], axis: Optional[int] = None,
+               planes: bool = False) -> list[int]:
+    """The axes a case is refined along: :func:`choose_axis`'s, or with ``planes`` on a volume more than one voxel
+    thick along every axis, all three with that one first (``axis`` is then ignored)."""
+    first = choose_axis(spacing, shape, None if planes else axis)
+    if not planes or min(shape) == 1:
+        return [first]
+    return [first, *(a for a in (0, 1, 2) if a != first)]
+
+
 def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
     """``(C, Z, Y, X)`` -> ``(S, C, h, w)`` slices along spatial ``axis`` (a view when possible)."""
     return np.moveaxis(volume, axis + 1, 0)

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import io
+from . import io, slicing
 from .errors import AutosamError
 from .fusion import fuse
 from .evaluation import finite_mean
@@ -105,8 +105,7 @@ def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("b
     studies of scripts/README.md) every fusion (gated over IoU and agreement thresholds, average over SAM's
     weight). ``planes`` adds, per prompt strategy, ``average`` at each weight on all three planes of a 3D case
     (:class:`~autosam.refine.RefineConfig` ``planes``, with the first object limit; :func:`tune` drops them when
-    every case is 2D). ``base``
-    gives the fields the grid does not vary (margin, axis, ...)."""
+    every case is 2D). ``base`` gives the fields the grid does not vary (margin, axis, ...)."""
     out = [Candidate(None)]
     for prompt, limit, (hyp, rebox) in ((p, m, lv) for p in prompts for m in max_objects for lv in levers):
         b = replace(base, prompt=prompt, max_objects=limit, box_hypotheses=hyp, rebox=rebox, fusion_options={})
@@ -119,10 +118,6 @@ def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("b
             b = replace(base, prompt=prompt, max_objects=max_objects[0], box_hypotheses=False, rebox=0, planes=True)
             out += [Candidate(replace(b, fusion="average", fusion_options={"weight": w})) for w in weights]
     return out
-
-
-def _is_3d(item: "TuneCase") -> bool:
-    return min(item.coarse_seg.shape) > 1
 
 
 def case_dice(seg: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> float:
@@ -144,7 +139,7 @@ def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
     if not items:
         raise AutosamError("no validation cases to tune on")
     grid = list(grid or candidates())
-    if not any(_is_3d(i) for i in items):  # planes are the one plane of a 2D image
+    if all(len(_axes(item, RefineConfig(planes=True))) == 1 for item in items):  # a 2D image has one plane
         grid = [c for c in grid if not (c.use_sam and c.config.planes)]
     if not any(not c.use_sam for c in grid):
         grid.insert(0, Candidate(None))
@@ -175,12 +170,16 @@ def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
                       best=choose(scores, by_name, min_gain), min_gain=min_gain)
 
 
+def _axes(item: TuneCase, config: RefineConfig) -> list[int]:
+    """The axes :func:`autosam.refine.refine_case` slices ``item`` along with ``config``."""
+    return slicing.plane_axes(item.case.spacing, item.coarse_seg.shape, config.axis, config.planes)
+
+
 def _one_per_axis(config: RefineConfig, item: TuneCase) -> list[RefineConfig]:
-    """``config`` itself, or with ``planes`` on a 3D case, one config per axis (their runs are fused and averaged
-    as :func:`autosam.refine.refine_case` does)."""
-    if not (config.planes and _is_3d(item)):
-        return [config]
-    return [replace(config, planes=False, axis=a) for a in (0, 1, 2)]
+    """``config`` itself, or with ``planes`` on a 3D case, one config per axis in refine_case's order (their runs
+    are fused and averaged as :func:`autosam.refine.refine_case` does)."""
+    axes = _axes(item, config)
+    return [config] if len(axes) == 1 else [replace(config, planes=False, axis=a) for a in axes]
 
 
 def choose(scores: dict[str, list[float]], by_name: dict[str, Candidate], min_gain: float = MIN_GAIN) -> Candidate:
