@@ -216,7 +216,11 @@ def test_refine_errors_are_one_line_exit_2(hippo, tmp_path, capsys):
                                     tmp_path / "regions.json")
 
     assert "must differ" in _error(capsys, "-i", images, "-c", good, "-o", good)
-    assert not (tmp_path / "o1" / f"{HIPPO}.nii.gz").exists()
+    before = {f.name: f.read_bytes() for f in good.iterdir()}
+    assert "--axis does not apply with --planes" in _error(capsys, "-i", images, "-c", good, "-o", tmp_path / "o7",
+                                                             "--planes", "--axis", "0")
+    assert not (tmp_path / "o1" / f"{HIPPO}.nii.gz").exists() and not (tmp_path / "o7").exists()
+    assert {f.name: f.read_bytes() for f in good.iterdir()} == before
 
 
 @pytest.mark.slow

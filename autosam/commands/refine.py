@@ -58,7 +58,7 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
                    help="redraw each box around SAM's own mask and decode again, this many times (default 0)")
     g.add_argument("--planes", action="store_true",
                    help="refine 3D volumes along each of their three axes and average the three results (three "
-                        "times SAM's cost; for near-isotropic volumes; --axis is then ignored)")
+                        "times SAM's cost; for near-isotropic volumes; not with --axis)")
     g.add_argument("--no-fill-gaps", action="store_true",
                    help="do not prompt a slice that misses a class present on both neighbouring slices")
     g.add_argument("--weight", type=float, default=None, help="SAM's weight for --fusion average (default 0.5)")
@@ -80,6 +80,8 @@ def check_applicable(args: argparse.Namespace, prompt: str, fusion: str) -> None
         if option in given and getattr(args, option) is not None and option not in TAKES.get(fusion, ()):
             raise AutosamError(f"--{option.replace('_', '-')} applies to --fusion {strategy} only (fusion is "
                                f"{fusion})")
+    if "axis" in given and getattr(args, "axis", None) is not None and getattr(args, "planes", False):
+        raise AutosamError("--axis does not apply with --planes (every axis is refined); give one of them")
     for option in ("positive_points", "negative_points"):
         if option in given and "points" not in prompt:
             raise AutosamError(f"--{option.replace('_', '-')} applies to prompt strategies with points "
