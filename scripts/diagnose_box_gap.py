@@ -13,9 +13,7 @@ neighbouring slices (one box per label and slice; weights centre first), fused w
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -26,9 +24,11 @@ from autosam.labels import labels_from_probabilities
 from autosam.oracle import oracle_prompts, segment_case_from_labels
 from autosam.refine import coarse_foreground
 from autosam.sam import build_sam
-from autosam.sam.cache import CachingPredictor, EmbeddingCache
+from autosam.sam.cache import CachingPredictor
 from autosam.sam.transforms import normalize_case
 from autosam.sam_run import run_sam
+
+from study_diagnostics import study_parts  # scripts/, beside this file
 
 SMOOTHING = {"raw": None, "smooth 1-1": (1, 1), "smooth 2-1": (2, 1), "smooth 2-1-0.5": (2, 1, 0.5)}
 
@@ -85,23 +85,13 @@ def dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--study", type=Path, required=True, help="an autosam study folder (test_images, predictions)")
-    ap.add_argument("--data", type=Path, required=True, help="the study's dataset (dataset.json, labelsTr)")
-    ap.add_argument("--run", default="n10_s0", help="the study run whose nnU-Net and adapter are used")
-    ap.add_argument("--max-cases", type=int, default=0, help="only the first N test cases (0: all)")
-    args = ap.parse_args()
-
-    info = io.load_dataset_json(args.data)
-    values = info.foreground
-    nnunet_dir = args.study / "predictions" / args.run / "nnunet"
-    sam = CachingPredictor(build_sam("litemedsam", adapter=str(args.study / "models" / args.run / "adapter")),
-                           device="cpu", cache=EmbeddingCache(args.study / "embedding_cache"))
-    cases = sorted(io.list_cases(args.study / "test_images", info.file_ending, info.num_channels).items())
+    study = study_parts(__doc__)
+    info, values, nnunet_dir = study.info, study.info.foreground, study.nnunet
+    sam = CachingPredictor(build_sam("litemedsam", adapter=str(study.adapter)), device="cpu", cache=study.cache)
     rows: dict = {}
-    for case_id, files in cases[: args.max_cases or None]:
+    for case_id, files in study.cases:
         case = io.read_case(case_id, files)
-        ref, _ = io.read_label(args.data / "labelsTr" / f"{case_id}{info.file_ending}")
+        ref = study.reference(case_id)
         nn, _ = io.read_label(nnunet_dir / f"{case_id}{info.file_ending}")
         with np.load(nnunet_dir / f"{case_id}.npz") as npz:
             probs = npz["probabilities"]
