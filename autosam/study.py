@@ -113,6 +113,7 @@ class StudyOptions:
     adapt_folds: int = 3
     adapt_prompt: str = "box+mask"  # what the adapter is given on the cross-fitted prompts: box+mask or box
     adapt_source: str = "prompter"  # whose cross-fitted maps prompt the adapter: prompter or nnunet
+    adapt_planes: bool = False  # the adapter trains on the slices of all three axes of a volume
     tune_cases: int = 10
     max_objects: int = 0  # components prompted per label and slice in every prompted SAM method (0: all)
     nnunet_trainer: Optional[str] = None
@@ -258,7 +259,7 @@ def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, g
         # the default axis twice (frozen and adapted SAM), and on 3D the two other planes of the planes candidates
         "tuning": o["tune_cases"] * sam * (4 if slices_per_case > 1 else 2) if "tuned" in methods else 0,
         "adapter": ((0 if from_nnunet else o["adapt_folds"]) + 1) * o["prompter_epochs"] * o["prompter_iterations"]
-        * (0.01 if gpu else 0.1) if adapts else 0,
+        * (0.01 if gpu else 0.1) * (3 if opts.adapt_planes and slices_per_case > 1 else 1) if adapts else 0,
         "nnunet": nnunet if any(m.startswith("nnunet") for m in methods) else 0,
         "nnU-Net folds (--adapt-source nnunet)": o["adapt_folds"] * nnunet if from_nnunet else 0,
         "inference": n_test * 0.2 * len(methods),
@@ -498,7 +499,7 @@ class Study:
         finetune(self.dataset, folder, base="litemedsam", method=o.adapt, epochs=o.adapt_epochs, val_fraction=0.0,
                  iterations_per_epoch=o.adapt_iterations, exclude=self.others(run) + held_out,
                  subject_pattern=o.subject_pattern, seed=run["seed"], device=o.device, resume=started,
-                 prompts_from=prompts_from, folds=o.adapt_folds, auto_prompt=o.adapt_prompt)
+                 prompts_from=prompts_from, folds=o.adapt_folds, auto_prompt=o.adapt_prompt, planes=o.adapt_planes)
         return folder
 
     def kept_adapter(self, run: dict):
@@ -520,6 +521,11 @@ class Study:
             raise AutosamError(f"{folder}: this adapter trained on {_WHOSE[source]} maps, not "
                                f"{_WHOSE[o.adapt_source]} (--adapt-source); use another study folder or give "
                                f"--adapt-source {source}")
+        if kept.planes != o.adapt_planes:
+            raise AutosamError(f"{folder}: this adapter trained on the slices of "
+                               + ("all three axes; use another study folder or give --adapt-planes" if kept.planes
+                                  else "one axis, not all three (--adapt-planes); use another study folder or "
+                                       "drop --adapt-planes"))
         return kept
 
     def nnunet_folds(self, run: dict, index: int) -> Path:

@@ -423,6 +423,12 @@ def _(root):
     return ["finetune", "-d", d, "-o", d / "adapter", "--device", "cpu"]
 
 
+@case("finetune: --planes with --axis", "--planes", "--axis")
+def _(root):
+    return ["finetune", "-d", _dataset(root / "d"), "-o", root.parent / "adapter", "--device", "cpu", "--planes",
+            "--axis", "0"]
+
+
 def _finetune(d: Path, root: Path, source: str, *extra) -> list:
     return ["finetune", "-d", d, "-o", root.parent / "adapter", "--device", "cpu", "--prompts-from", source, *extra]
 

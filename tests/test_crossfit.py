@@ -92,6 +92,36 @@ def test_automatic_samples_from_a_coarse_map():
     assert len(fp) == 1 and not fp[0].mask.any() and np.array_equal(fp[0].box, [10, 10, 15, 15])
 
 
+def test_planes_train_on_the_slices_of_all_three_axes():
+    """``planes``: the labelled and prompted slices of every axis, the default axis's first and unchanged, each
+    automatic sample pointing at a slice of its own axis whose label holds its target."""
+    info = io.load_dataset_json(HIPPO)
+    case = CASES[0]
+    coarse = _label(case).astype(np.int16)
+    one = load_training_set(HIPPO, info, [case], None, 0, "test", coarse={case: (coarse, None)})
+    three = load_training_set(HIPPO, info, [case], None, 0, "test", coarse={case: (coarse, None)}, planes=True)
+    first = one.slices[0].axis
+    assert {s.axis for s in one.slices} == {first} and {s.axis for s in three.slices} == {0, 1, 2}
+    assert three.slices[0].axis == first
+    assert [(s.axis, s.index) for s in three.slices[: len(one.slices)]] == [(s.axis, s.index) for s in one.slices]
+    for ax in (0, 1, 2):  # every slice with foreground along each axis
+        fg = (_label(case) > 0).any(axis=tuple(a for a in (0, 1, 2) if a != ax))
+        assert sorted(s.index for s in three.slices if s.axis == ax) == list(np.nonzero(fg)[0])
+    auto = [s for s in three.samples if s.box is not None]
+    assert {three.slices[s.slice].axis for s in auto} == {0, 1, 2}
+    for s in auto:
+        sl = three.slices[s.slice]
+        assert s.mask.shape == sl.label.shape and (not s.mask.any() or (sl.label[s.mask] == s.label).all())
+    assert len(three.samples) > 2 * len(one.samples)
+    train = load_training_set(HIPPO, info, [case], None, 0, "test", planes=True)  # label samples only
+    assert {s.axis for s in train.slices} == {0, 1, 2}
+    with pytest.raises(AutosamError, match="--planes"):
+        from autosam.adapt.train import finetune
+
+        finetune(HIPPO, Path("/nonexistent/never_written"), axis=0, planes=True)
+    assert not Path("/nonexistent/never_written").exists()
+
+
 def test_automatic_box_mask_samples_carry_the_coarse_probabilities_as_mask_prompt():
     """``box+mask`` automatic prompts: each sample's mask prompt is the coarse probabilities as logits, inside its
     box only (a label map without probabilities gives the same from itself); the decoder gets it (the loss on the

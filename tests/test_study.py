@@ -120,4 +120,8 @@ def test_quick_study_adapts_on_nnunets_cross_fitted_maps(tmp_path, capsys):
     assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--methods", "sam-oracle-adapted"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "trained on nnU-Net's maps, not the prompter's (--adapt-source)" in err[-1]
+    assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
+                 "--adapt-planes", "--methods", "sam-oracle-adapted"]) == 2  # a one-axis adapter: refused too
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "one axis, not all three (--adapt-planes)" in err[-1]
     assert adapter.stat().st_mtime_ns == before

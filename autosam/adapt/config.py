@@ -65,6 +65,7 @@ class AdapterConfig:
     loss: str = "dice_bce"
     seed: int = 0
     axis: Optional[int] = None
+    planes: bool = False  # slices of all three axes of a volume (finetune --planes)
     subject_pattern: Optional[str] = None  # regex of autosam.splits: a subject's cases stay on one side of the split
     dataset: str = ""
     labels: dict = field(default_factory=dict)

@@ -74,27 +74,33 @@ def labelled_slices(label: np.ndarray, axis: int, max_slices: int = 0) -> list[i
     return [int(i) for i in fg]
 
 
-def _read_case(case: str, files: list[Path], label_path: Path, info: io.DatasetInfo, axis: Optional[int]
-               ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
-    """A case's normalised slices ``(S, C, h, w)``, label slices ``(S, h, w)``, slice axis and label volume."""
+def _read_case(case: str, files: list[Path], label_path: Path, info: io.DatasetInfo, axis: Optional[int],
+               planes: bool = False) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A case's normalised image ``(C, Z, Y, X)``, label volume and the axes to cut slices along
+    (:func:`autosam.slicing.plane_axes`: the chosen one, or with ``planes`` all three of a volume)."""
     rw = io.reader_writer(info.file_ending)
     image = io.read_case(case, files, rw)
     label, props = io.read_label(label_path, rw)
     if label.shape != image.image.shape[1:]:
         raise AutosamError(f"{label_path}: shape {label.shape} differs from the image's {image.image.shape[1:]}")
     io.check_same_geometry(image.properties, props, f"label {label_path}")
-    ax = slicing.choose_axis(image.spacing, label.shape, axis)
-    norm = slicing.to_slices(normalize_case(image.image, info.channel_names), ax)
-    return norm, slicing.to_slices(label[None], ax)[:, 0], ax, label
+    axes = slicing.plane_axes(image.spacing, label.shape, axis, planes)
+    return normalize_case(image.image, info.channel_names), label, axes
 
 
 def read_training_case(
     case: str, files: list[Path], label_path: Path, info: io.DatasetInfo, axis: Optional[int], max_slices: int,
+    planes: bool = False,
 ) -> list[TrainSlice]:
-    """Read and normalise one case and return its labelled slices (images kept)."""
-    norm, labels, ax, label = _read_case(case, files, label_path, info, axis)
-    return [TrainSlice(case, ax, i, np.ascontiguousarray(labels[i]), np.ascontiguousarray(norm[i]))
-            for i in labelled_slices(label, ax, max_slices)]
+    """Read and normalise one case and return its labelled slices (images kept); with ``planes``, those along
+    each of a volume's three axes (at most ``max_slices`` per axis)."""
+    norm, label, axes = _read_case(case, files, label_path, info, axis, planes)
+    out = []
+    for ax in axes:
+        images, labels = slicing.to_slices(norm, ax), slicing.to_slices(label[None], ax)[:, 0]
+        out += [TrainSlice(case, ax, i, np.ascontiguousarray(labels[i]), np.ascontiguousarray(images[i]))
+                for i in labelled_slices(label, ax, max_slices)]
+    return out
 
 
 #: How automatic prompts are made from a coarse map: refine's defaults (box per component of at least 4 pixels,
@@ -116,34 +122,43 @@ def auto_prompts(kind: str = AUTO_PROMPT) -> dict:
 def read_auto_case(
     case: str, files: list[Path], label_path: Path, info: io.DatasetInfo, axis: Optional[int], max_slices: int,
     coarse: np.ndarray, probabilities: Optional[np.ndarray] = None, prompts: Optional[dict] = None,
+    planes: bool = False,
 ) -> tuple[list[TrainSlice], list[Sample]]:
     """Labelled slices plus the slices an automatic ``coarse`` label map prompts (at most ``max_slices`` of each,
-    evenly spread; 0 = all), and the automatic samples (``slice`` indexes the returned list).
+    evenly spread; 0 = all), and the automatic samples (``slice`` indexes the returned list); with ``planes``,
+    along each of a volume's three axes, as ``refine --planes`` prompts it.
 
     ``prompts`` (default :data:`AUTO_PROMPTS`) says how prompts are made; ``box+mask`` mask prompts come from the
     coarse ``probabilities`` ``(K+1, *shape)`` (background first, nnU-Net's layout), or from the label map itself
     when there are none, as refine makes them."""
     prompts = dict(prompts or AUTO_PROMPTS)
-    norm, labels, ax, label = _read_case(case, files, label_path, info, axis)
+    norm, label, axes = _read_case(case, files, label_path, info, axis, planes)
     if coarse.shape != label.shape:
         raise AutosamError(f"case {case}: coarse map of shape {coarse.shape} differs from the label's {label.shape}")
-    prob_slices = None
-    if "mask" in prompts["strategy"] and probabilities is not None:
-        if probabilities.shape[1:] != label.shape:
-            raise AutosamError(f"case {case}: coarse probabilities of shape {probabilities.shape[1:]} differ from "
-                               f"the label's {label.shape}")
-        prob_slices = slicing.to_slices(probabilities[1:], ax)
-    made = prompts_for_slices(slicing.to_slices(coarse[None], ax)[:, 0], info.foreground, prob_slices=prob_slices,
-                              **prompts)
-    prompted = sorted({p.prompt.slice_index for p in made})
-    if max_slices and len(prompted) > max_slices:
-        prompted = [prompted[i] for i in np.unique(np.linspace(0, len(prompted) - 1, max_slices).round().astype(int))]
-    chosen = sorted(set(labelled_slices(label, ax, max_slices)) | set(prompted))
-    where = {s: k for k, s in enumerate(chosen)}
-    slices = [TrainSlice(case, ax, i, np.ascontiguousarray(labels[i]), np.ascontiguousarray(norm[i])) for i in chosen]
-    samples = [Sample(where[p.prompt.slice_index], p.label, box_target(labels[p.prompt.slice_index] == p.label,
-                                                                       p.prompt.box), p.prompt.box, p.prompt.mask)
-               for p in made if p.prompt.slice_index in where]
+    if "mask" in prompts["strategy"] and probabilities is not None and probabilities.shape[1:] != label.shape:
+        raise AutosamError(f"case {case}: coarse probabilities of shape {probabilities.shape[1:]} differ from "
+                           f"the label's {label.shape}")
+    slices: list[TrainSlice] = []
+    samples: list[Sample] = []
+    for ax in axes:
+        images, labels = slicing.to_slices(norm, ax), slicing.to_slices(label[None], ax)[:, 0]
+        prob_slices = None
+        if "mask" in prompts["strategy"] and probabilities is not None:
+            prob_slices = slicing.to_slices(probabilities[1:], ax)
+        made = prompts_for_slices(slicing.to_slices(coarse[None], ax)[:, 0], info.foreground,
+                                  prob_slices=prob_slices, **prompts)
+        prompted = sorted({p.prompt.slice_index for p in made})
+        if max_slices and len(prompted) > max_slices:
+            prompted = [prompted[i]
+                        for i in np.unique(np.linspace(0, len(prompted) - 1, max_slices).round().astype(int))]
+        chosen = sorted(set(labelled_slices(label, ax, max_slices)) | set(prompted))
+        where = {s: len(slices) + k for k, s in enumerate(chosen)}
+        slices += [TrainSlice(case, ax, i, np.ascontiguousarray(labels[i]), np.ascontiguousarray(images[i]))
+                   for i in chosen]
+        samples += [Sample(where[p.prompt.slice_index], p.label,
+                           box_target(labels[p.prompt.slice_index] == p.label, p.prompt.box), p.prompt.box,
+                           p.prompt.mask)
+                    for p in made if p.prompt.slice_index in where]
     return slices, samples
 
 

@@ -66,8 +66,10 @@ class TrainingSet:
 def load_training_set(
     dataset_dir: Path, info: io.DatasetInfo, cases: Sequence[str], axis: Optional[int], max_slices: int, desc: str,
     cache: Optional[EmbeddingCache] = None, model=None, coarse: Optional[dict] = None, prompts: Optional[dict] = None,
+    planes: bool = False,
 ) -> TrainingSet:
-    """Read the cases' labelled slices; with a cache, embed them by ``model`` (once) and drop the images.
+    """Read the cases' labelled slices (with ``planes``, along each of a volume's three axes); with a cache,
+    embed them by ``model`` (once) and drop the images.
 
     ``coarse`` (case -> automatic coarse ``(label map, probabilities or None)``) adds the slices it prompts and one
     automatic sample per prompt, made as ``prompts`` says (:func:`autosam.adapt.data.read_auto_case`), after the
@@ -80,10 +82,10 @@ def load_training_set(
     for case in progress(list(cases), desc):
         if coarse is not None:
             part, found = read_auto_case(case, files[case], labels[case], info, axis, max_slices, *coarse[case],
-                                         prompts=prompts)
+                                         prompts=prompts, planes=planes)
             auto += [Sample(s.slice + len(slices), s.label, s.mask, s.box, s.prompt_mask) for s in found]
         else:
-            part = read_training_case(case, files[case], labels[case], info, axis, max_slices)
+            part = read_training_case(case, files[case], labels[case], info, axis, max_slices, planes)
         if cache is not None and part:
             embeddings.extend(cache.fetch(model, [s.image for s in part]))
             for s in part:
@@ -186,7 +188,7 @@ def finetune(
     device: str = "auto", resume: bool = False, overwrite: bool = False,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
     prompts_from: Optional[str] = None, folds: int = 3, fold_epochs: Optional[int] = None,
-    auto_prompt: str = AUTO_PROMPT,
+    auto_prompt: str = AUTO_PROMPT, planes: bool = False,
 ) -> FinetuneResult:
     """Train an adapter on the nnU-Net raw dataset ``dataset_dir`` and write it to ``adapter_dir``.
 
@@ -198,13 +200,16 @@ def finetune(
     a prompter that never trained on them (``folds`` cross-fitted fold prompters trained ``fold_epochs`` epochs,
     default the prompter's own), beside the label-derived noisy ones (:mod:`autosam.adapt.crossfit`);
     ``auto_prompt`` ``box+mask`` (the default) also gives them the source's probabilities as SAM's mask prompt, as
-    refine's built-in ``box+mask`` strategy does; ``box`` gives boxes only.
+    refine's built-in ``box+mask`` strategy does; ``box`` gives boxes only. ``planes`` trains on the slices of all
+    three axes of a volume (as ``refine --planes`` refines them), not only along ``axis`` or the chosen one.
     """
     dataset_dir, folder = Path(dataset_dir), Path(adapter_dir)
     if loss not in LOSSES:
         raise AutosamError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
     if epochs < 1 or batch_size < 1:
         raise AutosamError("--epochs and --batch-size must be at least 1")
+    if planes and axis is not None:
+        raise AutosamError("--planes trains on all three axes; give it or --axis, not both")
     info = io.load_dataset_json(dataset_dir)
     if not resume:  # every check before anything is written
         split = _plan_split(dataset_dir, info, cases, exclude, max_cases, seed, subject_pattern, val_fraction,
@@ -220,6 +225,7 @@ def finetune(
             lora_alpha=(float(rank) if lora_alpha is None else lora_alpha) if method == "lora" else None,
             train_encoder=train_encoder and method == "decoder", desam_channels=desam_channels, epochs=epochs,
             lr=lr, decoder_lr=decoder_lr, batch_size=batch_size, loss=loss, seed=seed, axis=axis,
+            planes=planes,
             subject_pattern=subject_pattern, dataset=str(dataset_dir.resolve()), labels=dict(info.labels),
             prompt_noise=prompt_noise or PromptNoise(), base_checkpoint=checkpoint, autosam_version=__version__,
             prompts_from=auto,
@@ -245,8 +251,9 @@ def _training_data(config: AdapterConfig, split: dict, dataset_dir: Path, info: 
     coarse = _automatic_coarse(config, dataset_dir, split, folder, device, log)
     prompts = (config.prompts_from or {}).get("prompts", AUTO_PROMPTS)
     train = load_training_set(dataset_dir, info, split["train"], config.axis, n_slices, "reading train cases",
-                              cache, model, coarse, prompts)
-    val = load_training_set(dataset_dir, info, split["val"], config.axis, n_slices, "reading val cases", cache, model)
+                              cache, model, coarse, prompts, config.planes)
+    val = load_training_set(dataset_dir, info, split["val"], config.axis, n_slices, "reading val cases", cache, model,
+                            planes=config.planes)
     if not train.samples:
         raise AutosamError(f"{dataset_dir}: no labelled slices in the training cases")
     return train, val

@@ -66,6 +66,9 @@ def add_parser(sub) -> None:
     d.add_argument("--iterations", type=int, default=0, help="steps per epoch (default 0 = one pass over the samples)")
     d.add_argument("--seed", type=int, default=0, help="seed of split, shuffling and prompt noise (default 0)")
     d.add_argument("--axis", type=int, default=None, choices=(0, 1, 2), help="slice axis (default: coarsest spacing)")
+    d.add_argument("--planes", action="store_true",
+                   help="train on the slices of all three axes of a volume, as refine --planes refines them "
+                        "(not with --axis; 2D images have one plane)")
     d.add_argument("--cache-dir", default=None,
                    help="embedding cache for frozen-encoder methods (default ADAPTER_DIR/embedding_cache)")
     d.add_argument("--no-cache", action="store_true", help="re-embed slices every step instead of caching")
@@ -83,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and args.overwrite:
         raise AutosamError("--resume and --overwrite exclude each other")
+    if args.planes and args.axis is not None:
+        raise AutosamError("--planes trains on all three axes; give it or --axis, not both")
     kinds = tuple(k.strip() for k in args.prompts.split(",") if k.strip())
     margin = options.resolve_margin(args, old_unit="box", allowed=("box",))
     noise = PromptNoise(types=kinds, jitter=args.jitter, margin=margin.value, max_points=args.max_points)
@@ -134,7 +139,7 @@ def _train(args: argparse.Namespace, dataset: Path, noise, finetune, held_out: l
             val_fraction=args.val_fraction, seed=args.seed, subject_pattern=options.subject_pattern(args),
             exclude=options.excluded_cases(args) + held_out, max_cases=args.max_cases,
             max_slices_per_case=args.max_slices, iterations_per_epoch=args.iterations, cache_dir=args.cache_dir,
-            use_cache=not args.no_cache, axis=args.axis,
+            use_cache=not args.no_cache, axis=args.axis, planes=args.planes,
             device=args.device, resume=args.resume, overwrite=args.overwrite, prompts_from=args.prompts_from,
             folds=args.folds, fold_epochs=args.fold_epochs, auto_prompt=args.auto_prompt,
         ).config

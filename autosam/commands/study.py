@@ -54,6 +54,9 @@ def add_parser(sub) -> None:
                    help="what the adapter is given on the cross-fitted prompts: box+mask (the box and the prompter's "
                         "probabilities as mask prompt; finetune --auto-prompt; default) or box (studies before "
                         "box+mask was the default)")
+    s.add_argument("--adapt-planes", action="store_true",
+                   help="train the adapter on the slices of all three axes of each volume (finetune --planes), "
+                        "not only along the default axis")
     s.add_argument("--tune-cases", type=int, default=d.tune_cases)
     s.add_argument("--max-objects", type=int, default=d.max_objects,
                    help="components prompted per label and slice in every prompted SAM method and in tuning (default "
@@ -81,7 +84,7 @@ def add_parser(sub) -> None:
 FIELDS = {"test_fraction": "test_fraction", "train_sizes": "train_sizes", "seeds": "seeds", "methods": "methods",
           "prompter_epochs": "prompter_epochs", "prompter_iterations": "prompter_iterations",
           "adapt_epochs": "adapt_epochs", "adapt_iterations": "adapt_iterations", "adapt_folds": "adapt_folds",
-          "adapt_prompt": "adapt_prompt", "adapt_source": "adapt_source",
+          "adapt_prompt": "adapt_prompt", "adapt_source": "adapt_source", "adapt_planes": "adapt_planes",
           "tune_cases": "tune_cases", "max_objects": "max_objects",
           "nnunet_trainer": "nnunet_trainer", "nnunet_configuration": "nnunet_configuration",
           "nnunet_spacing": "nnunet_spacing",
