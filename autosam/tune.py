@@ -103,9 +103,9 @@ def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("b
     the largest per label and slice) and localisation lever (``(box_hypotheses, rebox)`` pairs: none, and three
     box scales picked by SAM's IoU; re-boxing, ``(False, 1)``, is left out by default: it never helped in the
     studies of scripts/README.md) every fusion (gated over IoU and agreement thresholds, average over SAM's
-    weight). ``planes`` adds, per prompt strategy, ``average`` at each weight on all three planes of a 3D case
-    (:class:`~autosam.refine.RefineConfig` ``planes``, with the first object limit; :func:`tune` drops them when
-    every case is 2D). ``base`` gives the fields the grid does not vary (margin, axis, ...)."""
+    weight). ``planes`` adds, per prompt strategy, ``replace`` and ``average`` at each weight on all three planes of
+    a 3D case (:class:`~autosam.refine.RefineConfig` ``planes``, with the first object limit; :func:`tune` drops
+    them when every case is 2D). ``base`` gives the fields the grid does not vary (margin, axis, ...)."""
     out = [Candidate(None)]
     for prompt, limit, (hyp, rebox) in ((p, m, lv) for p in prompts for m in max_objects for lv in levers):
         b = replace(base, prompt=prompt, max_objects=limit, box_hypotheses=hyp, rebox=rebox, fusion_options={})
@@ -115,7 +115,9 @@ def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("b
                 for i in min_ious for a in min_agreements]
     if planes and not base.planes:
         for prompt in prompts:
-            b = replace(base, prompt=prompt, max_objects=max_objects[0], box_hypotheses=False, rebox=0, planes=True)
+            b = replace(base, prompt=prompt, max_objects=max_objects[0], box_hypotheses=False, rebox=0, planes=True,
+                        fusion_options={})
+            out.append(Candidate(replace(b, fusion="replace")))
             out += [Candidate(replace(b, fusion="average", fusion_options={"weight": w})) for w in weights]
     return out
 

@@ -249,6 +249,7 @@ def test_planes_average_the_three_axes(litemedsam, tmp_path):
         planes = refine_case(predictor, case, info, coarse, probs, RefineConfig(fusion="average", planes=True))
         axes = [refine_case(predictor, case, info, coarse, probs, RefineConfig(fusion="average", axis=a))
                 for a in (0, 1, 2)]
+        replaced = refine_case(predictor, case, info, coarse, probs, RefineConfig(fusion="replace", planes=True))
     mean = sum(r.probabilities for r in axes) / 3
     np.testing.assert_allclose(planes.probabilities, mean, atol=1e-5)
     np.testing.assert_array_equal(np.asarray([0, 1, 2])[mean.argmax(0)], planes.segmentation)
@@ -258,13 +259,16 @@ def test_planes_average_the_three_axes(litemedsam, tmp_path):
               **{f"axis {a}": _dice(gt, r.segmentation, [1, 2]) for a, r in enumerate(axes)}}
     print(scores)
     assert scores["planes"] > scores["coarse"] + 0.02, scores
-    # tuning scores a planes candidate as refine_case segments it
-    from autosam.tune import Candidate, TuneCase, tune
+    # tuning scores planes candidates (average and replace, both in the default grid) as refine_case segments them
+    from autosam.tune import Candidate, TuneCase, candidates, tune
 
-    grid = [Candidate(None), Candidate(RefineConfig(fusion="average", fusion_options={"weight": 0.5}, planes=True))]
+    grid = [Candidate(None), Candidate(RefineConfig(fusion="average", fusion_options={"weight": 0.5}, planes=True)),
+            Candidate(RefineConfig(fusion="replace", planes=True))]
+    assert {c.name for c in grid[1:]} <= {c.name for c in candidates(prompts=("box+mask",))}
     with predictor.remembering_decodes():
         tuned = tune(predictor, [TuneCase(case, gt, coarse, probs)], info, grid, min_gain=0.0)
     assert tuned.best.config.planes and tuned.mean(grid[1].name) == pytest.approx(scores["planes"], abs=1e-6)
+    assert tuned.mean(grid[2].name) == pytest.approx(_dice(gt, replaced.segmentation, [1, 2]), abs=1e-6)
     # a 2D image has one plane: the same answer as without planes
     hc18 = sample_dataset("hc18")
     img = io.read_case("801_HC", [hc18 / "imagesTr" / "801_HC_0000.png"])
