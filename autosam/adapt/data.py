@@ -69,9 +69,14 @@ def select_cases(all_cases: Iterable[str], include: Optional[Sequence[str]] = No
 def labelled_slices(label: np.ndarray, axis: int, max_slices: int = 0) -> list[int]:
     """Indices along ``axis`` of the slices holding foreground; at most ``max_slices``, evenly spread (0 = all)."""
     fg = np.nonzero(slicing.to_slices((label > 0)[None], axis)[:, 0].reshape(label.shape[axis], -1).any(1))[0]
-    if max_slices and len(fg) > max_slices:
-        fg = fg[np.unique(np.linspace(0, len(fg) - 1, max_slices).round().astype(int))]
-    return [int(i) for i in fg]
+    return _spread([int(i) for i in fg], max_slices)
+
+
+def _spread(indices: list[int], n: int) -> list[int]:
+    """At most ``n`` of the sorted ``indices``, evenly spread (0 = all)."""
+    if not n or len(indices) <= n:
+        return indices
+    return [indices[i] for i in np.unique(np.linspace(0, len(indices) - 1, n).round().astype(int))]
 
 
 def _read_case(case: str, files: list[Path], label_path: Path, info: io.DatasetInfo, axis: Optional[int],
@@ -135,22 +140,18 @@ def read_auto_case(
     norm, label, axes = _read_case(case, files, label_path, info, axis, planes)
     if coarse.shape != label.shape:
         raise AutosamError(f"case {case}: coarse map of shape {coarse.shape} differs from the label's {label.shape}")
-    if "mask" in prompts["strategy"] and probabilities is not None and probabilities.shape[1:] != label.shape:
-        raise AutosamError(f"case {case}: coarse probabilities of shape {probabilities.shape[1:]} differ from "
+    fg_probs = probabilities[1:] if "mask" in prompts["strategy"] and probabilities is not None else None
+    if fg_probs is not None and fg_probs.shape[1:] != label.shape:
+        raise AutosamError(f"case {case}: coarse probabilities of shape {fg_probs.shape[1:]} differ from "
                            f"the label's {label.shape}")
     slices: list[TrainSlice] = []
     samples: list[Sample] = []
     for ax in axes:
         images, labels = slicing.to_slices(norm, ax), slicing.to_slices(label[None], ax)[:, 0]
-        prob_slices = None
-        if "mask" in prompts["strategy"] and probabilities is not None:
-            prob_slices = slicing.to_slices(probabilities[1:], ax)
         made = prompts_for_slices(slicing.to_slices(coarse[None], ax)[:, 0], info.foreground,
-                                  prob_slices=prob_slices, **prompts)
-        prompted = sorted({p.prompt.slice_index for p in made})
-        if max_slices and len(prompted) > max_slices:
-            prompted = [prompted[i]
-                        for i in np.unique(np.linspace(0, len(prompted) - 1, max_slices).round().astype(int))]
+                                  prob_slices=None if fg_probs is None else slicing.to_slices(fg_probs, ax),
+                                  **prompts)
+        prompted = _spread(sorted({p.prompt.slice_index for p in made}), max_slices)
         chosen = sorted(set(labelled_slices(label, ax, max_slices)) | set(prompted))
         where = {s: len(slices) + k for k, s in enumerate(chosen)}
         slices += [TrainSlice(case, ax, i, np.ascontiguousarray(labels[i]), np.ascontiguousarray(images[i]))

@@ -86,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and args.overwrite:
         raise AutosamError("--resume and --overwrite exclude each other")
-    if args.planes and args.axis is not None:
-        raise AutosamError("--planes trains on all three axes; give it or --axis, not both")
     kinds = tuple(k.strip() for k in args.prompts.split(",") if k.strip())
     margin = options.resolve_margin(args, old_unit="box", allowed=("box",))
     noise = PromptNoise(types=kinds, jitter=args.jitter, margin=margin.value, max_points=args.max_points)
