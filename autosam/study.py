@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import math
 import sys
@@ -31,7 +32,10 @@ from .splits import split_by_subject, subject_of
 
 #: Every method the study can score, in table order; "-adapted" ones need an adapter (``--adapt``).
 METHODS = ("sam-oracle", "sam-oracle-adapted", "prompter", "prompter+sam", "prompter+sam-adapted", "tuned",
-           "nnunet", "nnunet+sam", "nnunet+sam-adapted")
+           "nnunet", "nnunet+sam", "nnunet+sam-adapted", "nnunet+tuned")
+#: What a study scores unless ``--methods`` says otherwise: every method but ``nnunet+tuned``, which trains
+#: ``--adapt-folds`` more nnU-Nets (and adapters) per run.
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "nnunet+tuned")
 DESCRIPTIONS = {
     "sam-oracle": "frozen SAM, boxes from the reference labels (a ceiling, not automatic)",
     "sam-oracle-adapted": "adapted SAM, boxes from the reference labels (a ceiling, not automatic)",
@@ -42,6 +46,8 @@ DESCRIPTIONS = {
     "nnunet": "nnU-Net alone",
     "nnunet+sam": "nnU-Net -> frozen SAM, built-in default",
     "nnunet+sam-adapted": "nnU-Net -> adapted SAM, built-in default",
+    "nnunet+tuned": "nnU-Net -> the default tuned on nnU-Net's cross-fitted maps of the training cases (frozen SAM, "
+                    "and with --adapt-source nnunet the adapted one through fold adapters; may be no SAM)",
 }
 #: Levers a method variant can switch on (``METHOD/FUSION+LEVER+...``), as :class:`RefineConfig` fields.
 LEVERS = {"hypotheses": {"box_hypotheses": True}, "rebox": {"rebox": 1}, "largest": {"max_objects": 1},
@@ -104,7 +110,7 @@ class StudyOptions:
     subject_pattern: Optional[str] = None
     exclude: list = field(default_factory=list)
     split_seed: int = 0
-    methods: list = field(default_factory=lambda: list(METHODS))
+    methods: list = field(default_factory=lambda: list(DEFAULT_METHODS))
     adapt: Optional[str] = "decoder"
     prompter_epochs: int = 12
     prompter_iterations: int = 50
@@ -165,8 +171,19 @@ class StudyOptions:
         return any(parse_method(m)[0].endswith("-adapted") for m in self.methods)
 
     def adapts(self) -> bool:
-        """A SAM adapter is trained: an adapted method, or the tuned default (which also tries the adapter)."""
-        return bool(self.adapt) and (self.uses_adapted() or "tuned" in self.methods)
+        """A SAM adapter is trained: an adapted method, or a tuned default that also tries the adapter (the
+        prompter's; nnU-Net's when the adapter learns from nnU-Net's maps)."""
+        tunes = "tuned" in self.methods or ("nnunet+tuned" in self.methods and self.adapt_source == "nnunet")
+        return bool(self.adapt) and (self.uses_adapted() or tunes)
+
+    def needs_nnunet_folds(self) -> bool:
+        """Fold nnU-Nets predict the run's cases: they prompt the adapter, or nnU-Net's default is tuned on them."""
+        return (self.adapts() and self.adapt_source == "nnunet") or "nnunet+tuned" in self.methods
+
+    def fold_adapters(self) -> bool:
+        """nnU-Net's tuned default also tries the adapted SAM, through one adapter per fold (each left its fold's
+        cases out, so it is scored only on cases it never trained on)."""
+        return "nnunet+tuned" in self.methods and self.adapts() and self.adapt_source == "nnunet"
 
     def needs_prompter(self) -> bool:
         """A prompter is trained: a prompter method, the tuned default, or the prompter's maps prompt the adapter."""
@@ -252,16 +269,20 @@ def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, g
     methods = o["methods"]
     adapts = opts.adapts()
     from_nnunet = adapts and opts.adapt_source == "nnunet"
+    fold_adapters = (opts.adapt_folds - 1) if opts.fold_adapters() else 0  # each on (folds - 1) / folds of the cases
     nnunet = o["nnunet_epochs"] * (o["nnunet_iterations"] + 5) * (0.3 if gpu else 1.0) + 60
     per_run = {
         "prompter": o["prompter_epochs"] * o["prompter_iterations"] * (0.01 if gpu else 0.15)
         if opts.needs_prompter() else 0,
         # the default axis twice (frozen and adapted SAM), and on 3D the two other planes of the planes candidates
         "tuning": o["tune_cases"] * sam * (4 if slices_per_case > 1 else 2) if "tuned" in methods else 0,
-        "adapter": ((0 if from_nnunet else o["adapt_folds"]) + 1) * o["prompter_epochs"] * o["prompter_iterations"]
-        * (0.01 if gpu else 0.1) * (3 if opts.adapt_planes and slices_per_case > 1 else 1) if adapts else 0,
+        "tuning nnU-Net's default (nnunet+tuned)": o["tune_cases"] * sam * (4 if slices_per_case > 1 else 2)
+        if "nnunet+tuned" in methods else 0,
+        "adapter": ((0 if from_nnunet else o["adapt_folds"]) + 1 + fold_adapters) * o["prompter_epochs"]
+        * o["prompter_iterations"] * (0.01 if gpu else 0.1) * (3 if opts.adapt_planes and slices_per_case > 1 else 1)
+        if adapts else 0,
         "nnunet": nnunet if any(m.startswith("nnunet") for m in methods) else 0,
-        "nnU-Net folds (--adapt-source nnunet)": o["adapt_folds"] * nnunet if from_nnunet else 0,
+        "nnU-Net folds": o["adapt_folds"] * nnunet if opts.needs_nnunet_folds() else 0,
         "inference": n_test * 0.2 * len(methods),
     }
     steps = {k: v * len(plan["runs"]) for k, v in per_run.items()}
@@ -397,6 +418,7 @@ class Study:
         self.labels = self.dataset / "labelsTr"
         self._cache = None
         self._predictors: dict = {}
+        self._folds_done: set = set()
 
     # -- shared pieces ------------------------------------------------------------------------------------
     @functools.cached_property
@@ -476,17 +498,20 @@ class Study:
                     best, best_score = path, score
         return best
 
-    def train_adapter(self, run: dict, prompter_dir: Optional[Path], index: int) -> Path:
+    def train_adapter(self, run: dict, prompter_dir: Optional[Path], index: int, fold: Optional[dict] = None
+                      ) -> Path:
         """The run's SAM adapter, trained on the cross-fitted maps of ``--adapt-source``: the prompter's (fold
         prompters) or nnU-Net's (fold nnU-Nets, :meth:`nnunet_folds`). The prompter's validation cases, on which
-        the default is tuned, are left out whenever the run has a prompter."""
+        the default is tuned, are left out whenever the run has a prompter. ``fold`` (a fold of ``folds.json``):
+        the same adapter without that fold's predicted cases, in the fold's folder. Frozen-encoder adapters read
+        and store their slices' embeddings in the study's one cache."""
         from .adapt.train import finetune
         from .prompter.tuning import validation_cases
         from .prompter import Prompter
 
-        folder = self.folder / "models" / run["name"] / "adapter"
+        folder = self.adapter_folder(run, fold)
         o = self.opts
-        kept = self.kept_adapter(run)
+        kept = self.kept_adapter(run, fold)
         started = kept is not None
         if started and kept.epoch >= o.adapt_epochs:
             return folder
@@ -495,19 +520,26 @@ class Study:
             prompts_from = f"coarse:{self.nnunet_folds(run, index)}"
         else:
             prompts_from = f"prompter:{prompter_dir}"
-        log(f"study {run['name']}: adapting SAM ({o.adapt}) on {_WHOSE[o.adapt_source]} cross-fitted prompts")
+        left_out = list(fold["predicted"]) if fold else []
+        log(f"study {run['name']}: adapting SAM ({o.adapt}) on {_WHOSE[o.adapt_source]} cross-fitted prompts"
+            + (f", without {fold['folder']}'s {len(left_out)} case(s)" if fold else ""))
         finetune(self.dataset, folder, base="litemedsam", method=o.adapt, epochs=o.adapt_epochs, val_fraction=0.0,
-                 iterations_per_epoch=o.adapt_iterations, exclude=self.others(run) + held_out,
+                 iterations_per_epoch=o.adapt_iterations, exclude=self.others(run) + held_out + left_out,
                  subject_pattern=o.subject_pattern, seed=run["seed"], device=o.device, resume=started,
-                 prompts_from=prompts_from, folds=o.adapt_folds, auto_prompt=o.adapt_prompt, planes=o.adapt_planes)
+                 prompts_from=prompts_from, folds=o.adapt_folds, auto_prompt=o.adapt_prompt, planes=o.adapt_planes,
+                 cache_dir=self.folder / "embedding_cache")
         return folder
 
-    def kept_adapter(self, run: dict):
-        """The config of the run's kept adapter (None: none yet); one trained on other prompts or on another
-        source's maps than the options ask is refused in one line, so a study never mixes adapters."""
+    def adapter_folder(self, run: dict, fold: Optional[dict] = None) -> Path:
+        models = self.folder / "models" / run["name"]
+        return models / "nnunet_folds" / fold["folder"] / "adapter" if fold else models / "adapter"
+
+    def kept_adapter(self, run: dict, fold: Optional[dict] = None):
+        """The config of the run's kept adapter (of ``fold``; None: none yet); one trained on other prompts or on
+        another source's maps than the options ask is refused in one line, so a study never mixes adapters."""
         from .adapt.config import CONFIG_NAME, read_config
 
-        folder = self.folder / "models" / run["name"] / "adapter"
+        folder = self.adapter_folder(run, fold)
         if not (folder / CONFIG_NAME).is_file():
             return None
         kept, o = read_config(folder), self.opts
@@ -539,6 +571,8 @@ class Study:
         o = self.opts
         root = self.folder / "models" / run["name"] / "nnunet_folds"
         out = root / "predictions"
+        if run["name"] in self._folds_done:
+            return out
         schedule = self.schedule()
         held = fold_assignment(run["cases"], o.adapt_folds, run["seed"], o.subject_pattern)
         folds = []
@@ -552,7 +586,52 @@ class Study:
             folds.append({"folder": f"fold_{i}", "trained_on": sorted(train), "predicted": sorted(part)})
         io.write_json({"cases": sorted(run["cases"]), "subject_pattern": o.subject_pattern, "folds": folds},
                       out / NNUNET_FOLDS)
+        self._folds_done.add(run["name"])
         return out
+
+    def tune_nnunet(self, run: dict, index: int, adapter: Optional[Path], prompter_dir: Optional[Path]) -> Path:
+        """nnU-Net's SAM default, tuned as the nnU-Net trainer's validation tunes it but on the fold nnU-Nets'
+        cross-fitted maps of the run's cases (at most ``--tune-cases``): with frozen SAM, and with
+        :meth:`fold_adapters` the adapted SAM, each fold's cases scored with the adapter that left them out. The
+        better of the two winners (each "no SAM" unless SAM gained) is recorded in ``nnunet_folds/autosam_sam.json``;
+        an adapted winner names the run's adapter, trained on every case, as nnU-Net's own test predictions come
+        from the model trained on every case."""
+        from .sam_settings import SETTINGS_FILE, from_tuning, record
+        from .tune import candidates, coarse_items, combine, tune
+
+        o = self.opts
+        maps = self.nnunet_folds(run, index)
+        path = maps.parent / SETTINGS_FILE
+        if path.is_file():
+            return path
+        folds = json.loads((maps / NNUNET_FOLDS).read_text())["folds"]
+        # the folds' cases in turn, so that a --tune-cases limit takes from every fold
+        order = [c for group in itertools.zip_longest(*(f["predicted"] for f in folds)) for c in group if c]
+        chosen = order[: o.tune_cases or None]
+        references = io.label_files(self.labels, chosen, self.info.file_ending)
+        items = dict(zip(chosen, coarse_items(chosen, self.files, references, maps, self.info)))
+        grid = candidates(max_objects=(o.max_objects,)) if o.max_objects else candidates()
+        log(f"study {run['name']}: tuning nnU-Net's SAM default on {len(items)} cross-fitted map(s), frozen SAM")
+        results = [(tune(self.predictor(), list(items.values()), self.info, grid), None)]
+        if o.fold_adapters():
+            parts, names = [], []
+            for fold in folds:
+                cases = [c for c in chosen if c in fold["predicted"]]
+                if cases:
+                    fold_adapter = self.train_adapter(run, prompter_dir, index, fold)
+                    log(f"study {run['name']}: tuning on {fold['folder']}'s {len(cases)} case(s), its adapter")
+                    parts.append(tune(self.predictor(fold_adapter), [items[c] for c in cases], self.info, grid))
+                    names.append(str(fold_adapter))
+            results.append((combine(parts, fold_adapters=names), adapter))
+        result, chosen_adapter = max(results, key=lambda r: r[0].mean(r[0].best.name))  # ties: frozen
+        result.base["compared"] = {("adapted SAM (fold adapters)" if a else "frozen SAM"): {
+            "chosen": r.best.name, "chosen_mean_dice": round(r.mean(r.best.name), 5)} for r, a in results}
+        settings = from_tuning(result, adapter=str(chosen_adapter) if chosen_adapter and result.best.use_sam else None)
+        record(settings, path.parent, by="autosam study (nnU-Net's cross-fitted maps)")
+        log(f"study {run['name']}: nnU-Net's tuned default: {result.best.name}"
+            + (" (adapted SAM)" if settings["adapter"] else "") + f", mean Dice {result.mean(result.best.name):.4f} "
+            f"against nnU-Net alone {result.mean('no SAM'):.4f} on the folds' maps")
+        return path
 
     def schedule(self):
         from .nnunet_train import Schedule
@@ -593,6 +672,13 @@ class Study:
         out = self.folder / "predictions" / run["name"] / method.replace("/", "@")
         if method == "nnunet":
             return models["nnunet"]
+        if method == "nnunet+tuned":
+            config, sam = self._tuned_config(models["nnunet_tuned"])
+            if config is None:  # "no SAM" won: nnU-Net's own predictions
+                return models["nnunet"]
+            step = lambda: refine_folder(self.images, models["nnunet"][0], out, self.info, sam, config,
+                                         run_args={"verb": "study", "method": method}, quiet=True)
+            return out, timed(step, self._time_file(run, method))
         base, variant = parse_method(method)
         adapter = models.get("adapter") if base.endswith("-adapted") else None
         sam = (lambda: self.predictor(adapter))
@@ -645,6 +731,8 @@ class Study:
             models["tuned"] = self.tune(models["prompter"], models.get("adapter"))
         if o.uses("nnunet"):
             models["nnunet"] = self.nnunet(run, index)
+        if "nnunet+tuned" in o.methods:
+            models["nnunet_tuned"] = self.tune_nnunet(run, index, models.get("adapter"), models.get("prompter"))
         rows = []
         for method in o.methods:
             # frozen SAM with label boxes does not depend on the training cases: one folder for all runs

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ from .fusion import fuse
 from .evaluation import finite_mean
 from .labels import dice_per_label, to_distribution, to_segmentation
 from .progress import progress
-from .refine import RefineConfig, coarse_foreground, refine_case
+from .refine import RefineConfig, coarse_foreground, read_coarse, refine_case
 from .sam.cache import CachingPredictor
 
 #: A SAM candidate must beat the coarse map's mean validation Dice by this much to be chosen (default).
@@ -92,6 +93,21 @@ class TuneResult:
                 "no_sam_mean_dice": self.mean(NO_SAM), "min_gain": self.min_gain,
                 "validation_cases": self.cases,
                 "candidates": {n: round(m, 5) for n, m in self.ranking()}, **self.base}
+
+
+def coarse_items(cases: Sequence[str], images: dict, references: dict, coarse: str | Path, info: io.DatasetInfo,
+                 rw_class=None) -> list[TuneCase]:
+    """Validation cases whose coarse maps are in an nnU-Net prediction folder ``coarse`` (``CASE<ending>``, and
+    ``CASE.npz`` with the probabilities where there is one); ``images``: case -> image files, ``references``: case
+    -> reference label file."""
+    items = []
+    for c in progress(list(cases), "coarse"):
+        case = io.read_case(c, [Path(f) for f in images[c]], rw_class)
+        npz = Path(coarse) / f"{c}.npz"
+        seg, probs = read_coarse(case, info, Path(coarse) / f"{c}{info.file_ending}", npz if npz.is_file() else None,
+                                 rw_class)
+        items.append(TuneCase(case, io.read_label(references[c], rw_class)[0], seg, probs))
+    return items
 
 
 def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("box", "box+mask"),
@@ -170,6 +186,18 @@ def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
     by_name = {c.name: c for c in grid}
     return TuneResult(cases=[i.case.case_id for i in items], scores=scores, candidates=by_name,
                       best=choose(scores, by_name, min_gain), min_gain=min_gain)
+
+
+def combine(results: Sequence[TuneResult], min_gain: float = MIN_GAIN, **base) -> TuneResult:
+    """One grid's results on disjoint cases (cross-validation folds, each scored with its own model) as one, the
+    winner chosen on all their cases; ``base``: what the record adds (the folds, the models)."""
+    if not results:
+        raise AutosamError("no validation cases to tune on")
+    names = list(results[0].scores)
+    scores = {n: [v for r in results for v in r.scores[n]] for n in names}
+    by_name = results[0].candidates
+    return TuneResult(cases=[c for r in results for c in r.cases], scores=scores, candidates=by_name,
+                      best=choose(scores, by_name, min_gain), min_gain=min_gain, base=dict(base))
 
 
 def _axes(item: TuneCase, config: RefineConfig) -> list[int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from pathlib import Path
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -132,22 +131,13 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
         return io.load_dataset_json(os.path.join(self.output_folder_base, "dataset.json"))
 
     def _tune_cases(self, unrefined: str, limit: int) -> list:
-        from autosam import io
-        from autosam.refine import read_coarse
-        from autosam.tune import TuneCase
+        from autosam.tune import coarse_items
 
-        info, ending = self._info(), self.dataset_json["file_ending"]
-        images = self._raw_images()
+        ending = self.dataset_json["file_ending"]
         gt = os.path.join(self.preprocessed_dataset_folder_base, "gt_segmentations")
-        rw = self.plans_manager.image_reader_writer_class
         cases = sorted(f[: -len(ending)] for f in os.listdir(unrefined) if f.endswith(ending))[: max(1, limit)]
-        items = []
-        for c in cases:
-            case = io.read_case(c, [Path(f) for f in images[c]], rw)
-            seg, probs = read_coarse(case, info, os.path.join(unrefined, c + ending),
-                                     os.path.join(unrefined, c + ".npz"), rw)
-            items.append(TuneCase(case, io.read_label(os.path.join(gt, c + ending), rw)[0], seg, probs))
-        return items
+        return coarse_items(cases, self._raw_images(), {c: os.path.join(gt, c + ending) for c in cases}, unrefined,
+                            self._info(), self.plans_manager.image_reader_writer_class)
 
     def _copy_unrefined(self, unrefined: str, validation: str, save_probabilities: bool) -> list[str]:
         """"No SAM" won: nnU-Net's own validation output is the validation output."""

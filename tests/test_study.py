@@ -7,7 +7,7 @@ import json
 import pytest
 
 from autosam.cli import main
-from autosam.study import METHODS, describe, parse_method
+from autosam.study import DEFAULT_METHODS, describe, parse_method
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,10 @@ def quick_study(tmp_path_factory):
 def test_quick_study_writes_every_method_and_its_outputs(quick_study):
     rows = list(csv.DictReader((quick_study / "results.csv").open()))
     plan = json.loads((quick_study / "plan.json").read_text())
-    assert {r["method"] for r in rows} == set(METHODS)
+    assert {r["method"] for r in rows} == set(DEFAULT_METHODS)
     sizes = {int(r["train_size"]) for r in rows}
     assert sizes == {3, 4}
-    for method in METHODS:  # one row per test case, label and size
+    for method in DEFAULT_METHODS:  # one row per test case, label and size
         assert len([r for r in rows if r["method"] == method]) == len(plan["test"]) * 2 * len(sizes), method
     dice = {(r["method"], r["case"], r["label"], r["train_size"]): float(r["dice"]) for r in rows}
     assert all(0.0 <= v <= 1.0 for v in dice.values())
@@ -36,7 +36,7 @@ def test_quick_study_writes_every_method_and_its_outputs(quick_study):
         assert not set(split["train"] + split["val"]) & set(plan["test"])
     assert plan["runs"][0]["cases"] == sorted(set(plan["runs"][0]["cases"]) & set(plan["runs"][1]["cases"]))
     summary = (quick_study / "summary.md").read_text()
-    assert all(f"| {m} |" in summary for m in METHODS)
+    assert all(f"| {m} |" in summary for m in DEFAULT_METHODS)
     assert (quick_study / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -125,3 +125,42 @@ def test_quick_study_adapts_on_nnunets_cross_fitted_maps(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert "one axis, not all three (--adapt-planes)" in err[-1]
     assert adapter.stat().st_mtime_ns == before
+
+
+def test_quick_study_tunes_nnunets_default_on_its_cross_fitted_maps(tmp_path, capsys):
+    """``nnunet+tuned``: nnU-Net's SAM default is chosen on the fold nnU-Nets' maps of the training cases; the
+    adapted SAM is scored there only through fold adapters that never trained on the case scored, and the choice is
+    never below nnU-Net alone on those cases."""
+    folder = tmp_path / "tuned"
+    assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
+                 "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned"]) == 0
+    run = json.loads((folder / "plan.json").read_text())["runs"][0]
+    folds_dir = folder / "models" / run["name"] / "nnunet_folds"
+    folds = json.loads((folds_dir / "predictions" / "folds.json").read_text())["folds"]
+    record = json.loads((folds_dir / "autosam_sam.json").read_text())
+    tuning = record["tuning"]
+    tuned_on = tuning["validation_cases"]
+    assert len(tuned_on) == 2 and set(tuned_on) <= set(run["cases"])
+    assert tuning["chosen_mean_dice"] >= tuning["no_sam_mean_dice"]  # never below nnU-Net alone on validation
+    compared = tuning["compared"]  # the winner is the better of frozen and adapted SAM's winners
+    assert set(compared) == {"frozen SAM", "adapted SAM (fold adapters)"}
+    assert tuning["chosen_mean_dice"] == pytest.approx(max(c["chosen_mean_dice"] for c in compared.values()), abs=1e-5)
+    if record["adapter"]:  # an adapted winner is the run's adapter, trained on every case
+        assert record["adapter"] == str(folder / "models" / run["name"] / "adapter")
+    assert folds_dir.joinpath("..", "adapter", "adapter.pt").resolve().is_file()
+    # one case from each fold, each scored with its own fold's adapter, which left that fold's cases out
+    assert len(tuning["fold_adapters"]) == len(folds) == 2
+    for fold in folds:
+        adapter = folds_dir / fold["folder"] / "adapter"
+        assert str(adapter) in tuning["fold_adapters"]
+        assert len(set(tuned_on) & set(fold["predicted"])) == 1
+        split = json.loads((adapter / "split.json").read_text())
+        assert split["train"] and not set(split["train"]) & set(fold["predicted"])
+        assert set(split["train"]) <= set(run["cases"])
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    dice = {m: [float(r["dice"]) for r in rows if r["method"] == m] for m in ("nnunet", "nnunet+tuned")}
+    assert len(dice["nnunet+tuned"]) == len(dice["nnunet"]) > 0
+    if not record["use_sam"]:  # "no SAM" won: nnU-Net's own predictions
+        assert dice["nnunet+tuned"] == dice["nnunet"]
+    out = capsys.readouterr().out
+    assert "| nnunet+tuned |" in out

@@ -14,7 +14,7 @@ HELP = ("compare SAM pipelines with the prompter alone and nnU-Net on your datas
 
 
 def add_parser(sub) -> None:
-    from ..study import ADAPT_SOURCES, LEVERS, METHODS, VARIABLE, StudyOptions
+    from ..study import ADAPT_SOURCES, DEFAULT_METHODS, LEVERS, METHODS, VARIABLE, StudyOptions
 
     d = StudyOptions()
     p = sub.add_parser("study", help=HELP, description=HELP + ". Test cases are fixed first, by subject; no model "
@@ -32,8 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--train-sizes", nargs="+", default=d.train_sizes,
                    help="training cases per run, nested subsets ('all': every non-test case; default 5 10 20 all)")
     p.add_argument("--seeds", type=int, default=d.seeds, help=f"subsets drawn per size (default {d.seeds})")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
-                   help="methods to score (default all): " + ", ".join(METHODS) + "; a variant of "
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
+                   help="methods to score (default all but nnunet+tuned, which trains --adapt-folds more nnU-Nets, "
+                   "and with --adapt-source nnunet as many adapters): " + ", ".join(METHODS) + "; a variant of "
                    + ", ".join(VARIABLE) + " adds /FUSION[+LEVER...] with levers " + ", ".join(LEVERS)
                    + " (e.g. prompter+sam-adapted/replace+rebox)")
     p.add_argument("--adapt", default=d.adapt, choices=("decoder", "lora", "desam", "none"),
