@@ -613,8 +613,9 @@ class Study:
         grid = candidates(max_objects=(o.max_objects,)) if o.max_objects else candidates()
         log(f"study {run['name']}: tuning nnU-Net's SAM default on {len(items)} cross-fitted map(s), frozen SAM")
         results = [(tune(self.predictor(), list(items.values()), self.info, grid), None)]
+        names: list[str] = []
         if o.fold_adapters():
-            parts, names = [], []
+            parts = []
             for fold in folds:
                 cases = [c for c in chosen if c in fold["predicted"]]
                 if cases:
@@ -622,10 +623,12 @@ class Study:
                     log(f"study {run['name']}: tuning on {fold['folder']}'s {len(cases)} case(s), its adapter")
                     parts.append(tune(self.predictor(fold_adapter), [items[c] for c in cases], self.info, grid))
                     names.append(str(fold_adapter))
-            results.append((combine(parts, fold_adapters=names), adapter))
+            results.append((combine(parts), adapter))
         result, chosen_adapter = max(results, key=lambda r: r[0].mean(r[0].best.name))  # ties: frozen
         result.base["compared"] = {("adapted SAM (fold adapters)" if a else "frozen SAM"): {
             "chosen": r.best.name, "chosen_mean_dice": round(r.mean(r.best.name), 5)} for r, a in results}
+        if names:  # whichever won, the fold adapters the adapted SAM was scored with
+            result.base["fold_adapters"] = names
         settings = from_tuning(result, adapter=str(chosen_adapter) if chosen_adapter and result.best.use_sam else None)
         record(settings, path.parent, by="autosam study (nnU-Net's cross-fitted maps)")
         log(f"study {run['name']}: nnU-Net's tuned default: {result.best.name}"

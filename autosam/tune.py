@@ -188,16 +188,16 @@ def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
                       best=choose(scores, by_name, min_gain), min_gain=min_gain)
 
 
-def combine(results: Sequence[TuneResult], min_gain: float = MIN_GAIN, **base) -> TuneResult:
+def combine(results: Sequence[TuneResult], min_gain: float = MIN_GAIN) -> TuneResult:
     """One grid's results on disjoint cases (cross-validation folds, each scored with its own model) as one, the
-    winner chosen on all their cases; ``base``: what the record adds (the folds, the models)."""
+    winner chosen on all their cases."""
     if not results:
         raise AutosamError("no validation cases to tune on")
     names = list(results[0].scores)
     scores = {n: [v for r in results for v in r.scores[n]] for n in names}
     by_name = results[0].candidates
     return TuneResult(cases=[c for r in results for c in r.cases], scores=scores, candidates=by_name,
-                      best=choose(scores, by_name, min_gain), min_gain=min_gain, base=dict(base))
+                      best=choose(scores, by_name, min_gain), min_gain=min_gain)
 
 
 def _axes(item: TuneCase, config: RefineConfig) -> list[int]:
