@@ -255,9 +255,21 @@ def check_plan(study: Path, plan: dict) -> dict:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise AutosamError(f"{path}: cannot read the study plan ({e}); delete it to start over") from None
-    if old.get("test") != plan["test"] or old.get("dataset") != plan["dataset"]:
-        raise AutosamError(f"{study} holds a study of other test cases or data; use another study folder")
+    if not _same_dataset(str(old.get("dataset", "")), plan["dataset"]):
+        raise AutosamError(f"{study} holds a study of another dataset ({old.get('dataset')}); use another study "
+                           "folder")
+    if old.get("test") != plan["test"]:
+        raise AutosamError(f"{study} holds a study of other test cases; use another study folder")
     return plan
+
+
+def _same_dataset(a: str, b: str) -> bool:
+    """Whether two spellings of a dataset folder name the same one: the same folder where both are found from
+    here (a study may be resumed from another working directory), else the same folder name."""
+    pa, pb = Path(a), Path(b)
+    if pa.is_dir() and pb.is_dir():
+        return pa.resolve() == pb.resolve()
+    return pa.name == pb.name
 
 
 def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, gpu: bool) -> dict[str, float]:
@@ -418,7 +430,6 @@ class Study:
         self.labels = self.dataset / "labelsTr"
         self._cache = None
         self._predictors: dict = {}
-        self._folds_done: set = set()
 
     # -- shared pieces ------------------------------------------------------------------------------------
     @functools.cached_property
@@ -560,21 +571,46 @@ class Study:
                                        "drop --adapt-planes"))
         return kept
 
+    def _folds_root(self, run: dict) -> Path:
+        return self.folder / "models" / run["name"] / "nnunet_folds"
+
+    def _held_out(self, run: dict) -> list[list[str]]:
+        from .adapt.crossfit import fold_assignment
+
+        return fold_assignment(run["cases"], self.opts.adapt_folds, run["seed"], self.opts.subject_pattern)
+
+    def kept_folds(self, run: dict) -> Optional[list[dict]]:
+        """The folds of the run's kept fold nnU-Nets (``folds.json``; None: not all made yet); folds of other cases
+        or another ``--adapt-folds`` are refused in one line."""
+        path = self._folds_root(run) / "predictions" / NNUNET_FOLDS
+        if not path.is_file():
+            return None
+        try:
+            folds = json.loads(path.read_text())["folds"]
+            held = [sorted(f["predicted"]) for f in folds]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise AutosamError(f"{path}: cannot read the fold nnU-Nets' record ({e}); use another study folder"
+                               ) from None
+        if held != self._held_out(run):
+            raise AutosamError(f"{path}: these {len(folds)} fold nnU-Net(s) left out other cases than "
+                               f"--adapt-folds {self.opts.adapt_folds} does now; use another study folder or "
+                               f"give --adapt-folds {len(folds)}")
+        return folds
+
     def nnunet_folds(self, run: dict, index: int) -> Path:
         """nnU-Net's cross-fitted maps of the run's cases: ``--adapt-folds`` nnU-Nets (the study's schedule), each
         trained on the other folds' cases and predicting its own fold's (label maps and probabilities) into one
         folder, ``models/<run>/nnunet_folds/predictions``; which fold trained on and predicted which cases is
-        recorded in ``folds.json`` there. Kept models and predictions are reused."""
-        from .adapt.crossfit import fold_assignment
+        recorded in ``folds.json`` there, once all are made, and kept ones are reused."""
         from .nnunet_train import predict_nnunet, train_nnunet
 
         o = self.opts
-        root = self.folder / "models" / run["name"] / "nnunet_folds"
+        root = self._folds_root(run)
         out = root / "predictions"
-        if run["name"] in self._folds_done:
+        if self.kept_folds(run) is not None:
             return out
         schedule = self.schedule()
-        held = fold_assignment(run["cases"], o.adapt_folds, run["seed"], o.subject_pattern)
+        held = self._held_out(run)
         folds = []
         for i, part in enumerate(held):
             train = [c for c in run["cases"] if c not in part]
@@ -586,8 +622,56 @@ class Study:
             folds.append({"folder": f"fold_{i}", "trained_on": sorted(train), "predicted": sorted(part)})
         io.write_json({"cases": sorted(run["cases"]), "subject_pattern": o.subject_pattern, "folds": folds},
                       out / NNUNET_FOLDS)
-        self._folds_done.add(run["name"])
         return out
+
+    def _tune_cases(self, folds: list[dict]) -> list[str]:
+        """The cases nnU-Net's default is tuned on: the folds' cases in turn, so that a ``--tune-cases`` limit
+        takes from every fold."""
+        order = [c for group in itertools.zip_longest(*(f["predicted"] for f in folds)) for c in group if c]
+        return order[: self.opts.tune_cases or None]
+
+    def kept_tuning(self, run: dict, folds: list[dict]) -> Optional[Path]:
+        """The run's kept record of nnU-Net's tuned default (None: none yet); one tuned on other cases, with other
+        SAMs or another object limit than the options ask is refused in one line."""
+        from .sam_settings import SETTINGS_FILE
+
+        path = self._folds_root(run) / SETTINGS_FILE
+        if not path.is_file():
+            return None
+        try:
+            tuning = json.loads(path.read_text())["tuning"]
+            cases = set(tuning["validation_cases"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise AutosamError(f"{path}: cannot read this tuning record ({e}); delete it to tune again") from None
+        o, want = self.opts, self._tune_cases(folds)
+        adapted = o.fold_adapters()
+        problem = None
+        if cases != set(want):
+            problem = f"was tuned on {len(cases)} case(s), not the {len(want)} that --tune-cases {o.tune_cases} gives"
+        elif bool(tuning.get("fold_adapters")) != adapted:
+            problem = ("compared frozen and adapted SAM, but these options adapt none" if not adapted else
+                       "scored frozen SAM only, but these options adapt SAM on nnU-Net's maps")
+        elif tuning.get("options", {}).get("max_objects", o.max_objects) != o.max_objects:
+            problem = f"was tuned with --max-objects {tuning['options']['max_objects']}, not {o.max_objects}"
+        if problem:
+            raise AutosamError(f"{path}: this tuned default {problem}; delete it to tune again or use another "
+                               "study folder")
+        return path
+
+    def check_kept(self, run: dict) -> None:
+        """Refuse, in one line and before anything is written, the run's kept models made with other options: its
+        adapter, the fold nnU-Nets, their adapters and nnU-Net's tuned default."""
+        o = self.opts
+        if o.adapts():
+            self.kept_adapter(run)
+        folds = self.kept_folds(run) if o.needs_nnunet_folds() else None
+        if folds is None:
+            return
+        if o.fold_adapters():
+            for fold in folds:
+                self.kept_adapter(run, fold)
+        if "nnunet+tuned" in o.methods:
+            self.kept_tuning(run, folds)
 
     def tune_nnunet(self, run: dict, index: int, adapter: Optional[Path], prompter_dir: Optional[Path]) -> Path:
         """nnU-Net's SAM default, tuned as the nnU-Net trainer's validation tunes it but on the fold nnU-Nets'
@@ -601,13 +685,12 @@ class Study:
 
         o = self.opts
         maps = self.nnunet_folds(run, index)
+        folds = self.kept_folds(run)
+        kept = self.kept_tuning(run, folds)
+        if kept is not None:
+            return kept
         path = maps.parent / SETTINGS_FILE
-        if path.is_file():
-            return path
-        folds = json.loads((maps / NNUNET_FOLDS).read_text())["folds"]
-        # the folds' cases in turn, so that a --tune-cases limit takes from every fold
-        order = [c for group in itertools.zip_longest(*(f["predicted"] for f in folds)) for c in group if c]
-        chosen = order[: o.tune_cases or None]
+        chosen = self._tune_cases(folds)
         references = io.label_files(self.labels, chosen, self.info.file_ending)
         items = dict(zip(chosen, coarse_items(chosen, self.files, references, maps, self.info)))
         grid = candidates(max_objects=(o.max_objects,)) if o.max_objects else candidates()
@@ -629,6 +712,7 @@ class Study:
             "chosen": r.best.name, "chosen_mean_dice": round(r.mean(r.best.name), 5)} for r, a in results}
         if names:  # whichever won, the fold adapters the adapted SAM was scored with
             result.base["fold_adapters"] = names
+        result.base["options"] = {"tune_cases": o.tune_cases, "max_objects": o.max_objects}
         settings = from_tuning(result, adapter=str(chosen_adapter) if chosen_adapter and result.best.use_sam else None)
         record(settings, path.parent, by="autosam study (nnU-Net's cross-fitted maps)")
         log(f"study {run['name']}: nnU-Net's tuned default: {result.best.name}"
@@ -675,30 +759,23 @@ class Study:
         out = self.folder / "predictions" / run["name"] / method.replace("/", "@")
         if method == "nnunet":
             return models["nnunet"]
-        if method == "nnunet+tuned":
-            config, sam = self._tuned_config(models["nnunet_tuned"])
-            if config is None:  # "no SAM" won: nnU-Net's own predictions
-                return models["nnunet"]
-            step = lambda: refine_folder(self.images, models["nnunet"][0], out, self.info, sam, config,
-                                         run_args={"verb": "study", "method": method}, quiet=True)
-            return out, timed(step, self._time_file(run, method))
         base, variant = parse_method(method)
         adapter = models.get("adapter") if base.endswith("-adapted") else None
         sam = (lambda: self.predictor(adapter))
-        quiet = {"quiet": True}
+        config = self.config(variant)
+        if method in ("tuned", "nnunet+tuned"):
+            config, sam = self._tuned_config(models.get("tuned" if method == "tuned" else "nnunet_tuned"))
+        kwargs = {"run_args": {"verb": "study", "method": method}, "quiet": True}
         if method.startswith("sam-oracle"):
-            step = lambda: oracle_folder(self.images, self.labels, out, self.info, sam, run_args={"verb": "study"})
-        elif method.startswith("nnunet+sam"):
-            config = self.config(variant)
-            step = lambda: refine_folder(self.images, models["nnunet"][0], out, self.info, sam, config,
-                                         run_args={"verb": "study"}, **quiet)
+            step = lambda: oracle_folder(self.images, self.labels, out, self.info, sam, run_args=kwargs["run_args"])
+        elif method.startswith("nnunet+"):
+            if config is None:  # "no SAM" won: nnU-Net's own predictions
+                return models["nnunet"]
+            step = lambda: refine_folder(self.images, models["nnunet"][0], out, self.info, sam, config, **kwargs)
         else:
             prompter = Prompter.load(models["prompter"], device=self.opts.device)
-            config = None if method == "prompter" else self.config(variant)
-            if method == "tuned":
-                config, sam = self._tuned_config(models.get("tuned"))
-            step = lambda: segment_folder(self.images, out, prompter, self.info, sam, config,
-                                          run_args={"verb": "study", "method": method}, **quiet)
+            step = lambda: segment_folder(self.images, out, prompter, self.info, sam,
+                                          None if method == "prompter" else config, **kwargs)
         return out, timed(step, self._time_file(run, method))
 
     def config(self, variant: Optional[dict] = None):
@@ -755,9 +832,8 @@ def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_r
     if dry_run:
         return plan
     study = Study(dataset, folder, opts, plan)
-    if opts.adapts():
-        for run in plan["runs"]:  # a kept adapter of other prompts is refused before anything is written
-            study.kept_adapter(run)
+    for run in plan["runs"]:  # kept models of other options are refused before anything is written
+        study.check_kept(run)
     folder.mkdir(parents=True, exist_ok=True)
     io.write_json(plan, folder / "plan.json")
     study.link_test_images()

@@ -164,3 +164,37 @@ def test_quick_study_tunes_nnunets_default_on_its_cross_fitted_maps(tmp_path, ca
         assert dice["nnunet+tuned"] == dice["nnunet"]
     out = capsys.readouterr().out
     assert "| nnunet+tuned |" in out
+    # a rerun with other options is refused, before anything is written, in one line that names the kept file
+    kept = [folds_dir / "autosam_sam.json", folds_dir / "predictions" / "folds.json", folder / "results.csv"]
+    before = [p.stat().st_mtime_ns for p in kept]
+    args = ["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
+            "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned"]
+    for extra, message in ((["--tune-cases", "3"], "was tuned on 2 case(s), not the 3 that --tune-cases 3 gives"),
+                           (["--max-objects", "0"], "was tuned with --max-objects 1, not 0"),
+                           (["--adapt", "none"], "compared frozen and adapted SAM, but these options adapt none"),
+                           (["--adapt-folds", "3"], "left out other cases than --adapt-folds 3 does now")):
+        assert main(args + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and str(folds_dir) in err[-1], (extra, err)
+    assert [p.stat().st_mtime_ns for p in kept] == before
+
+
+def test_a_study_resumes_from_another_spelling_of_its_dataset_only(tmp_path):
+    """The plan's dataset may be spelt relative to another working directory; another dataset is refused."""
+    from autosam.errors import AutosamError
+    from autosam.study import check_plan
+
+    (tmp_path / "a" / "Dataset1").mkdir(parents=True)
+    (tmp_path / "b" / "Dataset1").mkdir(parents=True)
+    study = tmp_path / "study"
+    study.mkdir()
+    old = {"dataset": "../shared/elsewhere/Dataset1", "test": ["c1"], "runs": []}
+    (study / "plan.json").write_text(json.dumps(old))
+    same = {**old, "dataset": str(tmp_path / "a" / "Dataset1")}
+    assert check_plan(study, same) is same  # not found from here: the same folder name
+    (study / "plan.json").write_text(json.dumps(same))
+    assert check_plan(study, {**same, "dataset": str(tmp_path / "a" / "." / "Dataset1")})
+    with pytest.raises(AutosamError, match="study of another dataset"):
+        check_plan(study, {**same, "dataset": str(tmp_path / "b" / "Dataset1")})
+    with pytest.raises(AutosamError, match="study of other test cases"):
+        check_plan(study, {**same, "test": ["c2"]})

@@ -14,8 +14,9 @@ HELP = "choose whether and how SAM refines a prompter's maps, on validation case
 def add_parser(sub) -> None:
     p = sub.add_parser("tune", help=HELP, description=HELP + ". Candidates: no SAM, and each prompt strategy (box, "
                        "box+mask), object limit (all components or the largest) and localisation lever (none or box "
-                       "hypotheses) with each fusion (gated over IoU and agreement thresholds, average "
-                       "over weights), and on 3D cases average over weights on all three planes. A SAM candidate "
+                       "hypotheses) with each fusion (replace, union, intersection, gated over IoU and agreement "
+                       "thresholds, average over weights), and on 3D cases replace and average over weights on all "
+                       "three planes. A SAM candidate "
                        "must beat the prompter alone by --min-gain mean Dice to be chosen.")
     p.add_argument("--prompter", required=True, help="prompter folder or shipped prompter name")
     options.add_dataset_arguments(p, required=True)
