@@ -2,7 +2,7 @@
 
 Usage:
     python scripts/benchmark_cpu_runtime.py [--threads 1 2] [--batch-sizes 1 2 4 8 16] [--rounds 1]
-        [--engines torch onnx openvino openvino-bf16] [--study] [--cache-dir DIR]
+        [--engines torch onnx openvino openvino-mixed openvino-bf16] [--study] [--cache-dir DIR]
 
 Speed: for each thread count and batch size, every engine encodes the same random canvases; the engines take
 turns in the order A B C ... C B A (``--rounds`` times), so a change of load hits all of them, and each engine's
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 #: Benchmark variant -> (engine, precision).
 VARIANTS = {"torch": ("torch", "f32"), "onnx": ("onnx", "f32"), "openvino": ("openvino", "f32"),
-            "openvino-bf16": ("openvino", "bf16")}
+            "openvino-mixed": ("openvino", "mixed"), "openvino-bf16": ("openvino", "bf16")}
 
 
 def encoders(model, names: list[str], threads: int) -> dict:

@@ -88,6 +88,28 @@ def test_runtime_masks_agree_with_torch_on_the_sample(engine, litemedsam, runtim
     assert list((runtime_cache / "runtime").glob(f"litemedsam-{engine}-*/meta.json"))
 
 
+def _cpu_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.mark.skipif(not runtime.installed("openvino") or not _cpu_has_bf16(), reason="needs OpenVINO and bf16")
+def test_mixed_precision_keeps_the_convolutions_in_f32(litemedsam, runtime_cache, sample_slices):
+    """``mixed`` (bf16 linear layers and attention, f32 convolutions) lies between f32 and bf16: its embeddings
+    are at most half as far from torch's as full bf16's, and farther than f32's rounding."""
+    canvas = T.to_canvas([s for s, _ in sample_slices], int(litemedsam.image_size))
+    with torch.inference_mode():
+        ref = litemedsam.embed(canvas)
+    error = {}
+    for precision in ("f32", "mixed", "bf16"):
+        got = RuntimeEncoder.load(litemedsam, "openvino", precision=precision)(canvas)
+        error[precision] = float(((got - ref) ** 2).mean().sqrt() / (ref**2).mean().sqrt())
+    assert error["f32"] < 1e-3 < error["mixed"] < 0.5 * error["bf16"], error
+    with pytest.raises(AutosamError, match="no precision"):
+        RuntimeEncoder.load(litemedsam, "onnx", precision="mixed")
+
+
 def test_default_engine_on_cpu_is_the_fastest_installed_runtime(litemedsam, monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "_importable", lambda m: True)
