@@ -59,6 +59,10 @@ def compare_summaries(paths: list[Path], tie: float) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"cannot read the summaries ({e}); give summary.json files of autosam evaluate", file=sys.stderr)
         return 2
+    for path, cases in dice.items():
+        if not cases.keys() & dice[paths[0]].keys():
+            print(f"{path}: no case in common with the baseline {paths[0]}", file=sys.stderr)
+            return 2
     print_header(str(paths[0]))
     print_rows(dice[paths[0]], {(str(path), str(len(d))): d for path, d in dice.items()}, tie)
     return 0
