@@ -121,6 +121,7 @@ class StudyOptions:
     adapt_source: str = "prompter"  # whose cross-fitted maps prompt the adapter: prompter or nnunet
     adapt_planes: bool = False  # the adapter trains on the slices of all three axes of a volume
     tune_cases: int = 10
+    sign_test: Optional[float] = None  # tuning also asks SAM to win a one-sided sign test at this p (None: mean only)
     max_objects: int = 0  # components prompted per label and slice in every prompted SAM method (0: all)
     nnunet_trainer: Optional[str] = None
     nnunet_configuration: Optional[str] = None
@@ -158,6 +159,8 @@ class StudyOptions:
                 raise AutosamError(f"--nnunet-spacing: {e}") from None
         if self.max_objects < 0:
             raise AutosamError(f"--max-objects must be >= 0, got {self.max_objects}")
+        if self.sign_test is not None and not 0 < self.sign_test <= 1:
+            raise AutosamError(f"--sign-test must be a p-value in (0, 1], got {self.sign_test}")
         if self.test_cases is None and not 0 < self.test_fraction < 1:
             raise AutosamError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         for s in self.train_sizes:
@@ -263,6 +266,14 @@ def check_plan(study: Path, plan: dict) -> dict:
     return plan
 
 
+def _mean_rule(result) -> dict:
+    """What a :class:`autosam.tune.TuneResult` tuned with the sign test would have chosen by its mean alone."""
+    from .tune import choose
+
+    best = choose(result.scores, result.candidates, result.min_gain)
+    return {"without_sign_test": best.name, "without_sign_test_mean_dice": round(result.mean(best.name), 5)}
+
+
 def _same_dataset(a: str, b: str) -> bool:
     """Whether two spellings of a dataset folder name the same one: the same folder where both are found from
     here (a study may be resumed from another working directory), else the same folder name."""
@@ -288,8 +299,7 @@ def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, g
         if opts.needs_prompter() else 0,
         # the default axis twice (frozen and adapted SAM), and on 3D the two other planes of the planes candidates
         "tuning": o["tune_cases"] * sam * (4 if slices_per_case > 1 else 2) if "tuned" in methods else 0,
-        "tuning nnU-Net's default (nnunet+tuned)": o["tune_cases"] * sam * (4 if slices_per_case > 1 else 2)
-        if "nnunet+tuned" in methods else 0,
+        "tuning nnU-Net's default (nnunet+tuned)": 0,  # below: --tune-cases 0 tunes on every case of the run
         "adapter": ((0 if from_nnunet else o["adapt_folds"]) + 1 + fold_adapters) * o["prompter_epochs"]
         * o["prompter_iterations"] * (0.01 if gpu else 0.1) * (3 if opts.adapt_planes and slices_per_case > 1 else 1)
         if adapts else 0,
@@ -298,6 +308,10 @@ def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, g
         "inference": n_test * 0.2 * len(methods),
     }
     steps = {k: v * len(plan["runs"]) for k, v in per_run.items()}
+    if "nnunet+tuned" in methods:
+        steps["tuning nnU-Net's default (nnunet+tuned)"] = sum(
+            min(o["tune_cases"] or len(r["cases"]), len(r["cases"])) for r in plan["runs"]) * sam * (
+            4 if slices_per_case > 1 else 2)
     steps["SAM encoder (test cases, cached once)"] = n_test * sam
     return steps
 
@@ -502,8 +516,9 @@ class Study:
                 tune_prompter(prompter, self.dataset, lambda a=adapted: self.predictor(a),
                               max_cases=self.opts.tune_cases, adapter=str(adapted) if adapted else None,
                               output=path, grid=candidates(max_objects=(self.opts.max_objects,))
-                              if self.opts.max_objects else None, log=log)
+                              if self.opts.max_objects else None, log=log, sign_test=self.opts.sign_test)
             if path.is_file():
+                self.check_rule(path)
                 score = read_json(path).get("tuning", {}).get("chosen_mean_dice", -math.inf)
                 if score > best_score + 1e-9:
                     best, best_score = path, score
@@ -653,17 +668,43 @@ class Study:
                        "scored frozen SAM only, but these options adapt SAM on nnU-Net's maps")
         elif tuning.get("options", {}).get("max_objects", o.max_objects) != o.max_objects:
             problem = f"was tuned with --max-objects {tuning['options']['max_objects']}, not {o.max_objects}"
+        elif tuning.get("sign_test") != o.sign_test:
+            problem = self._rule_problem(tuning.get("sign_test"))
         if problem:
             raise AutosamError(f"{path}: this tuned default {problem}; delete it to tune again or use another "
                                "study folder")
         return path
 
+    def _rule_problem(self, kept: Optional[float]) -> str:
+        had = f"--sign-test {kept}" if kept is not None else "no sign test"
+        return f"was chosen with {had}, not " + (f"--sign-test {self.opts.sign_test}" if self.opts.sign_test
+                                                  is not None else "without one")
+
+    def check_rule(self, path: Path) -> None:
+        """Refuse, in one line, a kept tuning record chosen with another ``--sign-test`` than the options ask."""
+        from .sam_settings import read_json
+
+        try:
+            kept = read_json(path).get("tuning", {}).get("sign_test")
+        except (OSError, ValueError, AttributeError) as e:
+            raise AutosamError(f"{path}: cannot read this tuning record ({e}); delete it to tune again") from None
+        if kept != self.opts.sign_test:
+            raise AutosamError(f"{path}: this tuned default {self._rule_problem(kept)}; delete it to tune again or "
+                               "use another study folder")
+
     def check_kept(self, run: dict) -> None:
         """Refuse, in one line and before anything is written, the run's kept models made with other options: its
         adapter, the fold nnU-Nets, their adapters and nnU-Net's tuned default."""
+        from .sam_settings import SETTINGS_FILE
+
         o = self.opts
         if o.adapts():
             self.kept_adapter(run)
+        if "tuned" in o.methods:  # the prompter's tuned records, frozen and adapted
+            models = self.folder / "models" / run["name"]
+            for path in (models / "prompter" / SETTINGS_FILE, models / "adapter" / SETTINGS_FILE):
+                if path.is_file():
+                    self.check_rule(path)
         folds = self.kept_folds(run) if o.needs_nnunet_folds() else None
         if folds is None:
             return
@@ -695,7 +736,7 @@ class Study:
         items = dict(zip(chosen, coarse_items(chosen, self.files, references, maps, self.info)))
         grid = candidates(max_objects=(o.max_objects,)) if o.max_objects else candidates()
         log(f"study {run['name']}: tuning nnU-Net's SAM default on {len(items)} cross-fitted map(s), frozen SAM")
-        results = [(tune(self.predictor(), list(items.values()), self.info, grid), None)]
+        results = [(tune(self.predictor(), list(items.values()), self.info, grid, sign_test=o.sign_test), None)]
         names: list[str] = []
         if o.fold_adapters():
             parts = []
@@ -706,10 +747,11 @@ class Study:
                     log(f"study {run['name']}: tuning on {fold['folder']}'s {len(cases)} case(s), its adapter")
                     parts.append(tune(self.predictor(fold_adapter), [items[c] for c in cases], self.info, grid))
                     names.append(str(fold_adapter))
-            results.append((combine(parts), adapter))
+            results.append((combine(parts, sign_test=o.sign_test), adapter))
         result, chosen_adapter = max(results, key=lambda r: r[0].mean(r[0].best.name))  # ties: frozen
         result.base["compared"] = {("adapted SAM (fold adapters)" if a else "frozen SAM"): {
-            "chosen": r.best.name, "chosen_mean_dice": round(r.mean(r.best.name), 5)} for r, a in results}
+            "chosen": r.best.name, "chosen_mean_dice": round(r.mean(r.best.name), 5),
+            **(_mean_rule(r) if o.sign_test is not None else {})} for r, a in results}
         if names:  # whichever won, the fold adapters the adapted SAM was scored with
             result.base["fold_adapters"] = names
         result.base["options"] = {"tune_cases": o.tune_cases, "max_objects": o.max_objects}

@@ -5,7 +5,9 @@ Every candidate is scored on the same held-out cases with their reference labels
 alone) and SAM with each prompt strategy and fusion of :func:`candidates`. SAM runs once per case and prompt
 strategy, the encoder once per slice and the decoder once per distinct prompt; the fusions are cheap. The winner is
 the best mean Dice, but a SAM candidate must beat "no SAM" by ``min_gain``, so the chosen default is never below
-the coarse map on the validation cases, and SAM's cost is paid only where it helped.
+the coarse map on the validation cases, and SAM's cost is paid only where it helped. With ``sign_test`` P it must
+also be better on significantly more cases than it is worse (a one-sided sign test, p <= P; per-case differences
+within :data:`TIE` are ties), so a mean lifted by a few badly failed coarse maps does not choose SAM.
 
 >>> result = tune(predictor, items, info)           # items: TuneCase(case, reference, coarse_seg, coarse_probs)
 >>> result.best.use_sam, result.best.config         # False, None  or  True, RefineConfig(...)
@@ -31,6 +33,8 @@ from .sam.cache import CachingPredictor
 
 #: A SAM candidate must beat the coarse map's mean validation Dice by this much to be chosen (default).
 MIN_GAIN = 0.005
+#: Per-case Dice differences within this are ties for the sign test (neither better nor worse).
+TIE = 0.001
 NO_SAM = "no SAM"
 
 
@@ -80,6 +84,7 @@ class TuneResult:
     best: Candidate
     min_gain: float = MIN_GAIN
     base: dict = field(default_factory=dict)
+    sign_test: Optional[float] = None
 
     def mean(self, name: str) -> float:
         return finite_mean(self.scores[name])
@@ -90,9 +95,24 @@ class TuneResult:
     def to_dict(self) -> dict:
         """The record kept beside the model: what was compared on which cases, and what won."""
         return {"chosen": self.best.name, "chosen_mean_dice": self.mean(self.best.name),
-                "no_sam_mean_dice": self.mean(NO_SAM), "min_gain": self.min_gain,
+                "no_sam_mean_dice": self.mean(NO_SAM), "min_gain": self.min_gain, "sign_test": self.sign_test,
+                "chosen_better_worse": list(wins_losses(self.scores[self.best.name], self.scores[NO_SAM])),
+                "best_sam": self.best_sam(),
+                **({"without_sign_test": choose(self.scores, self.candidates, self.min_gain).name}
+                   if self.sign_test is not None else {}),
                 "validation_cases": self.cases,
                 "candidates": {n: round(m, 5) for n, m in self.ranking()}, **self.base}
+
+    def best_sam(self) -> Optional[dict]:
+        """The SAM candidate with the best mean, chosen or not: its mean and its cases better and worse than "no
+        SAM" with the sign test's p (None: no SAM candidate was scored)."""
+        ranked = [(n, m) for n, m in self.ranking() if n != NO_SAM and math.isfinite(m)]
+        if not ranked:
+            return None
+        name, m = ranked[0]
+        wins, losses = wins_losses(self.scores[name], self.scores[NO_SAM])
+        return {"name": name, "mean_dice": round(m, 5), "better": wins, "worse": losses,
+                "sign_test_p": round(sign_test_p(wins, losses), 5)}
 
 
 def coarse_items(cases: Sequence[str], images: dict, references: dict, coarse: str | Path, info: io.DatasetInfo,
@@ -150,7 +170,8 @@ def _prompt_key(config: RefineConfig) -> tuple:
 
 
 def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
-         grid: Optional[Sequence[Candidate]] = None, min_gain: float = MIN_GAIN, remember: bool = True) -> TuneResult:
+         grid: Optional[Sequence[Candidate]] = None, min_gain: float = MIN_GAIN, remember: bool = True,
+         sign_test: Optional[float] = None) -> TuneResult:
     """Score every candidate of ``grid`` (default :func:`candidates`) on ``items``; the winner as the module says.
     ``remember``: the decoder answers a prompt asked again within a case from memory (False: decode every time,
     for measuring what the memory saves)."""
@@ -185,10 +206,11 @@ def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
             sam.clear()  # an in-memory cache serves one case's prompt strategies, then is freed
     by_name = {c.name: c for c in grid}
     return TuneResult(cases=[i.case.case_id for i in items], scores=scores, candidates=by_name,
-                      best=choose(scores, by_name, min_gain), min_gain=min_gain)
+                      best=choose(scores, by_name, min_gain, sign_test), min_gain=min_gain, sign_test=sign_test)
 
 
-def combine(results: Sequence[TuneResult], min_gain: float = MIN_GAIN) -> TuneResult:
+def combine(results: Sequence[TuneResult], min_gain: float = MIN_GAIN,
+            sign_test: Optional[float] = None) -> TuneResult:
     """One grid's results on disjoint cases (cross-validation folds, each scored with its own model) as one, the
     winner chosen on all their cases."""
     if not results:
@@ -197,7 +219,7 @@ def combine(results: Sequence[TuneResult], min_gain: float = MIN_GAIN) -> TuneRe
     scores = {n: [v for r in results for v in r.scores[n]] for n in names}
     by_name = results[0].candidates
     return TuneResult(cases=[c for r in results for c in r.cases], scores=scores, candidates=by_name,
-                      best=choose(scores, by_name, min_gain), min_gain=min_gain)
+                      best=choose(scores, by_name, min_gain, sign_test), min_gain=min_gain, sign_test=sign_test)
 
 
 def _axes(item: TuneCase, config: RefineConfig) -> list[int]:
@@ -212,12 +234,30 @@ def _one_per_axis(config: RefineConfig, item: TuneCase) -> list[RefineConfig]:
     return [config] if len(axes) == 1 else [replace(config, planes=False, axis=a) for a in axes]
 
 
-def choose(scores: dict[str, list[float]], by_name: dict[str, Candidate], min_gain: float = MIN_GAIN) -> Candidate:
-    """The best mean; "no SAM" unless a SAM candidate beats it by ``min_gain`` (ties: the grid's order)."""
+def wins_losses(values: Sequence[float], base: Sequence[float]) -> tuple[int, int]:
+    """Cases where ``values`` beat ``base`` and where they lose, by more than :data:`TIE` (case by case)."""
+    diffs = [v - b for v, b in zip(values, base) if math.isfinite(v) and math.isfinite(b)]
+    return sum(d > TIE for d in diffs), sum(d < -TIE for d in diffs)
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """One-sided sign test: the chance of ``wins`` or more better cases of ``wins + losses`` if better and worse
+    were equally likely (1.0 with no case either way)."""
+    from scipy.stats import binomtest
+
+    n = wins + losses
+    return float(binomtest(wins, n, 0.5, alternative="greater").pvalue) if n else 1.0
+
+
+def choose(scores: dict[str, list[float]], by_name: dict[str, Candidate], min_gain: float = MIN_GAIN,
+           sign_test: Optional[float] = None) -> Candidate:
+    """The best mean; "no SAM" unless a SAM candidate beats it by ``min_gain`` and, with ``sign_test`` P, is better
+    on significantly more cases than worse (p <= P) (ties: the grid's order)."""
     base = finite_mean(scores[NO_SAM])
     best_name, best = NO_SAM, base if math.isfinite(base) else -math.inf
     for name, values in scores.items():
         m = finite_mean(values)
-        if name != NO_SAM and math.isfinite(m) and m >= best + (min_gain if best_name == NO_SAM else 1e-9):
+        if name != NO_SAM and math.isfinite(m) and m >= best + (min_gain if best_name == NO_SAM else 1e-9) and (
+                sign_test is None or sign_test_p(*wins_losses(values, scores[NO_SAM])) <= sign_test):
             best_name, best = name, m
     return by_name[best_name]

@@ -522,6 +522,11 @@ def _(root):
     return _study(_dataset(root / "d"), root.parent / "out", "--max-objects", "-1")
 
 
+@case("study: --sign-test outside (0, 1]", "--sign-test", "p-value")
+def _(root):
+    return _study(_dataset(root / "d"), root.parent / "out", "--sign-test", "0")
+
+
 @case("study: --nnunet-spacing with two numbers", "--nnunet-spacing", "three")
 def _(root):
     return _study(_dataset(root / "d"), root.parent / "out", "--nnunet-spacing", "3", "3")

@@ -123,3 +123,52 @@ def test_tune_verb_records_the_winner(tmp_path, capsys):
     assert record["tuning"]["validation_cases"] == ["800_HC", "801_HC"]
     assert record["tuning"]["chosen_mean_dice"] >= record["tuning"]["no_sam_mean_dice"]
     assert isinstance(record["use_sam"], bool) and record["tuning"]["candidates"][NO_SAM] > 0.5
+
+
+def test_the_sign_test_refuses_a_mean_lifted_by_a_few_failed_maps():
+    """Numbers, no SAM: a candidate that rescues 3 failed maps but loses a little on 7 good ones gains on the mean
+    and is chosen by the mean rule; with the sign test "no SAM" stays. One better on 9 of 10 passes both."""
+    from autosam.tune import Candidate, RefineConfig, TuneResult, choose, sign_test_p, wins_losses
+
+    base = [0.5, 0.5, 0.5] + [0.95] * 7
+    lifted = [0.8, 0.8, 0.8] + [0.93] * 7  # mean +7.6 points, better on 3, worse on 7
+    steady = [0.52, 0.52, 0.52] + [0.96] * 6 + [0.95]  # mean +1.2, better on 9, one tie
+    sam = {"lifted": Candidate(RefineConfig(fusion="replace")), "steady": Candidate(RefineConfig(fusion="union"))}
+    names = {NO_SAM: Candidate(None), sam["lifted"].name: sam["lifted"], sam["steady"].name: sam["steady"]}
+    assert wins_losses(lifted, base) == (3, 7) and wins_losses(steady, base) == (9, 0)
+    assert sign_test_p(9, 0) == pytest.approx(0.5 ** 9) and sign_test_p(0, 0) == 1.0
+
+    only_lifted = {NO_SAM: base, sam["lifted"].name: lifted}
+    assert choose(only_lifted, names).use_sam
+    assert not choose(only_lifted, names, sign_test=0.05).use_sam
+    both = {NO_SAM: base, sam["lifted"].name: lifted, sam["steady"].name: steady}
+    assert choose(both, names) is sam["lifted"]  # the best mean
+    assert choose(both, names, sign_test=0.05) is sam["steady"]  # the best mean that also passes
+
+    result = TuneResult(cases=[str(i) for i in range(10)], scores=only_lifted, candidates=names,
+                        best=choose(only_lifted, names, sign_test=0.05), sign_test=0.05)
+    record = result.to_dict()
+    assert record["chosen"] == NO_SAM and record["sign_test"] == 0.05 and record["chosen_better_worse"] == [0, 0]
+    assert record["without_sign_test"] == sam["lifted"].name  # what the mean rule alone would have chosen
+    assert record["best_sam"]["better"] == 3 and record["best_sam"]["worse"] == 7
+    assert record["best_sam"]["sign_test_p"] > 0.9
+
+
+def test_a_study_refuses_a_kept_tuned_default_chosen_by_another_rule(tmp_path):
+    """A study folder whose prompter's tuned record was chosen without the sign test is refused, in one line and
+    before anything runs, when the study now asks for one (and the record is left as it was)."""
+    from autosam.errors import AutosamError
+    from autosam.study import Study, StudyOptions
+
+    record = tmp_path / "models" / "n2_s0" / "prompter" / "autosam_sam.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"use_sam": False, "tuning": {"chosen": NO_SAM, "sign_test": None}}))
+    before = record.read_bytes()
+    plan = {"test": [], "runs": [{"name": "n2_s0", "cases": []}]}
+    same = Study(HC18, tmp_path, StudyOptions(methods=["tuned"], adapt=None), plan)
+    same.check_kept(plan["runs"][0])  # the same rule: kept
+    other = Study(HC18, tmp_path, StudyOptions(methods=["tuned"], adapt=None, sign_test=0.05), plan)
+    with pytest.raises(AutosamError, match="chosen with no sign test, not --sign-test 0.05") as e:
+        other.check_kept(plan["runs"][0])
+    assert "\n" not in str(e.value) and str(record) in str(e.value)
+    assert record.read_bytes() == before

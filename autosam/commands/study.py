@@ -59,6 +59,9 @@ def add_parser(sub) -> None:
                    help="train the adapter on the slices of all three axes of each volume (finetune --planes), "
                         "not only along the default axis")
     s.add_argument("--tune-cases", type=int, default=d.tune_cases)
+    s.add_argument("--sign-test", type=float, default=d.sign_test, metavar="P",
+                   help="the tuned defaults also require SAM to be better on significantly more validation cases "
+                        "than worse (one-sided sign test, p <= P; default: mean gain only)")
     s.add_argument("--max-objects", type=int, default=d.max_objects,
                    help="components prompted per label and slice in every prompted SAM method and in tuning (default "
                         "0: all; --quick: 1, the largest)")
@@ -86,7 +89,7 @@ FIELDS = {"test_fraction": "test_fraction", "train_sizes": "train_sizes", "seeds
           "prompter_epochs": "prompter_epochs", "prompter_iterations": "prompter_iterations",
           "adapt_epochs": "adapt_epochs", "adapt_iterations": "adapt_iterations", "adapt_folds": "adapt_folds",
           "adapt_prompt": "adapt_prompt", "adapt_source": "adapt_source", "adapt_planes": "adapt_planes",
-          "tune_cases": "tune_cases", "max_objects": "max_objects",
+          "tune_cases": "tune_cases", "sign_test": "sign_test", "max_objects": "max_objects",
           "nnunet_trainer": "nnunet_trainer", "nnunet_configuration": "nnunet_configuration",
           "nnunet_spacing": "nnunet_spacing",
           "nnunet_epochs": "nnunet_epochs", "nnunet_iterations": "nnunet_iterations", "device": "device",

@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", default=None,
                    help="settings file to write (default ADAPTER/autosam_sam.json with --adapter, else "
                         "PROMPTER/autosam_sam.json; segment reads both, the adapter's first)")
+    p.add_argument("--sign-test", type=float, default=None, metavar="P",
+                   help="also require a SAM candidate to be better than the prompter alone on significantly more "
+                        "validation cases than worse (one-sided sign test, p <= P; default: mean gain only)")
     add_sam_arguments(p)
     p.set_defaults(run=run)
 
@@ -40,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.min_gain < 0:
         raise AutosamError(f"--min-gain must be >= 0, got {args.min_gain}")
+    if args.sign_test is not None and not 0 < args.sign_test <= 1:
+        raise AutosamError(f"--sign-test must be a p-value in (0, 1], got {args.sign_test}")
     dataset = options.dataset_folder(args)
     prompter = Prompter.load(args.prompter, device=str(resolve_device(args.device)))
     output = Path(args.output) if args.output else (Path(args.adapter) / "autosam_sam.json" if args.adapter else None)
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = tune_prompter(prompter, dataset, make_predictor, cases=args.cases, max_cases=args.max_cases,
                            min_gain=args.min_gain, sam=args.sam, checkpoint=args.checkpoint, adapter=args.adapter,
-                           output=output)
+                           output=output, sign_test=args.sign_test)
     if result is None:
         return 1
     for name, mean in result.ranking()[:5]:

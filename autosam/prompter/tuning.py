@@ -53,7 +53,8 @@ def tune_prompter(prompter: Prompter, dataset_dir: str | Path, make_predictor: C
                   cases: Optional[Sequence[str]] = None, max_cases: int = MAX_CASES, min_gain: float = MIN_GAIN,
                   sam: str = "litemedsam", checkpoint: Optional[str] = None, adapter: Optional[str] = None,
                   output: Optional[str | Path] = None, grid: Optional[Sequence[Candidate]] = None,
-                  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Optional[TuneResult]:
+                  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+                  sign_test: Optional[float] = None) -> Optional[TuneResult]:
     """Tune on ``cases`` (default: the prompter's validation split, at most ``max_cases``) over ``grid`` (default
     :func:`autosam.tune.candidates`) and write the winner to ``output`` (default ``<prompter>/autosam_sam.json``).
     Returns None when there is nothing to tune on."""
@@ -67,7 +68,7 @@ def tune_prompter(prompter: Prompter, dataset_dir: str | Path, make_predictor: C
     prompter.check_dataset(info)
     predictor = make_predictor()
     items = load_items(prompter, dataset_dir, chosen, predictor.model if prompter.mode == "embedding" else None, info)
-    result = tune(predictor, items, info, grid or candidates(), min_gain=min_gain)
+    result = tune(predictor, items, info, grid or candidates(), min_gain=min_gain, sign_test=sign_test)
     settings = sam_settings.from_tuning(result, sam=sam, checkpoint=checkpoint, adapter=adapter)
     target = Path(output) if output is not None else Path(prompter.folder) / sam_settings.SETTINGS_FILE
     sam_settings.record(settings, target.parent, by="autosam tune", name=target.name)
