@@ -159,8 +159,9 @@ class StudyOptions:
                 raise AutosamError(f"--nnunet-spacing: {e}") from None
         if self.max_objects < 0:
             raise AutosamError(f"--max-objects must be >= 0, got {self.max_objects}")
-        if self.sign_test is not None and not 0 < self.sign_test <= 1:
-            raise AutosamError(f"--sign-test must be a p-value in (0, 1], got {self.sign_test}")
+        from .tune import check_sign_test
+
+        check_sign_test(self.sign_test)
         if self.test_cases is None and not 0 < self.test_fraction < 1:
             raise AutosamError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         for s in self.train_sizes:
@@ -264,14 +265,6 @@ def check_plan(study: Path, plan: dict) -> dict:
     if old.get("test") != plan["test"]:
         raise AutosamError(f"{study} holds a study of other test cases; use another study folder")
     return plan
-
-
-def _mean_rule(result) -> dict:
-    """What a :class:`autosam.tune.TuneResult` tuned with the sign test would have chosen by its mean alone."""
-    from .tune import choose
-
-    best = choose(result.scores, result.candidates, result.min_gain)
-    return {"without_sign_test": best.name, "without_sign_test_mean_dice": round(result.mean(best.name), 5)}
 
 
 def _same_dataset(a: str, b: str) -> bool:
@@ -517,8 +510,7 @@ class Study:
                               max_cases=self.opts.tune_cases, adapter=str(adapted) if adapted else None,
                               output=path, grid=candidates(max_objects=(self.opts.max_objects,))
                               if self.opts.max_objects else None, log=log, sign_test=self.opts.sign_test)
-            if path.is_file():
-                self.check_rule(path)
+            if path.is_file():  # a kept record's rule was checked by check_kept before the run
                 score = read_json(path).get("tuning", {}).get("chosen_mean_dice", -math.inf)
                 if score > best_score + 1e-9:
                     best, best_score = path, score
@@ -749,9 +741,14 @@ class Study:
                     names.append(str(fold_adapter))
             results.append((combine(parts, sign_test=o.sign_test), adapter))
         result, chosen_adapter = max(results, key=lambda r: r[0].mean(r[0].best.name))  # ties: frozen
-        result.base["compared"] = {("adapted SAM (fold adapters)" if a else "frozen SAM"): {
-            "chosen": r.best.name, "chosen_mean_dice": round(r.mean(r.best.name), 5),
-            **(_mean_rule(r) if o.sign_test is not None else {})} for r, a in results}
+        compared = {}
+        for r, a in results:
+            entry = compared["adapted SAM (fold adapters)" if a else "frozen SAM"] = {
+                "chosen": r.best.name, "chosen_mean_dice": round(r.mean(r.best.name), 5)}
+            if o.sign_test is not None:  # and what the mean alone would have chosen
+                mean_rule = r.mean_rule().name
+                entry.update(without_sign_test=mean_rule, without_sign_test_mean_dice=round(r.mean(mean_rule), 5))
+        result.base["compared"] = compared
         if names:  # whichever won, the fold adapters the adapted SAM was scored with
             result.base["fold_adapters"] = names
         result.base["options"] = {"tune_cases": o.tune_cases, "max_objects": o.max_objects}

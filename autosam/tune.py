@@ -98,10 +98,13 @@ class TuneResult:
                 "no_sam_mean_dice": self.mean(NO_SAM), "min_gain": self.min_gain, "sign_test": self.sign_test,
                 "chosen_better_worse": list(wins_losses(self.scores[self.best.name], self.scores[NO_SAM])),
                 "best_sam": self.best_sam(),
-                **({"without_sign_test": choose(self.scores, self.candidates, self.min_gain).name}
-                   if self.sign_test is not None else {}),
+                **({"without_sign_test": self.mean_rule().name} if self.sign_test is not None else {}),
                 "validation_cases": self.cases,
                 "candidates": {n: round(m, 5) for n, m in self.ranking()}, **self.base}
+
+    def mean_rule(self) -> Candidate:
+        """The winner by the mean gain alone (what a result tuned with the sign test would have chosen without)."""
+        return choose(self.scores, self.candidates, self.min_gain)
 
     def best_sam(self) -> Optional[dict]:
         """The SAM candidate with the best mean, chosen or not: its mean and its cases better and worse than "no
@@ -238,6 +241,12 @@ def wins_losses(values: Sequence[float], base: Sequence[float]) -> tuple[int, in
     """Cases where ``values`` beat ``base`` and where they lose, by more than :data:`TIE` (case by case)."""
     diffs = [v - b for v, b in zip(values, base) if math.isfinite(v) and math.isfinite(b)]
     return sum(d > TIE for d in diffs), sum(d < -TIE for d in diffs)
+
+
+def check_sign_test(p: Optional[float]) -> None:
+    """A ``--sign-test`` level is a p-value in (0, 1] (None: no sign test)."""
+    if p is not None and not 0 < p <= 1:
+        raise AutosamError(f"--sign-test must be a p-value in (0, 1], got {p}")
 
 
 def sign_test_p(wins: int, losses: int) -> float:

@@ -40,11 +40,11 @@ def run(args: argparse.Namespace) -> int:
     from ..prompter.tuning import tune_prompter
     from ..sam import build_sam, resolve_device
     from ..sam.cache import CachingPredictor
+    from ..tune import check_sign_test
 
     if args.min_gain < 0:
         raise AutosamError(f"--min-gain must be >= 0, got {args.min_gain}")
-    if args.sign_test is not None and not 0 < args.sign_test <= 1:
-        raise AutosamError(f"--sign-test must be a p-value in (0, 1], got {args.sign_test}")
+    check_sign_test(args.sign_test)
     dataset = options.dataset_folder(args)
     prompter = Prompter.load(args.prompter, device=str(resolve_device(args.device)))
     output = Path(args.output) if args.output else (Path(args.adapter) / "autosam_sam.json" if args.adapter else None)
