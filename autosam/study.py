@@ -825,6 +825,13 @@ class Study:
         fields = dict(variant) if variant else {}
         return RefineConfig(**{"max_objects": self.opts.max_objects, **fields})
 
+    @staticmethod
+    def _tuned_adapter(record: Path) -> bool:
+        """The tuned record names an adapter (the run's, which may not be trained yet)."""
+        from .sam_settings import read_json
+
+        return bool(read_json(record).get("adapter"))
+
     def _tuned_config(self, record: Optional[Path]):
         """The tuned record's configuration (None: no SAM) and its predictor factory (built-in default when
         nothing could be tuned)."""
@@ -844,14 +851,19 @@ class Study:
         models: dict = {}
         if o.needs_prompter():
             models["prompter"] = self.train_prompter(run)
-        if o.adapts():
+        # when only nnU-Net's tuned default could use the run's adapter, it is trained only if the tuning chose it
+        deferred = o.adapts() and not o.uses_adapted() and "tuned" not in o.methods
+        if o.adapts() and not deferred:
             models["adapter"] = self.train_adapter(run, models.get("prompter"), index)
         if "tuned" in o.methods:
             models["tuned"] = self.tune(models["prompter"], models.get("adapter"))
         if o.uses("nnunet"):
             models["nnunet"] = self.nnunet(run, index)
         if "nnunet+tuned" in o.methods:
-            models["nnunet_tuned"] = self.tune_nnunet(run, index, models.get("adapter"), models.get("prompter"))
+            adapter = self.adapter_folder(run) if deferred else models.get("adapter")
+            models["nnunet_tuned"] = self.tune_nnunet(run, index, adapter, models.get("prompter"))
+            if deferred and self._tuned_adapter(models["nnunet_tuned"]):
+                models["adapter"] = self.train_adapter(run, models.get("prompter"), index)
         rows = []
         for method in o.methods:
             # frozen SAM with label boxes does not depend on the training cases: one folder for all runs
