@@ -123,6 +123,7 @@ class StudyOptions:
     tune_cases: int = 10
     sign_test: Optional[float] = None  # tuning also asks SAM to win a one-sided sign test at this p (None: mean only)
     max_objects: int = 0  # components prompted per label and slice in every prompted SAM method (0: all)
+    small_grid: bool = False  # tunings leave out the box-hypotheses and three-plane candidates (--quick)
     nnunet_trainer: Optional[str] = None
     nnunet_configuration: Optional[str] = None
     nnunet_epochs: int = 20
@@ -168,6 +169,15 @@ class StudyOptions:
             if str(s) != "all" and (not str(s).isdigit() or int(s) < 2):
                 raise AutosamError(f"train size {s!r}: give a whole number >= 2 or 'all'")
 
+    def grid(self) -> list:
+        """The candidates every tuning of the study scores: :func:`autosam.tune.candidates`, with the options' object
+        limit; ``small_grid`` leaves out the box hypotheses (three boxes per object) and the three-plane candidates
+        (each case encoded along every axis), a quarter of the decoder calls and a third of the encoder's."""
+        from .tune import candidates
+
+        limits = {"max_objects": (self.max_objects,)} if self.max_objects else {}
+        return candidates(**limits, **({"levers": ((False, 0),), "planes": False} if self.small_grid else {}))
+
     def uses(self, prefix: str) -> bool:
         return any(m.startswith(prefix) for m in self.methods)
 
@@ -179,6 +189,11 @@ class StudyOptions:
         prompter's; nnU-Net's when the adapter learns from nnU-Net's maps)."""
         tunes = "tuned" in self.methods or ("nnunet+tuned" in self.methods and self.adapt_source == "nnunet")
         return bool(self.adapt) and (self.uses_adapted() or tunes)
+
+    def defers_adapter(self) -> bool:
+        """Only nnU-Net's tuned default could use the run's adapter (no adapted method, no prompter ``tuned``): it
+        is trained after that tuning, and only if the tuning chose the adapted SAM."""
+        return self.adapts() and not self.uses_adapted() and "tuned" not in self.methods
 
     def needs_nnunet_folds(self) -> bool:
         """Fold nnU-Nets predict the run's cases: they prompt the adapter, or nnU-Net's default is tuned on them."""
@@ -199,7 +214,8 @@ def quick_options() -> StudyOptions:
     """``--quick``: the bundled hippocampus sample end to end in a few minutes (a smoke test, not a result)."""
     return StudyOptions(train_sizes=["3", "4"], seeds=1, test_cases=None, test_fraction=0.2, prompter_epochs=4,
                         prompter_iterations=10, adapt_epochs=1, adapt_iterations=10, adapt_folds=2, tune_cases=1,
-                        max_objects=1, nnunet_configuration="2d", nnunet_epochs=1, nnunet_iterations=3)
+                        max_objects=1, small_grid=True, nnunet_configuration="2d", nnunet_epochs=1,
+                        nnunet_iterations=3)
 
 
 # -- the plan -------------------------------------------------------------------------------------------------
@@ -499,7 +515,6 @@ class Study:
         from .prompter import Prompter
         from .prompter.tuning import tune_prompter
         from .sam_settings import SETTINGS_FILE, read_json
-        from .tune import candidates
 
         prompter = Prompter.load(prompter_dir, device=self.opts.device)
         records = [(prompter_dir / SETTINGS_FILE, None)] + ([(adapter / SETTINGS_FILE, adapter)] if adapter else [])
@@ -508,8 +523,7 @@ class Study:
             if not path.is_file():
                 tune_prompter(prompter, self.dataset, lambda a=adapted: self.predictor(a),
                               max_cases=self.opts.tune_cases, adapter=str(adapted) if adapted else None,
-                              output=path, grid=candidates(max_objects=(self.opts.max_objects,))
-                              if self.opts.max_objects else None, log=log, sign_test=self.opts.sign_test)
+                              output=path, grid=self.opts.grid(), log=log, sign_test=self.opts.sign_test)
             if path.is_file():  # a kept record's rule was checked by check_kept before the run
                 score = read_json(path).get("tuning", {}).get("chosen_mean_dice", -math.inf)
                 if score > best_score + 1e-9:
@@ -714,7 +728,7 @@ class Study:
         an adapted winner names the run's adapter, trained on every case, as nnU-Net's own test predictions come
         from the model trained on every case."""
         from .sam_settings import SETTINGS_FILE, from_tuning, record
-        from .tune import candidates, coarse_items, combine, tune
+        from .tune import coarse_items, combine, tune
 
         o = self.opts
         maps = self.nnunet_folds(run, index)
@@ -726,7 +740,7 @@ class Study:
         chosen = self._tune_cases(folds)
         references = io.label_files(self.labels, chosen, self.info.file_ending)
         items = dict(zip(chosen, coarse_items(chosen, self.files, references, maps, self.info)))
-        grid = candidates(max_objects=(o.max_objects,)) if o.max_objects else candidates()
+        grid = o.grid()
         log(f"study {run['name']}: tuning nnU-Net's SAM default on {len(items)} cross-fitted map(s), frozen SAM")
         results = [(tune(self.predictor(), list(items.values()), self.info, grid, sign_test=o.sign_test), None)]
         names: list[str] = []
@@ -851,8 +865,7 @@ class Study:
         models: dict = {}
         if o.needs_prompter():
             models["prompter"] = self.train_prompter(run)
-        # when only nnU-Net's tuned default could use the run's adapter, it is trained only if the tuning chose it
-        deferred = o.adapts() and not o.uses_adapted() and "tuned" not in o.methods
+        deferred = o.defers_adapter()
         if o.adapts() and not deferred:
             models["adapter"] = self.train_adapter(run, models.get("prompter"), index)
         if "tuned" in o.methods:

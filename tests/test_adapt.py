@@ -19,7 +19,7 @@ from autosam.cli import main
 from autosam.errors import AutosamError
 from autosam import io
 from autosam.prompts import bounding_box
-from autosam.sam import build_sam
+from autosam.sam import SamPredictor, build_sam
 from autosam.sam import transforms as T
 from autosam.sam.cache import EmbeddingCache
 from autosam.sample import sample_dataset
@@ -266,9 +266,13 @@ def test_training_embeddings_come_from_the_cache(tmp_path, litemedsam):
     image = T.normalize_case(io.read_case("801_HC", files["801_HC"]).image, info.channel_names)[:, 0]
     cache = EmbeddingCache(tmp_path)
     data = load_training_set(HC18, info, ["801_HC"], None, 0, "test", cache, litemedsam)
-    with torch.no_grad():
-        direct = litemedsam.embed(T.to_canvas([image], 256))
+    predictor = SamPredictor(litemedsam, device="cpu")  # what refine encodes with: the CPU runtime where installed
+    predictor.set_slices([image])
+    direct = predictor.embeddings
     assert len(data.embeddings) == 1 and torch.equal(data.embeddings[0], direct[0])
+    with torch.no_grad():  # the runtime's embedding is torch's
+        torch.testing.assert_close(data.embeddings[0], litemedsam.embed(T.to_canvas([image], 256))[0],
+                                   atol=1e-3, rtol=1e-3)
     assert data.slices[0].image is None  # dropped once embedded
     again = EmbeddingCache(tmp_path)  # a later run: read from disk, nothing encoded
     data = load_training_set(HC18, info, ["801_HC"], None, 0, "test", again, litemedsam)

@@ -86,14 +86,78 @@ def test_variant_levers_are_refine_fields():
     assert parse_method("nnunet") == ("nnunet", None)
 
 
-def test_quick_study_adapts_on_nnunets_cross_fitted_maps(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def nnunet_study(tmp_path_factory):
+    """A quick study whose adapter learns from nnU-Net's cross-fitted maps, tuning nnU-Net's default on them
+    (``nnunet+tuned``); what the tests read is kept before a test reruns the study in the same folder."""
+    folder = tmp_path_factory.mktemp("nnsrc") / "tuned"
+    assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
+                 "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned"]) == 0
+    run = json.loads((folder / "plan.json").read_text())["runs"][0]
+    return {"folder": folder, "run": run, "rows": list(csv.DictReader((folder / "results.csv").open())),
+            "adapter_trained": (folder / "models" / run["name"] / "adapter" / "adapter.pt").is_file(),
+            "summary": (folder / "summary.md").read_text()}
+
+
+def test_quick_study_tunes_nnunets_default_on_its_cross_fitted_maps(nnunet_study, capsys):
+    """``nnunet+tuned``: nnU-Net's SAM default is chosen on the fold nnU-Nets' maps of the training cases; the
+    adapted SAM is scored there only through fold adapters that never trained on the case scored, and the choice is
+    never below nnU-Net alone on those cases."""
+    folder, run = nnunet_study["folder"], nnunet_study["run"]
+    folds_dir = folder / "models" / run["name"] / "nnunet_folds"
+    folds = json.loads((folds_dir / "predictions" / "folds.json").read_text())["folds"]
+    record = json.loads((folds_dir / "autosam_sam.json").read_text())
+    tuning = record["tuning"]
+    tuned_on = tuning["validation_cases"]
+    assert len(tuned_on) == 2 and set(tuned_on) <= set(run["cases"])
+    assert tuning["chosen_mean_dice"] >= tuning["no_sam_mean_dice"]  # never below nnU-Net alone on validation
+    compared = tuning["compared"]  # the winner is the better of frozen and adapted SAM's winners
+    assert set(compared) == {"frozen SAM", "adapted SAM (fold adapters)"}
+    assert tuning["chosen_mean_dice"] == pytest.approx(max(c["chosen_mean_dice"] for c in compared.values()), abs=1e-5)
+    if record["adapter"]:  # an adapted winner is the run's adapter, trained on every case
+        assert record["adapter"] == str(folder / "models" / run["name"] / "adapter")
+    # no other method uses the run's adapter, so it is trained only when the tuning chose the adapted SAM
+    assert nnunet_study["adapter_trained"] == bool(record["adapter"])
+    # one case from each fold, each scored with its own fold's adapter, which left that fold's cases out
+    assert len(tuning["fold_adapters"]) == len(folds) == 2
+    for fold in folds:
+        adapter = folds_dir / fold["folder"] / "adapter"
+        assert str(adapter) in tuning["fold_adapters"]
+        assert len(set(tuned_on) & set(fold["predicted"])) == 1
+        split = json.loads((adapter / "split.json").read_text())
+        assert split["train"] and not set(split["train"]) & set(fold["predicted"])
+        assert set(split["train"]) <= set(run["cases"])
+    rows = nnunet_study["rows"]
+    dice = {m: [float(r["dice"]) for r in rows if r["method"] == m] for m in ("nnunet", "nnunet+tuned")}
+    assert len(dice["nnunet+tuned"]) == len(dice["nnunet"]) > 0
+    if not record["use_sam"]:  # "no SAM" won: nnU-Net's own predictions
+        assert dice["nnunet+tuned"] == dice["nnunet"]
+    assert "| nnunet+tuned |" in nnunet_study["summary"]
+    # a rerun with other options is refused, before anything is written, in one line that names the kept file
+    kept = [folds_dir / "autosam_sam.json", folds_dir / "predictions" / "folds.json", folder / "results.csv"]
+    before = [p.stat().st_mtime_ns for p in kept]
+    args = ["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
+            "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned"]
+    for extra, message in ((["--tune-cases", "3"], "was tuned on 2 case(s), not the 3 that --tune-cases 3 gives"),
+                           (["--max-objects", "0"], "was tuned with --max-objects 1, not 0"),
+                           (["--adapt", "none"], "compared frozen and adapted SAM, but these options adapt none"),
+                           (["--adapt-folds", "3"], "left out other cases than --adapt-folds 3 does now")):
+        assert main(args + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and str(folds_dir) in err[-1], (extra, err)
+    assert [p.stat().st_mtime_ns for p in kept] == before
+
+
+def test_quick_study_adapts_on_nnunets_cross_fitted_maps(nnunet_study, capsys):
     """``--adapt-source nnunet``: fold nnU-Nets (nnU-Net's own commands) each predict only cases they did not train
-    on, the adapter learns from those maps, and no prompter is trained; the other source is then refused."""
-    folder = tmp_path / "nnsrc"
-    # the adapted SAM with label boxes: the fold nnU-Nets and the adapter are trained, the study's own nnU-Net not
+    on, the adapter learns from those maps, and no prompter is trained; the other source is then refused. Run in
+    the tuned study's folder: its fold nnU-Nets are reused, and no nnU-Net is trained again."""
+    folder, run = nnunet_study["folder"], nnunet_study["run"]
+    capsys.readouterr()
+    # the adapted SAM with label boxes: the run's adapter is trained (unless the tuning chose it), no nnU-Net
     assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
                  "--methods", "sam-oracle-adapted"]) == 0
-    run = json.loads((folder / "plan.json").read_text())["runs"][0]
+    assert "$ nnUNetv2_train" not in capsys.readouterr().err
     models = folder / "models" / run["name"]
     record = json.loads((models / "nnunet_folds" / "predictions" / "folds.json").read_text())
     assert len(record["folds"]) == 2
@@ -110,11 +174,10 @@ def test_quick_study_adapts_on_nnunets_cross_fitted_maps(tmp_path, capsys):
     prompts = json.loads((models / "adapter" / "prompts_from.json").read_text())
     assert prompts["source"] == f"coarse:{models / 'nnunet_folds' / 'predictions'}"
     assert set(prompts["cases"]) <= set(run["cases"]) and prompts["cases"]
-    assert not (models / "prompter").exists() and not (folder / "nnunet").exists()
+    assert not (models / "prompter").exists()
     rows = list(csv.DictReader((folder / "results.csv").open()))
     assert {r["method"] for r in rows} == {"sam-oracle-adapted"}
     assert sum(float(r["dice"]) for r in rows) / len(rows) > 0.5  # the adapter still segments with good boxes
-    capsys.readouterr()
     adapter = models / "adapter" / "adapter.pt"
     before = adapter.stat().st_mtime_ns
     assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--methods", "sam-oracle-adapted"]) == 2
@@ -125,59 +188,6 @@ def test_quick_study_adapts_on_nnunets_cross_fitted_maps(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert "one axis, not all three (--adapt-planes)" in err[-1]
     assert adapter.stat().st_mtime_ns == before
-
-
-def test_quick_study_tunes_nnunets_default_on_its_cross_fitted_maps(tmp_path, capsys):
-    """``nnunet+tuned``: nnU-Net's SAM default is chosen on the fold nnU-Nets' maps of the training cases; the
-    adapted SAM is scored there only through fold adapters that never trained on the case scored, and the choice is
-    never below nnU-Net alone on those cases."""
-    folder = tmp_path / "tuned"
-    assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
-                 "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned"]) == 0
-    run = json.loads((folder / "plan.json").read_text())["runs"][0]
-    folds_dir = folder / "models" / run["name"] / "nnunet_folds"
-    folds = json.loads((folds_dir / "predictions" / "folds.json").read_text())["folds"]
-    record = json.loads((folds_dir / "autosam_sam.json").read_text())
-    tuning = record["tuning"]
-    tuned_on = tuning["validation_cases"]
-    assert len(tuned_on) == 2 and set(tuned_on) <= set(run["cases"])
-    assert tuning["chosen_mean_dice"] >= tuning["no_sam_mean_dice"]  # never below nnU-Net alone on validation
-    compared = tuning["compared"]  # the winner is the better of frozen and adapted SAM's winners
-    assert set(compared) == {"frozen SAM", "adapted SAM (fold adapters)"}
-    assert tuning["chosen_mean_dice"] == pytest.approx(max(c["chosen_mean_dice"] for c in compared.values()), abs=1e-5)
-    if record["adapter"]:  # an adapted winner is the run's adapter, trained on every case
-        assert record["adapter"] == str(folder / "models" / run["name"] / "adapter")
-    # no other method uses the run's adapter, so it is trained only when the tuning chose the adapted SAM
-    assert folds_dir.joinpath("..", "adapter", "adapter.pt").resolve().is_file() == bool(record["adapter"])
-    # one case from each fold, each scored with its own fold's adapter, which left that fold's cases out
-    assert len(tuning["fold_adapters"]) == len(folds) == 2
-    for fold in folds:
-        adapter = folds_dir / fold["folder"] / "adapter"
-        assert str(adapter) in tuning["fold_adapters"]
-        assert len(set(tuned_on) & set(fold["predicted"])) == 1
-        split = json.loads((adapter / "split.json").read_text())
-        assert split["train"] and not set(split["train"]) & set(fold["predicted"])
-        assert set(split["train"]) <= set(run["cases"])
-    rows = list(csv.DictReader((folder / "results.csv").open()))
-    dice = {m: [float(r["dice"]) for r in rows if r["method"] == m] for m in ("nnunet", "nnunet+tuned")}
-    assert len(dice["nnunet+tuned"]) == len(dice["nnunet"]) > 0
-    if not record["use_sam"]:  # "no SAM" won: nnU-Net's own predictions
-        assert dice["nnunet+tuned"] == dice["nnunet"]
-    out = capsys.readouterr().out
-    assert "| nnunet+tuned |" in out
-    # a rerun with other options is refused, before anything is written, in one line that names the kept file
-    kept = [folds_dir / "autosam_sam.json", folds_dir / "predictions" / "folds.json", folder / "results.csv"]
-    before = [p.stat().st_mtime_ns for p in kept]
-    args = ["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
-            "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned"]
-    for extra, message in ((["--tune-cases", "3"], "was tuned on 2 case(s), not the 3 that --tune-cases 3 gives"),
-                           (["--max-objects", "0"], "was tuned with --max-objects 1, not 0"),
-                           (["--adapt", "none"], "compared frozen and adapted SAM, but these options adapt none"),
-                           (["--adapt-folds", "3"], "left out other cases than --adapt-folds 3 does now")):
-        assert main(args + extra) == 2, extra
-        err = capsys.readouterr().err.strip().splitlines()
-        assert message in err[-1] and str(folds_dir) in err[-1], (extra, err)
-    assert [p.stat().st_mtime_ns for p in kept] == before
 
 
 def test_a_study_resumes_from_another_spelling_of_its_dataset_only(tmp_path):
