@@ -102,13 +102,7 @@ def _cache_encoder(model) -> tuple[Callable[[list], torch.Tensor], str]:
     predictor does in ``refine`` (on the CPU the fastest installed runtime; torch in float32 on a GPU), so training
     and the verbs share cached embeddings."""
     predictor = SamPredictor(model, device=str(next(model.parameters()).device), amp=False)
-
-    def encode(slices: list) -> torch.Tensor:
-        predictor.set_slices(slices)
-        out, predictor.embeddings = predictor.embeddings.clone(), None  # a plain tensor, usable in training
-        return out
-
-    return encode, predictor.precision
+    return (lambda slices: predictor.embed_slices(slices).clone()), predictor.precision  # clone: usable in training
 
 
 def batch_loss(

@@ -374,8 +374,7 @@ class CachingPredictor(SamPredictor):
                 digest(p.point_labels), digest(p.mask))
 
     def _encode(self, slices: list) -> torch.Tensor:
-        SamPredictor.set_slices(self, slices)
-        return self.embeddings
+        return self.embed_slices(slices)
 
     def clear(self) -> None:
         """Free the cache's memory (see :meth:`EmbeddingCache.clear`)."""

@@ -149,13 +149,17 @@ class SamPredictor:
             return self.model.embed(canvas.to(self.device)).float()
 
     @torch.inference_mode()
+    def embed_slices(self, slices: Sequence[np.ndarray]) -> Optional[torch.Tensor]:
+        """Float32 embeddings ``(n, 256, s, s)`` of slices (``(C, H, W)`` or ``(H, W)``, intensities in ``[0, 1]``),
+        encoded in batches and not kept (None for no slices)."""
+        out = [self.encode(T.to_canvas(slices[part], self.model.image_size))
+               for part in _chunks(len(slices), self.batch_size)]
+        return torch.cat(out) if out else None
+
     def set_slices(self, slices: Sequence[np.ndarray]) -> None:
         """Encode slices (``(C, H, W)`` or ``(H, W)``, intensities in ``[0, 1]``) in batches; keep embeddings."""
         self.sizes = [tuple(np.asarray(s).shape[-2:]) for s in slices]
-        out = []
-        for part in _chunks(len(slices), self.batch_size):
-            out.append(self.encode(T.to_canvas(slices[part], self.model.image_size)))
-        self.embeddings = torch.cat(out) if out else None
+        self.embeddings = self.embed_slices(slices)
 
     @torch.inference_mode()
     def predict(self, prompts: Sequence[SamPrompt], multimask: bool = False,
