@@ -69,6 +69,24 @@ def test_embeddings_equal_the_uncached_ones_and_are_encoded_once(tmp_path, litem
     assert disk.sizes == [s.shape[-2:] for s in (slices[1], slices[0], slices[1])]
 
 
+def test_fetch_encodes_as_the_predictor_and_builds_its_encoder_once(litemedsam, slices, uncached):
+    """Training callers (``finetune``, ``train-prompter --mode embedding``) fetch without an encoder: the slices are
+    embedded as ``refine`` embeds them (the CPU runtime where installed), under the predictor's cache key, so
+    training and the verbs share them; the encoder is built once per model, not per call."""
+    cache = EmbeddingCache()
+    first = cache.fetch(litemedsam, slices[:1])
+    encoder = cache._encoder[1]
+    second = cache.fetch(litemedsam, slices)
+    assert cache._encoder[1] is encoder and cache.stats.encoded == 2
+    assert torch.equal(torch.stack([first[0], second[1]]), uncached)  # bit-identical to SamPredictor's
+    shared = CachingPredictor(litemedsam, device="cpu", cache=cache)
+    shared.set_slices(slices)  # a verb's predictor finds them under its own key
+    assert cache.stats.encoded == 2
+    with torch.no_grad():  # and they are torch's embeddings, within the runtime's tolerance
+        torch.testing.assert_close(second[0], litemedsam.embed(T.to_canvas(slices[:1], 256))[0], atol=1e-3, rtol=1e-3)
+    assert not second[0].is_inference()  # usable in training
+
+
 @pytest.mark.slow
 def test_a_second_predictor_and_a_second_process_encode_nothing(tmp_path, litemedsam, slices, uncached):
     folder = tmp_path / "cache"

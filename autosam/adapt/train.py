@@ -18,7 +18,7 @@ from .. import __version__, io
 from ..errors import AutosamError
 from ..losses import LOSSES, hard_dice, hard_iou, mask_loss
 from ..progress import progress
-from ..sam import SamPredictor, build_sam, resolve_device
+from ..sam import build_sam, resolve_device
 from ..sam import transforms as T
 from ..sam.cache import EmbeddingCache
 from ..splits import split_by_subject
@@ -76,7 +76,6 @@ def load_training_set(
     label samples."""
     files = io.list_cases(dataset_dir / "imagesTr", info.file_ending, info.num_channels)
     labels = io.label_files(dataset_dir / "labelsTr", list(cases), info.file_ending)
-    encode, precision = _cache_encoder(model) if cache is not None else (None, "float32")
     slices: list[TrainSlice] = []
     embeddings: list[Optional[torch.Tensor]] = []
     auto: list[Sample] = []
@@ -88,21 +87,13 @@ def load_training_set(
         else:
             part = read_training_case(case, files[case], labels[case], info, axis, max_slices, planes)
         if cache is not None and part:
-            embeddings.extend(cache.fetch(model, [s.image for s in part], encode, precision))
+            embeddings.extend(cache.fetch(model, [s.image for s in part]))
             for s in part:
                 s.image = None
         else:
             embeddings.extend([None] * len(part))
         slices.extend(part)
     return TrainingSet(slices, make_samples(slices, info.foreground) + auto, embeddings)
-
-
-def _cache_encoder(model) -> tuple[Callable[[list], torch.Tensor], str]:
-    """How a frozen encoder embeds the training slices it caches, and the precision they are cached under: as SAM's
-    predictor does in ``refine`` (on the CPU the fastest installed runtime; torch in float32 on a GPU), so training
-    and the verbs share cached embeddings."""
-    predictor = SamPredictor(model, device=str(next(model.parameters()).device), amp=False)
-    return (lambda slices: predictor.embed_slices(slices).clone()), predictor.precision  # clone: usable in training
 
 
 def batch_loss(

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from ..io import file_lock
-from . import transforms as T
 from .predictor import SamPredictor, SamPrompt, SamResult
 
 
@@ -75,13 +74,13 @@ def slice_key(image: np.ndarray) -> str:
     return f"{hashlib.sha1(a.tobytes()).hexdigest()}-{'x'.join(map(str, a.shape))}"
 
 
-@torch.no_grad()
-def encode_slices(model, slices: Sequence[np.ndarray], batch_size: int = 8) -> torch.Tensor:
-    """Float32 embeddings ``(n, 256, s, s)`` of slices ``(C, h, w)`` in ``[0, 1]``, on the model's device."""
-    device = next(model.parameters()).device
-    parts = [model.embed(T.to_canvas(list(slices[i : i + batch_size]), model.image_size).to(device)).float()
-             for i in range(0, len(slices), batch_size)]
-    return torch.cat(parts)
+def embedding_encoder(model) -> tuple[Encoder, str]:
+    """How SAM's predictor embeds slices, as an :class:`EmbeddingCache` encoder, and the precision its embeddings
+    are stored under: on the CPU the fastest installed runtime (OpenVINO: about 3 times torch), torch in float32 on
+    a GPU; so training and the verbs share cached embeddings. Build it once per model: a runtime compiles its
+    model when it loads."""
+    predictor = SamPredictor(model, device=str(next(model.parameters()).device), amp=False)
+    return (lambda slices: predictor.embed_slices(slices).clone()), predictor.precision  # clone: usable in training
 
 
 @dataclass
@@ -110,6 +109,7 @@ class EmbeddingCache:
         self._maps: dict[str, np.ndarray] = {}
         self._index_stamp: Optional[tuple] = None
         self._lock_depth = 0
+        self._encoder: Optional[tuple] = None  # (model, encode, precision) of fetch's default encoder
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             with self._locked():
@@ -137,7 +137,12 @@ class EmbeddingCache:
     def fetch(self, model, slices: Sequence[np.ndarray], encode: Optional[Encoder] = None,
               precision: str = "float32") -> list[torch.Tensor]:
         """Embeddings of ``slices`` by ``model``, one per slice; only slices not stored are encoded, once each,
-        by ``encode`` (default :func:`encode_slices`), and stored."""
+        by ``encode`` and stored under ``precision``. Without ``encode``, by :func:`embedding_encoder` (built on
+        first use for the model, kept for the next calls with it) under its precision."""
+        if encode is None:
+            if self._encoder is None or self._encoder[0] is not model:
+                self._encoder = (model, *embedding_encoder(model))
+            encode, precision = self._encoder[1:]
         prefix = model_key(model, precision)
         keys = [f"{prefix}:{slice_key(s)}" for s in slices]
         first = {k: i for i, k in reversed(list(enumerate(keys)))}
@@ -147,7 +152,7 @@ class EmbeddingCache:
         todo = [k for k in first if self.get(k) is None]
         if todo:
             start = time.perf_counter()
-            new = (encode or (lambda x: encode_slices(model, x)))([slices[first[k]] for k in todo])
+            new = encode([slices[first[k]] for k in todo])
             each = (time.perf_counter() - start) / len(todo)
             self.put(todo, new, each)
             self.stats.encoded += len(todo)
