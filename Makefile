@@ -1,4 +1,5 @@
-# The two commands: `make demo` (run autosam on the bundled sample) and `make test` (run the test suite).
+# `make demo` runs autosam on the bundled sample; `make test` runs the fast test tier (about 10 minutes on 2 cores),
+# `make test-slow` the slow tier (real nnU-Net training, studies, adapters), `make test-all` both.
 # Both create or update ./.venv on their own; nothing is downloaded at run time beyond PyPI packages.
 # Python: python3.11 when it exists, else python3 if it is 3.10 to 3.13; override with `make PYTHON=python3.12`.
 ifeq ($(origin PYTHON),undefined)
@@ -9,7 +10,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-slow test-all venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || { \
@@ -28,8 +29,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/autosam demo
 
+PYTEST := $(PY) -m pytest -q -ra --durations=15
+
 test: $(STAMP)
-	$(PY) -m pytest -q -ra tests
+	$(PYTEST) -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow tests
+
+test-all: test test-slow
 
 clean:
 	rm -rf autosam_demo .pytest_cache
