@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RANKS = {
     "autosam": 0, "autosam.errors": 0, "autosam.progress": 0,
     "autosam.nnunet_env": 0,
+    "autosam.settings": 2,
     "autosam.io": 1, "autosam.slicing": 1, "autosam.splits": 1, "autosam.sample": 1,
     "autosam.labels": 1, "autosam.background": 1,
     "autosam.sam": 2,  # the engine

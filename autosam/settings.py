@@ -1,0 +1,158 @@
+"""The settings every job shares: which SAM (:class:`SamSpec`), how it runs (:class:`Runtime`), and the one table
+of option constraints (:data:`BOUNDS`) that the command line, the environment and the records validate through.
+
+``SamSpec.predictor(runtime)`` is the one place a SAM predictor is built. Layer: beside the engine
+(:mod:`autosam.sam`); imports only it, :mod:`autosam.errors` and the standard library.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Union
+
+from .errors import AutosamError
+
+Number = Union[int, float]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """What a numeric option accepts: ``kind`` (int or float), finite, within ``[low, high]`` (an end is left out
+    where ``open_low``/``open_high``; ``None``: no bound on that side)."""
+
+    kind: type = float
+    low: Optional[float] = None
+    high: Optional[float] = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def describe(self) -> str:
+        kind = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            return f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.open_low else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.open_high else '<='} {self.high:g}"
+        return "an integer" if self.kind is int else "a finite number"
+
+    def accepts(self, value: Number) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.kind is int and value != int(value):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.open_high else value > self.high))
+
+    def parse(self, text: str) -> Number:
+        """``text`` as this bound's kind; ``ValueError`` naming what is expected."""
+        try:
+            value: Number = int(text) if self.kind is int else float(text)
+        except (TypeError, ValueError):
+            raise ValueError(f"{text!r}: expected {self.describe()}") from None
+        if not self.accepts(value):
+            raise ValueError(f"{text!r}: expected {self.describe()}")
+        return value
+
+
+POSITIVE_INT = Bound(int, 1)
+COUNT = Bound(int, 0)
+UNIT = Bound(float, 0.0, 1.0)
+POSITIVE = Bound(float, 0.0, open_low=True)
+NON_NEGATIVE = Bound(float, 0.0)
+
+#: Option (its field name, as in records and ``AUTOSAM_<NAME>``) -> what it accepts. The command line, the
+#: environment and the records all check through this one table.
+BOUNDS: dict[str, Bound] = {
+    # runtime
+    "batch_size": POSITIVE_INT, "threads": POSITIVE_INT, "workers": POSITIVE_INT,
+    "cpus_per_worker": POSITIVE, "gpus_per_worker": NON_NEGATIVE, "num_parts": POSITIVE_INT, "part_id": COUNT,
+    "nnunet_processes": POSITIVE_INT,
+    # refine
+    "min_size": COUNT, "max_objects": COUNT, "n_positive": COUNT, "n_negative": COUNT, "rebox": COUNT,
+    "mask_logit": Bound(float), "weight": UNIT, "min_iou": UNIT, "min_agreement": UNIT,
+    # evaluation and tuning
+    "tolerance_mm": NON_NEGATIVE, "min_gain": Bound(float), "sign_test": Bound(float, 0.0, 1.0, open_low=True),
+    "tune_cases": COUNT, "max_cases": COUNT,
+    # training
+    "lr": POSITIVE, "epochs": POSITIVE_INT, "steps": POSITIVE_INT, "seed": COUNT, "base": POSITIVE_INT,
+    "input_size": POSITIVE_INT, "val_fraction": Bound(float, 0.0, 1.0, open_high=True), "rank": POSITIVE_INT,
+    "noise": NON_NEGATIVE,
+}
+
+
+def option_type(name: str) -> Callable[[str], Number]:
+    """argparse ``type=`` for option ``name``: parses and checks it through :data:`BOUNDS`, so a bad value is a
+    one-line parse error naming the option as the user typed it."""
+    bound = BOUNDS[name]
+
+    def parse(text: str) -> Number:
+        try:
+            return bound.parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+def check_option(name: str, value: Number, source: str) -> Number:
+    """``value`` of option ``name`` checked through :data:`BOUNDS` (``AutosamError`` naming ``source``)."""
+    bound = BOUNDS[name]
+    if not bound.accepts(value):
+        raise AutosamError(f"{source}: {name} = {value!r}: expected {bound.describe()}")
+    return value
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How SAM runs, never a result-changing setting: ``device`` (auto, cpu, cuda, cuda:1, mps), ``engine`` for the
+    image encoder (auto, torch, onnx, openvino), slices per forward pass, and torch threads (None: torch's own)."""
+
+    device: str = "auto"
+    engine: str = "auto"
+    batch_size: int = 16
+    threads: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        check_option("batch_size", self.batch_size, "runtime")
+        if self.threads is not None:
+            check_option("threads", self.threads, "runtime")
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SamSpec:
+    """Which SAM: a backend of :data:`autosam.sam.sam_registry`, its weights file (None: the shipped ones, where a
+    backend ships any) and an adapter folder written by ``autosam finetune``."""
+
+    name: str = "litemedsam"
+    checkpoint: Optional[str] = None
+    adapter: Optional[str] = None
+
+    def build(self):
+        """The :class:`autosam.sam.SamModel`, weights and adapter loaded, in eval mode."""
+        from .sam import build_sam
+
+        return build_sam(self.name, checkpoint=self.checkpoint, adapter=self.adapter)
+
+    def predictor(self, runtime: Runtime = Runtime(), cache=None, caching: bool = False, model=None):
+        """The one place a predictor is built: a :class:`autosam.sam.SamPredictor`, or with ``caching`` (or a
+        ``cache``) a :class:`autosam.sam.cache.CachingPredictor` that encodes each slice once. ``model``: an
+        already built model of this spec (``build()``), to share one between predictors."""
+        from .sam import SamPredictor
+        from .sam.cache import CachingPredictor
+
+        model = self.build() if model is None else model
+        if caching or cache is not None:
+            return CachingPredictor(model, device=runtime.device, batch_size=runtime.batch_size, cache=cache,
+                                    engine=runtime.engine)
+        return SamPredictor(model, device=runtime.device, batch_size=runtime.batch_size, engine=runtime.engine)
+
+    def to_record(self) -> dict:
+        return {"sam": self.name, "checkpoint": self.checkpoint, "adapter": self.adapter}

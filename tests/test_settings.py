@@ -1,0 +1,60 @@
+"""The settings model: one table of option bounds, one place that builds a predictor."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from autosam.errors import AutosamError
+from autosam.settings import BOUNDS, Bound, Runtime, SamSpec, check_option, option_type
+
+
+@pytest.mark.parametrize("bound, good, bad", [
+    (Bound(int, 1), ["1", "16"], ["0", "-1", "1.5", "nan", "x"]),
+    (Bound(float, 0.0, 1.0), ["0", "0.5", "1"], ["-0.1", "1.01", "nan", "inf", "5"]),
+    (Bound(float, 0.0, open_low=True), ["1e-4", "3"], ["0", "-1", "nan", "inf"]),
+    (Bound(float), ["-3", "8"], ["nan", "inf", "-inf", "1e999"]),
+])
+def test_a_bound_takes_its_values_and_refuses_the_rest(bound, good, bad):
+    for text in good:
+        assert bound.accepts(bound.parse(text))
+    for text in bad:
+        with pytest.raises(ValueError, match="expected"):
+            bound.parse(text)
+
+
+def test_an_option_out_of_range_is_one_parse_error_naming_it():
+    parser = argparse.ArgumentParser(prog="autosam x", exit_on_error=False)
+    parser.add_argument("--weight", type=option_type("weight"))
+    parser.add_argument("--batch-size", type=option_type("batch_size"))
+    assert parser.parse_args(["--weight", "0.3", "--batch-size", "4"]).batch_size == 4
+    for argv, name in ((["--weight", "5"], "--weight"), (["--weight", "nan"], "--weight"),
+                       (["--batch-size", "0"], "--batch-size")):
+        with pytest.raises(argparse.ArgumentError) as e:
+            parser.parse_args(argv)
+        assert name in str(e.value) and "expected" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_records_and_runtimes_check_through_the_same_table():
+    assert check_option("lr", 1e-4, "adapter.json") == 1e-4
+    with pytest.raises(AutosamError, match="adapter.json: lr = -1"):
+        check_option("lr", -1, "adapter.json")
+    with pytest.raises(AutosamError, match="batch_size"):
+        Runtime(batch_size=0)
+    assert all(isinstance(b, Bound) for b in BOUNDS.values()) and not BOUNDS["mask_logit"].accepts(math.inf)
+
+
+def test_the_spec_builds_a_caching_or_plain_predictor():
+    from autosam.sam import SamPredictor
+    from autosam.sam.cache import CachingPredictor
+
+    spec = SamSpec()
+    model = spec.build()
+    plain = spec.predictor(Runtime(device="cpu", engine="torch", batch_size=2), model=model)
+    caching = spec.predictor(Runtime(device="cpu", engine="torch"), caching=True, model=model)
+    assert type(plain) is SamPredictor and plain.batch_size == 2 and plain.engine == "torch"
+    assert isinstance(caching, CachingPredictor) and caching.model is model
+    assert spec.to_record() == {"sam": "litemedsam", "checkpoint": None, "adapter": None}
+    with pytest.raises(AutosamError, match="unknown SAM backend"):
+        SamSpec("nope").build()
