@@ -1,4 +1,9 @@
-"""Shared fixtures. Sections: SAM (lead), nnU-Net (integration)."""
+"""Shared fixtures and the test tiers. Sections: tiers, SAM (lead), nnU-Net (integration).
+
+``make test`` runs the fast tier (``-m "not slow"``); ``make test-slow`` the rest. A test is slow when it is marked
+so, or when it uses a fixture of :data:`HEAVY_FIXTURES` (a trained nnU-Net or prompter, an adapter, a study, a Ray
+instance, a runtime export): the hook below marks those, so nothing heavy hides in the fast tier.
+"""
 from __future__ import annotations
 
 import os
@@ -6,6 +11,20 @@ import sys
 from pathlib import Path
 
 import pytest
+
+# --- tiers -----------------------------------------------------------------------------------------------------
+
+#: fixtures that train or export something heavy; any test using one (directly or through another fixture) is slow
+HEAVY_FIXTURES = frozenset({
+    "trained_hippo_2d", "decoder_adapter", "quick_study", "nnunet_study", "prompter", "local_ray", "runtime_cache",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 # --- SAM -------------------------------------------------------------------------------------------------------
 
