@@ -23,9 +23,8 @@ import pytest  # noqa: E402
 
 from autosam import io  # noqa: E402
 from autosam.cli import main  # noqa: E402
-from autosam.errors import AutosamError  # noqa: E402
-from autosam.runner import (LOCK_FILE, CaseOutput, CaseRunner, CasesFailed, FolderLock, FunctionJob,  # noqa: E402
-                            Parallel)
+from autosam.errors import AutosamError, CasesFailed  # noqa: E402
+from autosam.runner import LOCK_FILE, CaseOutput, CaseRunner, FolderLock, FunctionJob, Parallel  # noqa: E402
 from autosam.sample import sample_dataset  # noqa: E402
 
 ray = pytest.importorskip("ray")
