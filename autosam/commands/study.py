@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import io
 from ..adapt.data import AUTO_PROMPT_KINDS
 from ..errors import AutosamError
 from ..sam.runtime import ENGINES
+from ..sample import sample_dataset
+from ..study import (ADAPT_SOURCES, DEFAULT_METHODS, LEVERS, METHODS, VARIABLE, StudyOptions, estimate_seconds,
+                     make_plan, quick_options, run_study)
 from . import options
 
 HELP = ("compare SAM pipelines with the prompter alone and nnU-Net on your dataset, for several numbers of "
@@ -14,8 +18,6 @@ HELP = ("compare SAM pipelines with the prompter alone and nnU-Net on your datas
 
 
 def add_parser(sub) -> None:
-    from ..study import ADAPT_SOURCES, DEFAULT_METHODS, LEVERS, METHODS, VARIABLE, StudyOptions
-
     d = StudyOptions()
     p = sub.add_parser("study", help=HELP, description=HELP + ". Test cases are fixed first, by subject; no model "
                        "trains or tunes on them. Everything is kept in STUDY_DIR, so a rerun resumes.")
@@ -39,7 +41,17 @@ def add_parser(sub) -> None:
                    + " (e.g. prompter+sam-adapted/replace+rebox)")
     p.add_argument("--adapt", default=d.adapt, choices=("decoder", "lora", "desam", "none"),
                    help="SAM adaptation for the '-adapted' methods and the tuned default (default decoder)")
-    s = p.add_argument_group("schedules (CPU-sized defaults; on a GPU raise them)")
+    add_schedule_arguments(p.add_argument_group("schedules (CPU-sized defaults; on a GPU raise them)"), d)
+    p.add_argument("--quick", action="store_true",
+                   help="a few-minute smoke run (bundled sample, tiny schedules; options given here still win)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and a rough time estimate, run nothing")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto ...")
+    p.add_argument("--engine", default="auto", choices=ENGINES, help="SAM encoder runtime (default auto)")
+    p.set_defaults(run=run)
+
+
+def add_schedule_arguments(s, d: StudyOptions) -> None:
+    """The schedules of the models a study trains and tunes, and how the adapter learns (defaults: ``d``)."""
     s.add_argument("--prompter-epochs", type=int, default=d.prompter_epochs)
     s.add_argument("--prompter-iterations", type=int, default=d.prompter_iterations)
     s.add_argument("--adapt-epochs", type=int, default=d.adapt_epochs)
@@ -53,8 +65,7 @@ def add_parser(sub) -> None:
                         "left out)")
     s.add_argument("--adapt-prompt", default=d.adapt_prompt, choices=AUTO_PROMPT_KINDS,
                    help="what the adapter is given on the cross-fitted prompts: box+mask (the box and the prompter's "
-                        "probabilities as mask prompt; finetune --auto-prompt; default) or box (studies before "
-                        "box+mask was the default)")
+                        "probabilities as mask prompt; finetune --auto-prompt; default) or box (the box alone)")
     s.add_argument("--adapt-planes", action="store_true",
                    help="train the adapter on the slices of all three axes of each volume (finetune --planes), "
                         "not only along the default axis")
@@ -76,12 +87,6 @@ def add_parser(sub) -> None:
                         "(default: nnU-Net's own plans)")
     s.add_argument("--nnunet-epochs", type=int, default=d.nnunet_epochs)
     s.add_argument("--nnunet-iterations", type=int, default=d.nnunet_iterations)
-    p.add_argument("--quick", action="store_true",
-                   help="a few-minute smoke run (bundled sample, tiny schedules; options given here still win)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and a rough time estimate, run nothing")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto ...")
-    p.add_argument("--engine", default="auto", choices=ENGINES, help="SAM encoder runtime (default auto)")
-    p.set_defaults(run=run)
 
 
 #: command-line option -> StudyOptions field
@@ -98,8 +103,6 @@ FIELDS = {"test_fraction": "test_fraction", "train_sizes": "train_sizes", "seeds
 
 def study_options(args: argparse.Namespace):
     """:class:`StudyOptions` from the command line (``--quick`` presets, options given explicitly win)."""
-    from ..study import StudyOptions, quick_options
-
     opts = quick_options() if args.quick else StudyOptions()
     given = getattr(args, "given", None)
     for option, name in FIELDS.items():
@@ -126,10 +129,6 @@ def read_case_list(values: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import io
-    from ..sample import sample_dataset
-    from ..study import make_plan, run_study
-
     if args.dataset is None and not args.quick:
         raise AutosamError("-d/--dataset is required (or --quick for the bundled sample)")
     dataset = Path(args.dataset) if args.dataset else sample_dataset("hippocampus")
@@ -149,8 +148,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_plan(plan: dict, info, opts) -> None:
-    from ..study import estimate_seconds
-
     print(f"test cases: {len(plan['test'])} ({', '.join(plan['test'][:5])}{' ...' if len(plan['test']) > 5 else ''})")
     for r in plan["runs"]:
         print(f"run {r['name']}: {r['size']} training case(s)")

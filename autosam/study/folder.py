@@ -1,0 +1,103 @@
+"""The pieces every step of a study shares: the study folder's paths, the dataset's cases and links to their
+images, one SAM predictor per adapter over one embedding cache, the refine configuration of a method, scoring, and
+the log."""
+from __future__ import annotations
+
+import functools
+import itertools
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .. import io
+from ..adapt.crossfit import fold_assignment
+from ..refine import RefineConfig
+from ..sam import build_sam
+from ..sam.cache import CachingPredictor, EmbeddingCache
+from .options import StudyOptions
+from .results import score_folder
+
+#: The record of the nnU-Net folds behind an ``--adapt-source nnunet`` adapter (in ``models/<run>/nnunet_folds``).
+NNUNET_FOLDS = "folds.json"
+#: Whose maps, by ``--adapt-source``, in messages.
+WHOSE = {"prompter": "the prompter's", "nnunet": "nnU-Net's"}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class StudyFolder:
+    """One study folder: the plan, the test images, shared SAM predictors (one embedding cache on disk, so each
+    test slice is encoded once for the whole study), and where each run keeps its models and predictions."""
+
+    def __init__(self, dataset: Path, folder: Path, opts: StudyOptions, plan: dict) -> None:
+        self.dataset, self.folder, self.opts, self.plan = Path(dataset), Path(folder), opts, plan
+        self.info = io.load_dataset_json(self.dataset)
+        self.images = self.folder / "test_images"
+        self.labels = self.dataset / "labelsTr"
+        self._cache = None
+        self._predictors: dict = {}
+
+    @functools.cached_property
+    def files(self) -> dict[str, list[Path]]:
+        """Each case of the dataset and its image files."""
+        return io.list_cases(self.dataset / "imagesTr", self.info.file_ending, self.info.num_channels)
+
+    def link_images(self, cases: Sequence[str], folder: Path) -> Path:
+        """``folder`` with links to the image files of ``cases`` (kept links are left as they are)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            for f in self.files[case]:
+                link = folder / f.name
+                if not link.exists():
+                    link.symlink_to(f.resolve())
+        return folder
+
+    def link_test_images(self) -> None:
+        self.link_images(self.plan["test"], self.images)
+
+    def predictor(self, adapter: Optional[Path] = None):
+        """A caching SAM predictor (frozen, or with ``adapter``), built once per adapter."""
+        key = str(adapter) if adapter else ""
+        if key not in self._predictors:
+            if self._cache is None:
+                self._cache = EmbeddingCache(self.folder / "embedding_cache")
+            model = build_sam("litemedsam", adapter=str(adapter) if adapter else None)
+            self._predictors[key] = CachingPredictor(model, device=self.opts.device, cache=self._cache,
+                                                     engine=self.opts.engine)
+        return self._predictors[key]
+
+    def config(self, variant: Optional[dict] = None) -> RefineConfig:
+        """The built-in default, or a method variant's fields (the object limit of the options unless the variant
+        sets one)."""
+        fields = dict(variant) if variant else {}
+        return RefineConfig(**{"max_objects": self.opts.max_objects, **fields})
+
+    def others(self, run: dict) -> list[str]:
+        """Every case of the dataset outside the run's training subset (test cases included)."""
+        return sorted(set(self.files) - set(run["cases"]))
+
+    def score(self, method: str, run: dict, folder: Path, seconds: float) -> list[dict]:
+        return score_folder(folder, self.labels, self.info, self.plan["test"], method, run,
+                            seconds / max(1, len(self.plan["test"])))
+
+    # -- where a run keeps its models -------------------------------------------------------------------------
+    def adapter_folder(self, run: dict, fold: Optional[dict] = None) -> Path:
+        models = self.folder / "models" / run["name"]
+        return models / "nnunet_folds" / fold["folder"] / "adapter" if fold else models / "adapter"
+
+    def _folds_root(self, run: dict) -> Path:
+        return self.folder / "models" / run["name"] / "nnunet_folds"
+
+    def _held_out(self, run: dict) -> list[list[str]]:
+        return fold_assignment(run["cases"], self.opts.adapt_folds, run["seed"], self.opts.subject_pattern)
+
+    def _tune_cases(self, folds: list[dict]) -> list[str]:
+        """The cases nnU-Net's default is tuned on: the folds' cases in turn, so that a ``--tune-cases`` limit
+        takes from every fold."""
+        order = [c for group in itertools.zip_longest(*(f["predicted"] for f in folds)) for c in group if c]
+        return order[: self.opts.tune_cases or None]
+
+    def _time_file(self, run: dict, method: str) -> Path:
+        return self.folder / "predictions" / run["name"] / "seconds" / f"{method.replace('/', '@')}.json"

@@ -1,0 +1,116 @@
+"""Running a study: :class:`Study` trains what a run's methods need, segments the test cases with each method and
+scores them; :func:`run_study` checks everything before it writes, then runs (or resumes) every run of the plan."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .. import io
+from ..oracle import oracle_folder
+from ..prompter import Prompter
+from ..prompter.segment import segment_folder
+from ..refine import RefineConfig, refine_folder
+from ..sam_settings import load_file, read_json
+from .methods import parse_method, table_order
+from .options import StudyOptions
+from .plan import check_plan, make_plan
+from .results import learning_curve, summary_markdown, timed, write_results
+from .steps import ModelSteps
+
+
+class Study(ModelSteps):
+    """One study folder: the plan, the test images, shared SAM predictors (one embedding cache on disk, so each
+    test slice is encoded once for the whole study), and one step per model and method."""
+
+    def predict(self, method: str, run: dict, models: dict) -> tuple[Path, float]:
+        """Segment the test cases with ``method``; the folder and its seconds (all cases)."""
+        out = self.folder / "predictions" / run["name"] / method.replace("/", "@")
+        if method == "nnunet":
+            return models["nnunet"]
+        base, variant = parse_method(method)
+        adapter = models.get("adapter") if base.endswith("-adapted") else None
+        sam = (lambda: self.predictor(adapter))
+        config = self.config(variant)
+        if method in ("tuned", "nnunet+tuned"):
+            config, sam = self._tuned_config(models.get("tuned" if method == "tuned" else "nnunet_tuned"))
+        kwargs = {"run_args": {"verb": "study", "method": method}, "quiet": True}
+        if method.startswith("sam-oracle"):
+            step = lambda: oracle_folder(self.images, self.labels, out, self.info, sam, run_args=kwargs["run_args"])
+        elif method.startswith("nnunet+"):
+            if config is None:  # "no SAM" won: nnU-Net's own predictions
+                return models["nnunet"]
+            step = lambda: refine_folder(self.images, models["nnunet"][0], out, self.info, sam, config, **kwargs)
+        else:
+            prompter = Prompter.load(models["prompter"], device=self.opts.device)
+            step = lambda: segment_folder(self.images, out, prompter, self.info, sam,
+                                          None if method == "prompter" else config, **kwargs)
+        return out, timed(step, self._time_file(run, method))
+
+    @staticmethod
+    def _tuned_adapter(record: Path) -> bool:
+        """The tuned record names an adapter (the run's, which may not be trained yet)."""
+        return bool(read_json(record).get("adapter"))
+
+    def _tuned_config(self, record: Optional[Path]):
+        """The tuned record's configuration (None: no SAM) and its predictor factory (built-in default when
+        nothing could be tuned)."""
+        if record is None:
+            return self.config(), (lambda: self.predictor())
+        settings = load_file(record)
+        adapter = Path(settings["adapter"]) if settings.get("adapter") else None
+        config = RefineConfig(**settings["refine"]) if settings.get("use_sam", True) else None
+        return config, (lambda: self.predictor(adapter))
+
+    def run(self, run: dict, index: int) -> list[dict]:
+        """Train what the run's methods need, segment the test cases with each method, score them."""
+        o = self.opts
+        models: dict = {}
+        if o.needs_prompter():
+            models["prompter"] = self.train_prompter(run)
+        deferred = o.defers_adapter()
+        if o.adapts() and not deferred:
+            models["adapter"] = self.train_adapter(run, models.get("prompter"), index)
+        if "tuned" in o.methods:
+            models["tuned"] = self.tune(models["prompter"], models.get("adapter"))
+        if o.uses("nnunet"):
+            models["nnunet"] = self.nnunet(run, index)
+        if "nnunet+tuned" in o.methods:
+            adapter = self.adapter_folder(run) if deferred else models.get("adapter")
+            models["nnunet_tuned"] = self.tune_nnunet(run, index, adapter, models.get("prompter"))
+            if deferred and self._tuned_adapter(models["nnunet_tuned"]):
+                models["adapter"] = self.train_adapter(run, models.get("prompter"), index)
+        rows = []
+        for method in o.methods:
+            # frozen SAM with label boxes does not depend on the training cases: one folder for all runs
+            folder, seconds = self.predict(method, {"name": "oracle"} if method == "sam-oracle" else run, models)
+            rows += self.score(method, run, folder, seconds)
+        return rows
+
+
+def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_run: bool = False,
+              plan: Optional[dict] = None) -> dict:
+    """Run (or resume, or with ``dry_run`` only plan) a study; returns the plan (with ``results``: the rows).
+    ``plan``: :func:`make_plan`'s result when the caller made it already."""
+    opts.check()
+    dataset, folder = Path(dataset), Path(folder)
+    plan = check_plan(folder, plan if plan is not None else make_plan(dataset, opts))
+    info = io.load_dataset_json(dataset)
+    if dry_run:
+        return plan
+    study = Study(dataset, folder, opts, plan)
+    for run in plan["runs"]:  # kept models of other options are refused before anything is written
+        study.check_kept(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    io.write_json(plan, folder / "plan.json")
+    study.link_test_images()
+    rows: list[dict] = []
+    for index, run in enumerate(plan["runs"]):
+        rows += study.run(run, index)
+        write_results(folder, rows)
+    methods = table_order(opts.methods)
+    with io.atomic_output(folder / "summary.md") as tmp:
+        tmp.write_text(summary_markdown(rows, plan, methods))
+    learning_curve(rows, methods, folder / "learning_curve.png", f"{info.raw.get('name', dataset.name)}: "
+                   f"{len(plan['test'])} test cases")
+    plan["results"] = rows
+    return plan
