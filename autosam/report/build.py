@@ -20,8 +20,9 @@ from ..evaluation import case_metrics, finite_mean
 from ..progress import progress
 from ..slicing import choose_axis
 from .html import render_html
-from .overlay import _label_names, render_case, require_matplotlib
+from .overlay import label_names, render_case, require_matplotlib
 from .plots import summary_plots
+
 
 @dataclass
 class CaseReport:
@@ -248,7 +249,7 @@ def build_report(
     _check_arguments(pred, output, tolerance_mm)
     inputs = _gather_inputs(pred, gt, coarse, images, dataset_json, log)
     cases = [_case_report(inputs, case, tolerance_mm, axis) for case in progress(inputs.cases, "report")]
-    report = Report(output, sort_worst_first(cases), _label_names(inputs.info.labels), gt is not None,
+    report = Report(output, sort_worst_first(cases), label_names(inputs.info.labels), gt is not None,
                     coarse is not None)
     page = render_html(report, summary_plots(report), title=title, tolerance_mm=tolerance_mm,
                        sources={"prediction": pred, "reference": gt, "coarse": coarse, "images": inputs.images},

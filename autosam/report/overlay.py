@@ -30,6 +30,8 @@ COLOURS = {"reference": "#F0E442", "coarse": "#D55E00", "prediction": "#56B4E9"}
 #: line style of the n-th label (cycled): one colour per source, one line style per label
 LINESTYLES = ("solid", "dashed", "dotted", "dashdot")
 _AXES = "zyx"
+
+
 def require_matplotlib() -> None:
     """Raise :class:`AutosamError` with the one-line install hint if matplotlib's Agg canvas cannot be imported."""
     try:
@@ -37,7 +39,8 @@ def require_matplotlib() -> None:
     except ImportError:
         raise AutosamError(INSTALL_HINT) from None
 
-def _figure(width: float, height: float):
+
+def new_figure(width: float, height: float):
     """A matplotlib Figure on its own Agg canvas (no pyplot, no global backend change)."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -48,7 +51,8 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _png_bytes(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes, on its own face colour."""
     buf = _bytes_io.BytesIO()
     fig.savefig(buf, format="png", facecolor=fig.get_facecolor())
     return buf.getvalue()
@@ -56,7 +60,8 @@ def _png_bytes(fig) -> bytes:
 
 # --- labels and slices ---------------------------------------------------------------------------------------
 
-def _label_names(labels: Mapping[str, int] | Sequence[int]) -> dict[int, str]:
+
+def label_names(labels: Mapping[str, int] | Sequence[int]) -> dict[int, str]:
     """Foreground label value -> name, from a dataset.json ``labels`` mapping or a list of values."""
     if isinstance(labels, Mapping):
         return {int(v): str(k) for k, v in sorted(labels.items(), key=lambda kv: kv[1])
@@ -254,7 +259,7 @@ def render_case(
     _check_shapes(image, segmentation, coarse, reference)
     spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0, 1.0, 1.0)
     axis = 0 if segmentation.shape[0] == 1 else choose_axis(spacing, segmentation.shape, axis)  # 2D: one slice
-    names = _label_names(labels)
+    names = label_names(labels)
     values = list(names)
     picks = representative_slices(segmentation, axis, values, reference=reference, coarse=coarse,
                                   ignore_label=ignore_label)
@@ -270,7 +275,7 @@ def render_case(
     top = 0.35 if title else 0.05
     head = 0.3  # panel titles
     foot = 0.55 if legend else 0.05
-    fig = _figure(panel_w * len(picks), panel_h + top + head + foot)
+    fig = new_figure(panel_w * len(picks), panel_h + top + head + foot)
     height = fig.get_figheight()
     fig.patch.set_facecolor("white")
     for k, ((role, index), img) in enumerate(zip(picks, shown)):
@@ -282,7 +287,7 @@ def render_case(
     if legend:
         _draw_legend(fig, sources, names, "refined" if coarse is not None else "prediction")
     try:
-        return _png_bytes(fig), picks
+        return png_bytes(fig), picks
     finally:
         fig.clear()
 

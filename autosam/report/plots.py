@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from .overlay import COLOURS, _figure, _png_bytes
+from .overlay import COLOURS, new_figure, png_bytes
 
 if TYPE_CHECKING:
     from .build import Report
+
 
 def _plot_methods(report: Report, value: int) -> tuple[list[tuple[str, list[float], str]], str, Optional[tuple]]:
     """What the first panel of a label shows: ``(name, value per case, colour)`` per method, the y label and
@@ -76,7 +77,7 @@ def summary_plots(report: Report) -> dict[int, bytes]:
     rng = np.random.default_rng(0)
     panels = 2 if report.has_reference and report.has_coarse else 1
     for value, name in report.labels.items():
-        fig = _figure(3.6 * panels, 3.2)
+        fig = new_figure(3.6 * panels, 3.2)
         methods, ylabel, ylim = _plot_methods(report, value)
         ax = fig.add_subplot(1, panels, 1)
         _box_panel(ax, methods, rng)
@@ -88,6 +89,6 @@ def summary_plots(report: Report) -> dict[int, bytes]:
         if panels == 2:
             _coarse_vs_refined_panel(fig.add_subplot(1, 2, 2), report, value, name)
         fig.tight_layout()
-        out[value] = _png_bytes(fig)
+        out[value] = png_bytes(fig)
         fig.clear()
     return out
