@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..adapt.data import AUTO_PROMPT_KINDS
 from ..errors import AutosamError
-from ..sam.runtime import ENGINES
+from ..sam.engines import ENGINES
 from . import options
 
 HELP = ("compare SAM pipelines with the prompter alone and nnU-Net on your dataset, for several numbers of "
