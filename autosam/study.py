@@ -101,7 +101,7 @@ def describe(method: str) -> str:
 @dataclass
 class StudyOptions:
     """What to run. Sizes are numbers of training cases (``"all"``: every non-test case); epochs and iterations
-    set the (short) schedules; ``nnunet_*`` go to :class:`autosam.nnunet_train.Schedule`."""
+    set the (short) schedules; ``nnunet_*`` go to :class:`autosam.nnunet.train.Schedule`."""
 
     train_sizes: list = field(default_factory=lambda: ["5", "10", "20", "all"])
     seeds: int = 1
@@ -152,7 +152,7 @@ class StudyOptions:
         if self.seeds < 1:
             raise AutosamError(f"--seeds must be >= 1, got {self.seeds}")
         if self.nnunet_spacing is not None:  # nnunet_train's own check, before anything is written
-            from .nnunet_train import Schedule
+            from .nnunet.train import Schedule
 
             try:
                 Schedule(spacing=self.nnunet_spacing)
@@ -623,7 +623,7 @@ class Study:
         trained on the other folds' cases and predicting its own fold's (label maps and probabilities) into one
         folder, ``models/<run>/nnunet_folds/predictions``; which fold trained on and predicted which cases is
         recorded in ``folds.json`` there, once all are made, and kept ones are reused."""
-        from .nnunet_train import predict_nnunet, train_nnunet
+        from .nnunet.train import predict_nnunet, train_nnunet
 
         o = self.opts
         root = self._folds_root(run)
@@ -774,7 +774,7 @@ class Study:
         return path
 
     def schedule(self):
-        from .nnunet_train import Schedule
+        from .nnunet.train import Schedule
 
         o = self.opts
         kwargs = {"epochs": o.nnunet_epochs, "iterations": o.nnunet_iterations, "device": o.device}
@@ -788,7 +788,7 @@ class Study:
 
     def nnunet(self, run: dict, index: int) -> tuple[Path, float]:
         """nnU-Net trained on the run's subset (its own commands) and its test predictions (with probabilities)."""
-        from .nnunet_train import predict_nnunet, train_nnunet
+        from .nnunet.train import predict_nnunet, train_nnunet
 
         out = self.folder / "predictions" / run["name"] / "nnunet"
         schedule = self.schedule()
