@@ -4,8 +4,9 @@ nnunetv2 2.8's predictor uses the trainer class for one thing only: it calls the
 ``build_network_architecture`` from ``nnUNetPredictor.initialize_from_trained_model_folder``. The autosam trainers
 use that call to find the predictor (the caller's ``self``) and wrap *that instance's* ``predict_from_files`` and
 ``predict_from_files_sequential``: nnU-Net predicts into ``<output>/unrefined/`` (with probabilities), then each
-case is refined with the SAM settings recorded in ``fold_X/autosam_sam.json`` and written to ``<output>/``.
-No class or module of nnU-Net is modified; a predictor built any other way is left alone (with a warning).
+case is refined with the SAM settings recorded in ``fold_X/autosam_sam.json`` and written to ``<output>/``
+(:mod:`autosam.nnunet.refinement`; this module is the glue to nnU-Net's predictor). No class or module of nnU-Net
+is modified; a predictor built any other way is left alone (with a warning).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import sys
 from types import FrameType, MethodType
 from typing import Optional
 
-UNREFINED = "unrefined"
 _ATTACHED = "_autosam_refinement"
 
 
@@ -45,17 +45,9 @@ def attach_from_caller(frame: Optional[FrameType]) -> bool:
 def attach(predictor, model_folder: str, folds: list, trainer_name: str) -> None:
     """Wrap ``predictor.predict_from_files(_sequential)`` so that their outputs are SAM-refined."""
     from autosam import sam_settings as autosam_settings
+    from autosam.nnunet.refinement import prediction_settings
 
-    settings = autosam_settings.load_recorded(model_folder, folds)
-    if settings is None:
-        settings = autosam_settings.resolve()
-        print(f"autosam: no {autosam_settings.SETTINGS_FILE} in the fold folders of {model_folder}; "
-              f"using the AUTOSAM_* environment / defaults", file=sys.stderr)
-    else:
-        ignored = sorted(set(autosam_settings.from_environment()))
-        if ignored:
-            print(f"autosam: AUTOSAM_* setting(s) {', '.join(ignored)} ignored: prediction uses the settings "
-                  f"recorded at validation ({autosam_settings.SETTINGS_FILE})", file=sys.stderr)
+    settings = prediction_settings(model_folder, folds)
     state = {"settings": settings, "model_folder": model_folder, "trainer": trainer_name}
     setattr(predictor, _ATTACHED, state)
     for name in ("predict_from_files", "predict_from_files_sequential"):
@@ -91,8 +83,7 @@ def _case_lists(predictor, source, part_id: int, num_parts: int) -> tuple[list[s
 
 
 def _predict_and_refine(predictor, original, arguments: dict):
-    from autosam import sam_settings as autosam_settings
-    from nnunet_plugins import autosam_refinement
+    from autosam.nnunet import refinement
 
     source = arguments["list_of_lists_or_source_folder"]
     target = arguments["output_folder_or_list_of_truncated_output_files"]
@@ -111,35 +102,26 @@ def _predict_and_refine(predictor, original, arguments: dict):
         refined = list(target)[part_id::num_parts]
     ending = predictor.dataset_json["file_ending"]
     keep_probabilities = bool(arguments["save_probabilities"])
-    todo = [i for i, t in enumerate(refined) if arguments["overwrite"] or not _done(t, ending, keep_probabilities)]
+    todo = [i for i, t in enumerate(refined)
+            if arguments["overwrite"] or not refinement.is_done(t, ending, keep_probabilities)]
+    state = predictor.__dict__[_ATTACHED]
     out_dirs = sorted({os.path.dirname(t) or os.curdir for t in refined})
     for folder in out_dirs:
-        _prepare_output(predictor, folder, predictor.__dict__[_ATTACHED], _inputs(source, predictor.__dict__[_ATTACHED]))
+        refinement.prepare_output(folder, _inputs(source, state), predictor.dataset_json,
+                                  predictor.plans_manager.plans, state["settings"],
+                                  by=f"nnUNetv2_predict -tr {state['trainer']}, model {state['model_folder']}")
     if not todo:
         return None
-    unrefined = [_unrefined_name(refined[i]) for i in todo]
+    unrefined = [refinement.unrefined_name(refined[i]) for i in todo]
     arguments.update(list_of_lists_or_source_folder=[lists[i] for i in todo],
                      output_folder_or_list_of_truncated_output_files=unrefined, save_probabilities=True)
     if "num_parts" in arguments:
         arguments.update(num_parts=1, part_id=0)
     result = original(**arguments)
 
-    state = predictor.__dict__[_ATTACHED]
-    run = autosam_settings.runtime(str(predictor.device))
-    sam = autosam_settings.build_predictor(state["settings"], run)
-    dataset_json = os.path.join(state["model_folder"], "dataset.json")
-    by_folder: dict[tuple[str, str], list[int]] = {}
-    for i, u in zip(todo, unrefined):
-        by_folder.setdefault((os.path.dirname(u), os.path.dirname(refined[i]) or os.curdir), []).append(i)
-    for (unrefined_dir, out_dir), members in by_folder.items():
-        names = [os.path.basename(refined[i]) for i in members]
-        autosam_refinement.refine_cases(
-            unrefined_dir, out_dir, {name: lists[i] for name, i in zip(names, members)}, dataset_json,
-            state["settings"], sam, cases=names, save_probabilities=keep_probabilities,
-            log=lambda msg: print(f"autosam: {msg}", file=sys.stderr), inputs=_inputs(source, state),
-        )
-        if not keep_probabilities:
-            autosam_refinement.drop_probabilities(unrefined_dir, names)
+    refinement.refine_predictions([(u, refined[i], lists[i]) for i, u in zip(todo, unrefined)], state["settings"],
+                                  state["model_folder"], str(predictor.device), keep_probabilities,
+                                  _inputs(source, state), log=lambda msg: print(f"autosam: {msg}", file=sys.stderr))
     return result
 
 
@@ -150,27 +132,3 @@ def _inputs(source, state: dict) -> dict:
     else:
         folders = {f"image {i}": d for i, d in enumerate(sorted({os.path.dirname(f[0]) for f in source}))}
     return {**folders, "model": state["model_folder"]}
-
-
-def _unrefined_name(truncated: str) -> str:
-    return os.path.join(os.path.dirname(truncated) or os.curdir, UNREFINED, os.path.basename(truncated))
-
-
-def _done(truncated: str, ending: str, with_probabilities: bool) -> bool:
-    done = os.path.isfile(truncated + ending)
-    return done and (not with_probabilities or os.path.isfile(truncated + ".npz"))
-
-
-def _prepare_output(predictor, folder: str, state: dict, inputs: dict) -> None:
-    """dataset.json, plans.json and the SAM settings in the refined output folder (as nnU-Net's folders have),
-    written atomically, after checking that the folder lies outside every input folder."""
-    from autosam import sam_settings as autosam_settings
-    from autosam.io import write_json
-    from autosam.runner import guard_output
-
-    guard_output(folder, inputs)
-    os.makedirs(os.path.join(folder, UNREFINED), exist_ok=True)
-    write_json(predictor.dataset_json, os.path.join(folder, "dataset.json"))
-    write_json(predictor.plans_manager.plans, os.path.join(folder, "plans.json"))
-    autosam_settings.record(state["settings"], folder, by=f"nnUNetv2_predict -tr {state['trainer']}, model "
-                                                          f"{state['model_folder']}")

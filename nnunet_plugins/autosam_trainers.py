@@ -92,10 +92,12 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
         if settings["use_sam"]:
             cases = self._refine_validation(unrefined, validation, settings, run, save_probabilities)
         else:
-            cases = self._copy_unrefined(unrefined, validation, save_probabilities)
+            from autosam.nnunet.validation import copy_unrefined
+
+            cases = copy_unrefined(unrefined, validation, self.dataset_json["file_ending"], save_probabilities)
         autosam_settings.record(settings, self.output_folder, run, by=f"{self.__class__.__name__} validation")
         if not save_probabilities:
-            from nnunet_plugins.autosam_refinement import drop_probabilities
+            from autosam.nnunet.refinement import drop_probabilities
 
             drop_probabilities(unrefined, cases)
         refined = self._summarise(validation)
@@ -106,54 +108,19 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
                                also_print_to_console=True)
 
     def _tune(self, unrefined: str, settings: dict, run: dict) -> dict:
-        """Choose SAM's configuration (or no SAM) on this fold's validation cases (:mod:`autosam.tune`), unless the
-        prompt or fusion was set explicitly (``AUTOSAM_*`` or ``autosam_sam.json``) or ``AUTOSAM_TUNE=0``."""
-        from autosam import sam_settings as autosam_settings
-        from autosam.prompter.tuning import MAX_CASES
-        from autosam.tune import candidates, tune
+        """SAM's configuration (or no SAM) chosen on this fold's validation cases, unless set explicitly
+        (:func:`autosam.nnunet.validation.tune_validation`)."""
+        from autosam.nnunet.validation import tune_validation
 
-        explicit = set(autosam_settings.from_environment()) & {"prompt", "fusion", "fusion_options"}
-        plans_file = os.path.join(self.preprocessed_dataset_folder_base, autosam_settings.SETTINGS_FILE)
-        if os.environ.get("AUTOSAM_TUNE", "1").strip() == "0" or explicit or os.path.isfile(plans_file):
-            return settings
-        items = self._tune_cases(unrefined, int(os.environ.get("AUTOSAM_TUNE_CASES", MAX_CASES)))
-        sam = autosam_settings.build_predictor(settings, {**run, "cache": True})
-        result = tune(sam, items, self._info(), candidates(autosam_settings.refine_config(settings)))
-        self.print_to_log_file(f"autosam: tuned on {len(items)} validation case(s): {result.best.name} (mean Dice "
-                               f"{result.mean(result.best.name):.4f}; nnU-Net alone {result.mean('no SAM'):.4f})",
-                               also_print_to_console=True)
-        return {**autosam_settings.from_tuning(result, settings["sam"], settings.get("checkpoint"),
-                                               settings.get("adapter"))}
-
-    def _info(self):
-        from autosam import io
-
-        return io.load_dataset_json(os.path.join(self.output_folder_base, "dataset.json"))
-
-    def _tune_cases(self, unrefined: str, limit: int) -> list:
-        from autosam.tune import coarse_items
-
-        ending = self.dataset_json["file_ending"]
-        gt = os.path.join(self.preprocessed_dataset_folder_base, "gt_segmentations")
-        cases = sorted(f[: -len(ending)] for f in os.listdir(unrefined) if f.endswith(ending))[: max(1, limit)]
-        return coarse_items(cases, self._raw_images(), {c: os.path.join(gt, c + ending) for c in cases}, unrefined,
-                            self._info(), self.plans_manager.image_reader_writer_class)
-
-    def _copy_unrefined(self, unrefined: str, validation: str, save_probabilities: bool) -> list[str]:
-        """"No SAM" won: nnU-Net's own validation output is the validation output."""
-        ending = self.dataset_json["file_ending"]
-        cases = sorted(f[: -len(ending)] for f in os.listdir(unrefined) if f.endswith(ending))
-        for c in cases:
-            names = [c + ending] + ([c + ".npz", c + ".pkl"] if save_probabilities else [])
-            for name in names:
-                if os.path.isfile(os.path.join(unrefined, name)):
-                    shutil.copyfile(os.path.join(unrefined, name), os.path.join(validation, name))
-        return cases
+        return tune_validation(unrefined, settings, run, self.preprocessed_dataset_folder_base, self._raw_images,
+                               os.path.join(self.output_folder_base, "dataset.json"),
+                               self.plans_manager.image_reader_writer_class,
+                               log=lambda msg: self.print_to_log_file(msg, also_print_to_console=True))
 
     def _refine_validation(self, unrefined: str, validation: str, settings: dict, run: dict,
                            save_probabilities: bool) -> list[str]:
         from autosam import sam_settings as autosam_settings
-        from nnunet_plugins.autosam_refinement import refine_cases
+        from autosam.nnunet.refinement import refine_cases
 
         sam = autosam_settings.build_predictor(settings, run)
         return refine_cases(unrefined, validation, self._raw_images(), os.path.join(self.output_folder_base,

@@ -68,7 +68,7 @@ def child(workload: str, threads: int) -> dict:
             raise SystemExit(f"train-prompter failed ({code})")
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     else:
-        from autosam.nnunet_train import Schedule, train_nnunet
+        from autosam.nnunet.train import Schedule, train_nnunet
 
         cases = sorted(f.name[: -len(".nii.gz")] for f in (sample / "labelsTr").iterdir())[:4]
         with tempfile.TemporaryDirectory() as tmp:

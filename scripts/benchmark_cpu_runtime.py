@@ -14,6 +14,10 @@ the build time is measured too).
 cases) with every engine: mean Dice per dataset, and per prompt the Dice between the engine's mask and torch's.
 Also times the torch decoder per prompt and the mask upsampling (one call per prompt against one per slice size).
 Prints markdown tables.
+
+The ``openvino-mixed`` and ``openvino-bf16`` variants are experiments of this script only (autosam runs the
+runtimes in f32): :func:`runtime_encoder` compiles the package's cached f32 IR with OpenVINO's bf16 inference
+precision, or with only the :data:`MIXED_OPS` in bf16.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -34,12 +39,57 @@ sys.path.insert(0, str(ROOT))
 #: Benchmark variant -> (engine, precision).
 VARIANTS = {"torch": ("torch", "f32"), "onnx": ("onnx", "f32"), "openvino": ("openvino", "f32"),
             "openvino-mixed": ("openvino", "mixed"), "openvino-bf16": ("openvino", "bf16")}
+#: Precisions of the runtime variants (only OpenVINO has more than f32).
+PRECISIONS = ("f32", "mixed", "bf16")
+#: OpenVINO operations that ``mixed`` precision runs in bf16 (the matrix products of attention and the MLPs);
+#: the convolutions, which move the embeddings most in bf16, and everything else stay f32.
+MIXED_OPS = ("MatMul", "ScaledDotProductAttention")
+
+
+def mixed(model) -> None:
+    """Give the :data:`MIXED_OPS` of an OpenVINO model bf16 inputs (and their results back in f32), in place: the
+    CPU plugin then runs them in bf16 and the rest in f32. (Its per-node ``disable_fp16_compression`` mark does
+    not keep a node in f32 under a bf16 inference precision, so the bf16 part is made explicit instead.)"""
+    import openvino as ov
+    import openvino.opset13 as opset
+
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in MIXED_OPS:
+            continue
+        for port in op.inputs():
+            source = port.get_source_output()
+            if source.get_element_type() == ov.Type.f32:
+                port.replace_source_output(opset.convert(source, "bf16").output(0))
+        op.validate_and_infer_types()
+        users = list(op.output(0).get_target_inputs())
+        back = opset.convert(op.output(0), "f32")
+        for port in users:
+            port.replace_source_output(back.output(0))
+    model.validate_nodes_and_infer_types()
+
+
+def runtime_encoder(model, engine: str, threads: Optional[int] = None, precision: str = "f32"):
+    """autosam's ``RuntimeEncoder`` of ``engine`` (exported into the cache if needed); with OpenVINO and
+    ``precision`` ``bf16`` (its inference precision) or ``mixed`` (:data:`MIXED_OPS` in bf16, the rest in f32),
+    the same cached IR compiled in that precision here."""
+    from autosam.errors import AutosamError
+    from autosam.sam.engines import RuntimeEncoder, compile_openvino, read_openvino
+
+    if precision not in PRECISIONS or (engine == "onnx" and precision != "f32"):
+        raise AutosamError(f"engine {engine} has no precision {precision!r}")
+    encoder = RuntimeEncoder.load(model, engine, threads=threads)
+    if precision == "f32":
+        return encoder
+    core, ov_model = read_openvino(encoder.folder)
+    if precision == "mixed":
+        mixed(ov_model)
+    run = compile_openvino(core, ov_model, threads or torch.get_num_threads(),
+                           INFERENCE_PRECISION_HINT="f32" if precision == "mixed" else precision)
+    return RuntimeEncoder(engine, encoder.folder, run, encoder.key)
 
 
 def encoders(model, names: list[str], threads: int) -> dict:
     """Variant -> function(canvas tensor) -> embeddings, each running on ``threads`` threads."""
-    from autosam.sam.runtime import RuntimeEncoder
-
     torch.set_num_threads(threads)
     out = {}
     for name in names:
@@ -47,7 +97,7 @@ def encoders(model, names: list[str], threads: int) -> dict:
         if engine == "torch":
             out[name] = lambda x: model.embed(x)
         else:
-            out[name] = RuntimeEncoder.load(model, engine, threads=threads, precision=precision)
+            out[name] = runtime_encoder(model, engine, threads=threads, precision=precision)
     return out
 
 
@@ -90,7 +140,7 @@ def study(model, names: list[str], threads: int) -> tuple[list[dict], dict]:
     from autosam.labels import labels_from_probabilities
     from autosam.oracle import oracle_prompts
     from autosam.sam import SamPredictor
-    from autosam.sam.runtime import RuntimeEncoder, weights_version
+    from autosam.sam.engines import weights_version
     from autosam.sam.transforms import normalize_case
     from autosam.sample import sample_dataset
 
@@ -100,7 +150,7 @@ def study(model, names: list[str], threads: int) -> tuple[list[dict], dict]:
         engine, precision = VARIANTS[n]
         p = SamPredictor(model, device="cpu", engine=engine)
         if engine != "torch":  # the precision is the benchmark's choice, not the predictor's default
-            p._encoder = RuntimeEncoder.load(model, engine, threads=threads, precision=precision)
+            p._encoder = runtime_encoder(model, engine, threads=threads, precision=precision)
             p._encoder_version = weights_version(model)
         predictors[n] = p
     rows, agreement = [], {n: [] for n in names}
@@ -191,7 +241,7 @@ def main() -> None:
         ap.error("--engines must start with torch (the reference)")
     os.environ["AUTOSAM_CACHE_DIR"] = args.cache_dir or tempfile.mkdtemp(prefix="autosam-runtime-")
     from autosam.sam import build_sam
-    from autosam.sam.runtime import RuntimeEncoder, cache_dir, runtime_version
+    from autosam.sam.engines import RuntimeEncoder, cache_dir, runtime_version
 
     model = build_sam("litemedsam").eval()
     torch.set_num_threads(max(args.threads))
@@ -201,7 +251,7 @@ def main() -> None:
         if engine in build:
             continue
         start = time.perf_counter()
-        RuntimeEncoder.load(model, engine, precision="f32")
+        RuntimeEncoder.load(model, engine)
         build[engine] = (time.perf_counter() - start, runtime_version(engine).split("-")[0])
     print(f"runtime cache: {cache_dir()}; build (export + convert + check) seconds: "
           + ", ".join(f"{e} {v[1]} {v[0]:.1f}" for e, v in build.items()), flush=True)

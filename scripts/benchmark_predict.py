@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autosam import io, nnunet
+from autosam import io
+from autosam.nnunet import inference as nnunet
 from autosam.commands.predict import predict_folder
-from autosam.nnunet_train import Schedule, train_nnunet
+from autosam.nnunet.train import Schedule, train_nnunet
 from autosam.sample import sample_dataset
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hippocampus"

@@ -8,9 +8,9 @@ Not a test. Steps (each resumes from --work-dir, so an interrupted run picks up 
 2. ``nnUNetv2_plan_and_preprocess -c 2d`` and ``nnUNetv2_train ... 2d 0 -tr nnUNetTrainer_autosam_Short -device
    cpu`` with a short schedule (``--epochs`` x ``--iterations``, batch ``--batch``); fold 0 is written by this script:
    training on all training cases but ``--nnunet-val`` of them (nnU-Net's own validation set).
-3. For every held-out case: nnU-Net's softmax in memory (:func:`autosam.nnunet.coarse_prediction`), then for each
-   prompt strategy SAM runs once and every fusion strategy is applied to that same SAM answer; plus the oracle
-   (boxes from the reference labels, SAM's ceiling with these prompts).
+3. For every held-out case: nnU-Net's softmax in memory (:func:`autosam.nnunet.inference.coarse_prediction`), then
+   for each prompt strategy SAM runs once and every fusion strategy is applied to that same SAM answer; plus the
+   oracle (boxes from the reference labels, SAM's ceiling with these prompts).
 4. Dice and NSD (1 mm) per label and their mean, and seconds per case, printed as a markdown table and written to
    ``results.json``, ``results.csv`` and ``table.md`` in --work-dir.
 
@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autosam import evaluation, io, nnunet
+from autosam import evaluation, io
+from autosam.nnunet import inference as nnunet
 from autosam.fusion import fuse, fusion_strategies
 from autosam.labels import to_distribution, to_segmentation
-from autosam.nnunet_train import Schedule, make_raw_dataset, train_nnunet
+from autosam.nnunet.train import Schedule, make_raw_dataset, train_nnunet
 from autosam.refine import RefineConfig, coarse_foreground, refine_case
 from autosam.sam import build_sam
 from autosam.sam.cache import CachingPredictor
@@ -101,7 +102,7 @@ def build_raw(data: Path, work: Path, split: dict) -> Path:
 
 
 def train(data: Path, work: Path, split: dict, args) -> tuple[Path, dict]:
-    """nnU-Net 2d, fold 0 = ``split["nnunet_val"]`` validating, through :func:`autosam.nnunet_train.train_nnunet`
+    """nnU-Net 2d, fold 0 = ``split["nnunet_val"]`` validating, through :func:`autosam.nnunet.train.train_nnunet`
     (resumes; a finished fold is kept, another schedule in ``work`` is refused)."""
     schedule = Schedule(trainer=TRAINER, configuration="2d", fold="0", epochs=args.epochs,
                         iterations=args.iterations, val_iterations=3, batch=args.batch, seed=None, device="cpu",

@@ -96,7 +96,7 @@ NNUNET_VAL_CASE = "hippocampus_320"
 def nnunet_subprocess_env(root: Path) -> dict:
     """Environment for nnU-Net's commands: its three folders under ``root``, autosam's trainers findable, a tiny
     schedule, and no pools of worker processes (a 2-core CI machine)."""
-    from autosam.nnunet_env import ext_trainer_value
+    from autosam.nnunet.env import ext_trainer_value
 
     env = dict(os.environ)
     env.update(

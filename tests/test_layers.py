@@ -15,17 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 #: module (dotted, a package prefix covers its modules) -> rank; lower ranks never import higher ones
 RANKS = {
     "autosam": 0, "autosam.errors": 0, "autosam.progress": 0,
-    "autosam.nnunet_env": 0,
+    "autosam.nnunet": 0, "autosam.nnunet.env": 0,  # the package's __init__ and the env helper are cheap
     "autosam.settings": 2,
     "autosam.io": 1, "autosam.slicing": 1, "autosam.splits": 1, "autosam.sample": 1,
     "autosam.labels": 1, "autosam.background": 1,
     "autosam.sam": 2,  # the engine
-    "autosam.prompts": 3, "autosam.losses": 3, "autosam.export": 3, "autosam.evaluation": 3, "autosam.nnunet": 3,
-    "autosam.report": 3,
+    "autosam.prompts": 3, "autosam.losses": 3, "autosam.export": 3, "autosam.evaluation": 3,
+    "autosam.nnunet.inference": 3, "autosam.report": 3,
     "autosam.sam_run": 4, "autosam.runner": 4,
     "autosam.fusion": 5,
     "autosam.refine": 6, "autosam.oracle": 6, "autosam.tune": 6,
-    "autosam.prompter": 7, "autosam.adapt": 7, "autosam.sam_settings": 7, "autosam.nnunet_train": 7,
+    "autosam.prompter": 7, "autosam.adapt": 7, "autosam.sam_settings": 7,
+    "autosam.nnunet.train": 7, "autosam.nnunet.refinement": 7, "autosam.nnunet.validation": 7,
     "autosam.study": 7,  # the models that train, and the study that trains them
     "autosam.commands": 8, "autosam.cli": 8, "nnunet_plugins": 8,
 }

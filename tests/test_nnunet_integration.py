@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autosam import io, nnunet
+from autosam import io
+from autosam.nnunet import inference as nnunet
 from autosam.cli import main
 from autosam.sample import sample_dataset
 from nnunet_helpers import run_cmd, write_slab
@@ -137,7 +138,7 @@ def test_nnunet_then_sam_through_nnunet_tools(trained_hippo_2d, cut_case, decode
 
 @pytest.mark.slow
 def test_coarse_prediction_matches_nnunet_predictor(trained_hippo_2d, cut_case):
-    """autosam.nnunet in process: the model folder's folds, and nnU-Net's answer in the image's geometry."""
+    """autosam.nnunet.inference in process: the model folder's folds, and nnU-Net's answer in the image's geometry."""
     model = trained_hippo_2d["model"]
     images, _, case_id = cut_case
     assert nnunet.available_folds(model) == ["0"]

@@ -1,4 +1,4 @@
-"""autosam.nnunet_train: nnU-Net trained and run on a subset of a raw dataset through nnU-Net's own commands.
+"""autosam.nnunet.train: nnU-Net trained and run on a subset of a raw dataset through nnU-Net's own commands.
 
 The slow test trains nnU-Net 2d (1 epoch x 3 iterations, CPU) on 4 bundled hippocampus cases and predicts the other
 2; the network is nearly untrained, so only the plumbing is checked (files, geometry, label values, resuming).
@@ -15,7 +15,7 @@ pytest.importorskip("nnunetv2")
 
 from autosam import io  # noqa: E402
 from autosam.errors import AutosamError  # noqa: E402
-from autosam.nnunet_train import Schedule, make_raw_dataset, predict_nnunet, train_nnunet  # noqa: E402
+from autosam.nnunet.train import Schedule, make_raw_dataset, predict_nnunet, train_nnunet  # noqa: E402
 from autosam.sample import sample_dataset  # noqa: E402
 
 SOURCE = sample_dataset("hippocampus")

@@ -2,8 +2,10 @@
 and the batched mask upsampling and windowed prompt building give what the old per-item code gave."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +15,10 @@ from scipy import ndimage
 from autosam import io, prompts
 from autosam.errors import AutosamError
 from autosam.prompts import bounding_box, prompts_for_slices
-from autosam.sam import SamPredictor, SamPrompt, build_sam, runtime
+from autosam.sam import SamPredictor, SamPrompt, build_sam, onnx_export
+from autosam.sam import engines as runtime
 from autosam.sam import transforms as T
-from autosam.sam.runtime import RuntimeEncoder, resolve_engine
+from autosam.sam.engines import RuntimeEncoder, resolve_engine
 from autosam.sample import sample_dataset
 
 ENGINES = [pytest.param(e, marks=pytest.mark.skipif(not runtime.installed(e), reason=f"{e} is not installed"))
@@ -88,6 +91,15 @@ def test_runtime_masks_agree_with_torch_on_the_sample(engine, litemedsam, runtim
     assert list((runtime_cache / "runtime").glob(f"litemedsam-{engine}-*/meta.json"))
 
 
+def benchmark_script():
+    """scripts/benchmark_cpu_runtime.py as a module: its bf16 and mixed-precision OpenVINO variants live there."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_cpu_runtime.py"
+    spec = importlib.util.spec_from_file_location("benchmark_cpu_runtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _cpu_has_bf16() -> bool:
     import openvino as ov
 
@@ -97,17 +109,19 @@ def _cpu_has_bf16() -> bool:
 @pytest.mark.skipif(not runtime.installed("openvino") or not _cpu_has_bf16(), reason="needs OpenVINO and bf16")
 def test_mixed_precision_keeps_the_convolutions_in_f32(litemedsam, runtime_cache, sample_slices):
     """``mixed`` (bf16 linear layers and attention, f32 convolutions) lies between f32 and bf16: its embeddings
-    are at most half as far from torch's as full bf16's, and farther than f32's rounding."""
+    are at most half as far from torch's as full bf16's, and farther than f32's rounding (the variants of
+    scripts/benchmark_cpu_runtime.py)."""
+    bench = benchmark_script()
     canvas = T.to_canvas([s for s, _ in sample_slices], int(litemedsam.image_size))
     with torch.inference_mode():
         ref = litemedsam.embed(canvas)
     error = {}
     for precision in ("f32", "mixed", "bf16"):
-        got = RuntimeEncoder.load(litemedsam, "openvino", precision=precision)(canvas)
+        got = bench.runtime_encoder(litemedsam, "openvino", precision=precision)(canvas)
         error[precision] = float(((got - ref) ** 2).mean().sqrt() / (ref**2).mean().sqrt())
     assert error["f32"] < 1e-3 < error["mixed"] < 0.5 * error["bf16"], error
     with pytest.raises(AutosamError, match="no precision"):
-        RuntimeEncoder.load(litemedsam, "onnx", precision="mixed")
+        bench.runtime_encoder(litemedsam, "onnx", precision="mixed")
 
 
 def test_default_engine_on_cpu_is_the_fastest_installed_runtime(litemedsam, monkeypatch):
@@ -159,8 +173,8 @@ def tiny_model(seed: int = 0):
 def test_cache_is_reused_rebuilt_on_new_weights_and_after_corruption(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AUTOSAM_CACHE_DIR", str(tmp_path))
     built = []
-    real_build = runtime._build
-    monkeypatch.setattr(runtime, "_build", lambda *a: (built.append(a[1]), real_build(*a)))
+    real_build = onnx_export.build_entry
+    monkeypatch.setattr(onnx_export, "build_entry", lambda *a: (built.append(a[1]), real_build(*a)))
     model = tiny_model()
     x = torch.rand(3, 3, 32, 32)
     first = RuntimeEncoder.load(model, "onnx")
@@ -210,7 +224,7 @@ def test_a_failing_export_falls_back_to_torch_with_one_line(tmp_path, monkeypatc
     def broken(*_):
         raise RuntimeError("exporter exploded\nsecond line")
 
-    monkeypatch.setattr(runtime, "_build", broken)
+    monkeypatch.setattr(onnx_export, "build_entry", broken)
     model = tiny_model()
     predictor = SamPredictor(model, device="cpu", engine="onnx")
     predictor.set_slices([np.zeros((1, 20, 30), dtype=np.float32)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..sam import SamPredictor, build_sam, sam_registry
-from ..sam.runtime import ENGINES
+from ..sam.engines import ENGINES
 
 
 def add_sam_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..nnunet_env import TRAINERS, VARIABLE, export_line, plugins_folder
+from ..nnunet.env import TRAINERS, VARIABLE, export_line, plugins_folder
 
 HELP = f"print the '{VARIABLE}' line that lets nnUNetv2_train/_predict find the autosam trainers"
 

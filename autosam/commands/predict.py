@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .. import io, nnunet
+from .. import io
+from ..nnunet import inference as nnunet
 from ..errors import AutosamError
 from ..refine import RefineConfig, refine_case
 from ..runner import CaseJob, CaseOutput, CaseRunner
@@ -130,7 +131,7 @@ def predict_folder(
 ) -> list[str]:
     """nnU-Net + SAM on every pending case of ``images_dir``; writes ``out_dir``; returns the cases written.
 
-    ``make_nnunet()`` returns nnU-Net's predictor (e.g. :func:`autosam.nnunet.load_nnunet_predictor`) and
+    ``make_nnunet()`` returns nnU-Net's predictor (e.g. :func:`autosam.nnunet.inference.load_nnunet_predictor`) and
     ``make_predictor()`` the SAM predictor; both are called once per process, only if a case is pending (in a
     single process nnU-Net's before anything is written, so a broken model leaves the output folder untouched; Ray
     workers build their own, and this process reads only the reader/writer from ``plans``). ``options`` go to

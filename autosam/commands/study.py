@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import io
 from ..adapt.data import AUTO_PROMPT_KINDS
 from ..errors import AutosamError
-from ..sam.runtime import ENGINES
+from ..sam.engines import ENGINES
 from ..sample import sample_dataset
 from ..study import (ADAPT_SOURCES, DEFAULT_METHODS, LEVERS, METHODS, VARIABLE, StudyOptions, estimate_seconds,
                      make_plan, quick_options, run_study)

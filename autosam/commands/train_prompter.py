@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..sam.runtime import ENGINES
+from ..sam.engines import ENGINES
 from . import options
 
 HELP = "train a small 2D network that prompts SAM automatically (for 'autosam segment')"

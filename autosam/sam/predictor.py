@@ -9,7 +9,7 @@ import torch
 
 from . import transforms as T
 from .registry import SamModel
-from .runtime import PRECISION, RuntimeEncoder, notice, resolve_engine, weights_version
+from .engines import RuntimeEncoder, notice, resolve_engine, weights_version
 
 
 @dataclass
@@ -110,10 +110,9 @@ class SamPredictor:
 
     @property
     def precision(self) -> str:
-        """What the embeddings are computed in: ``bfloat16`` (CUDA autocast, a bf16 runtime) or ``float32``."""
-        if self.engine == "torch":
-            return "bfloat16" if self.amp else "float32"
-        return "bfloat16" if PRECISION[self.engine] == "bf16" else "float32"
+        """What the embeddings are computed in: ``bfloat16`` (torch under CUDA autocast) or ``float32`` (the
+        runtimes run the encoder in f32)."""
+        return "bfloat16" if self.engine == "torch" and self.amp else "float32"
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -126,7 +125,7 @@ class SamPredictor:
         version = weights_version(self.model)
         if self._encoder is None or version != self._encoder_version:
             try:
-                self._encoder = RuntimeEncoder.load(self.model, self.engine, precision=PRECISION[self.engine])
+                self._encoder = RuntimeEncoder.load(self.model, self.engine)
                 self._encoder_version = version
             except Exception as e:  # noqa: BLE001 - any export or runtime failure: torch still works
                 self._fall_back(e)

@@ -6,7 +6,7 @@ from typing import Optional
 
 from ..adapt.data import auto_prompts
 from ..errors import AutosamError
-from ..nnunet_train import Schedule
+from ..nnunet.train import Schedule
 from ..tune import candidates, check_sign_test
 from .methods import DEFAULT_METHODS, parse_method
 
@@ -17,7 +17,7 @@ ADAPT_SOURCES = ("prompter", "nnunet")
 @dataclass
 class StudyOptions:
     """What to run. Sizes are numbers of training cases (``"all"``: every non-test case); epochs and iterations
-    set the (short) schedules; ``nnunet_*`` go to :class:`autosam.nnunet_train.Schedule`."""
+    set the (short) schedules; ``nnunet_*`` go to :class:`autosam.nnunet.train.Schedule`."""
 
     train_sizes: list = field(default_factory=lambda: ["5", "10", "20", "all"])
     seeds: int = 1

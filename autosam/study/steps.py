@@ -8,7 +8,7 @@ from typing import Optional
 
 from .. import io
 from ..adapt.train import finetune
-from ..nnunet_train import predict_nnunet, train_nnunet
+from ..nnunet.train import predict_nnunet, train_nnunet
 from ..prompter import Prompter
 from ..prompter.train import TrainOptions, train_prompter
 from ..prompter.tuning import tune_prompter, validation_cases

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from . import io
-from .errors import AutosamError
-from .nnunet_env import ext_trainer_value
+from .. import io
+from ..errors import AutosamError
+from .env import ext_trainer_value
 
 SHORT_TRAINER = "nnUNetTrainer_autosam_Short"
 GPU_TRAINER = "nnUNetTrainer"

@@ -17,10 +17,10 @@ from typing import Optional, Sequence, Type
 import numpy as np
 import torch
 
-from . import io
-from .errors import AutosamError
-from .nnunet_env import ensure_ext_trainer_env
-from .sam.predictor import resolve_device
+from .. import io
+from ..errors import AutosamError
+from ..sam.predictor import resolve_device
+from .env import ensure_ext_trainer_env
 
 
 def check_model_folder(model_folder: str | os.PathLike) -> Path:

@@ -1,11 +1,11 @@
-"""The image encoder in a CPU inference runtime (ONNX Runtime or OpenVINO), exported once and cached.
+"""Which engine runs SAM's image encoder, and the encoder in a CPU inference runtime (ONNX Runtime or OpenVINO).
 
 ``--engine torch|onnx|openvino|auto`` picks what runs the encoder; ``auto`` (the default) takes the fastest
 installed runtime on the CPU (OpenVINO, then ONNX Runtime: see scripts/README.md, "CPU runtime") and torch on
 CUDA/MPS. The prompt encoder and mask decoder stay in torch: they cost a few percent of a slice's encoder time.
 
 The encoder (with its input normalisation and any adapter's encoder changes, e.g. LoRA, as built) is exported
-to ONNX with ``torch.onnx.export(dynamo=True)`` and, for OpenVINO, converted to its IR. The files live in
+to ONNX and, for OpenVINO, converted to its IR (:mod:`.onnx_export`), in f32. The files live in
 :func:`cache_dir` ``/runtime/<key>/``, keyed on the backend, a digest of the encoder's weights as built (so a new
 checkpoint or adapter gives a new key), the runtime's and torch's versions. They are written under temporary
 names and renamed into place, ``meta.json`` last; on load each file's size and sha1 are checked, and a corrupt or
@@ -13,16 +13,12 @@ incomplete entry is rebuilt after one line on stderr.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import importlib.util
-import io
 import json
 import os
 import sys
-import uuid
-import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -32,6 +28,8 @@ from torch import nn
 
 from ..errors import AutosamError
 from ..io import file_lock
+from . import onnx_export
+from .onnx_export import FILES, sha1
 
 
 #: Values of ``--engine``.
@@ -40,8 +38,6 @@ ENGINES = ("auto", "torch", "onnx", "openvino")
 RUNTIMES = {"onnx": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino")}
 #: Order in which ``auto`` tries the installed runtimes (fastest first, as measured).
 PREFERENCE = ("openvino", "onnx")
-#: Inference precision each runtime engine runs the encoder in (see :data:`TOLERANCE`).
-PRECISION = {"onnx": "f32", "openvino": "f32"}
 #: Backends that ``auto`` runs in a runtime; any other backend needs an explicit ``--engine``.
 AUTO_BACKENDS = ("litemedsam",)
 #: Modules the ONNX export needs besides torch.
@@ -149,90 +145,23 @@ def encoder_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def encoder_key(model: nn.Module, engine: str, precision: str = "f32") -> dict:
-    """Everything the cached runtime model depends on."""
+def encoder_key(model: nn.Module, engine: str) -> dict:
+    """Everything the cached runtime model depends on (the runtimes run the encoder in f32)."""
     return {
         "format": FORMAT, "version": VERSION, "backend": getattr(model, "name", type(model).__name__),
         "image_size": int(model.image_size), "encoder": encoder_digest(model), "engine": engine,
         "runtime": f"{RUNTIMES[engine][0]}=={runtime_version(engine)}", "torch": torch.__version__,
-        "precision": precision,
+        "precision": "f32",
     }
 
 
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# -- export -------------------------------------------------------------------------------------------------------
-class _Embed(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, canvas: torch.Tensor) -> torch.Tensor:
-        return self.model.embed(canvas)
-
-
-@contextlib.contextmanager
-def _batch_free(encoder: nn.Module) -> Iterator[None]:
-    """TinyViT's ``PatchMerging`` reads the batch size with ``len(x)``, which export freezes to the example's;
-    during export it gets its input already reshaped with ``x.shape[0]``, which stays symbolic."""
-    patched = []
-    for m in encoder.modules():
-        if type(m).__name__ == "PatchMerging" and hasattr(m, "input_resolution"):
-            def forward(x, _m=m, _original=m.forward):
-                if x.ndim == 3:
-                    h, w = _m.input_resolution
-                    x = x.reshape(x.shape[0], h, w, x.shape[-1]).permute(0, 3, 1, 2)
-                return _original(x)
-
-            m.forward = forward
-            patched.append(m)
-    try:
-        yield
-    finally:
-        for m in patched:
-            del m.forward
-
-
-def export_onnx(model: nn.Module, path: Path) -> None:
-    """The model's ``embed`` (canvases ``(B, 3, S, S)`` in ``[0, 1]`` -> embeddings), batch size free, as ONNX."""
-    size = int(model.image_size)
-    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    wrapper = _Embed(model).eval()
-    with _batch_free(model.image_encoder), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (example,), str(path), input_names=["canvas"], output_names=["embeddings"],
-                          dynamic_shapes={"canvas": {0: torch.export.Dim("batch", min=1, max=4096)}},
-                          dynamo=True, external_data=False, verbose=False)
-
-
-def _to_openvino(onnx_path: Path, xml_path: Path) -> None:
-    import openvino as ov
-
-    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
-
-
 #: Largest relative error of the embeddings against torch that :meth:`RuntimeEncoder.check` accepts.
-TOLERANCE = {"f32": 1e-3, "mixed": 0.1, "bf16": 0.2}
-#: OpenVINO operations that ``mixed`` precision runs in bf16 (the matrix products of attention and the MLPs);
-#: the convolutions, which move the embeddings most in bf16, and everything else stay f32.
-MIXED_OPS = ("MatMul", "ScaledDotProductAttention")
-#: Engine -> files of a cached entry (the first is what the runtime loads).
-FILES = {"onnx": ("encoder.onnx",), "openvino": ("encoder.xml", "encoder.bin")}
+TOLERANCE = 1e-3
 
 
 # -- sessions -----------------------------------------------------------------------------------------------------
-def _onnx_session(folder: Path, threads: int, precision: str) -> Callable:
+def _onnx_session(folder: Path, threads: int) -> Callable:
     import onnxruntime as ort
-
-    if precision != "f32":
-        raise AutosamError(f"ONNX Runtime runs this encoder in f32 only, not {precision}")
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -246,29 +175,8 @@ def _onnx_session(folder: Path, threads: int, precision: str) -> Callable:
     return lambda x: session.run(None, {name: x})[0]
 
 
-def _mixed(model) -> None:
-    """Give the :data:`MIXED_OPS` of an OpenVINO model bf16 inputs (and their results back in f32), in place: the
-    CPU plugin then runs them in bf16 and the rest in f32. (Its per-node ``disable_fp16_compression`` mark does
-    not keep a node in f32 under a bf16 inference precision, so the bf16 part is made explicit instead.)"""
-    import openvino as ov
-    import openvino.opset13 as opset
-
-    for op in model.get_ordered_ops():
-        if op.get_type_name() not in MIXED_OPS:
-            continue
-        for port in op.inputs():
-            source = port.get_source_output()
-            if source.get_element_type() == ov.Type.f32:
-                port.replace_source_output(opset.convert(source, "bf16").output(0))
-        op.validate_and_infer_types()
-        users = list(op.output(0).get_target_inputs())
-        back = opset.convert(op.output(0), "f32")
-        for port in users:
-            port.replace_source_output(back.output(0))
-    model.validate_nodes_and_infer_types()
-
-
-def _openvino_session(folder: Path, threads: int, precision: str) -> Callable:
+def read_openvino(folder: Path) -> tuple:
+    """OpenVINO's ``(Core, Model)`` of a cached entry, its input reshaped to one slice."""
     import openvino as ov
 
     core = ov.Core()
@@ -276,14 +184,21 @@ def _openvino_session(folder: Path, threads: int, precision: str) -> Callable:
     shape = model.input(0).get_partial_shape()
     shape[0] = 1  # one slice per call (see RuntimeEncoder); a static shape is a little faster
     model.reshape({model.input(0): shape})
-    if precision == "mixed":
-        _mixed(model)
+    return core, model
+
+
+def compile_openvino(core, model, threads: int, **config) -> Callable:
+    """The model compiled for the CPU (latency, one stream, f32 unless ``config`` says otherwise), as a function."""
     compiled = core.compile_model(model, "CPU", {
         "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32" if precision == "mixed" else precision})
+        "INFERENCE_PRECISION_HINT": "f32", **config})
     request = compiled.create_infer_request()
     output = compiled.output(0)
     return lambda x: request.infer([x])[output].copy()
+
+
+def _openvino_session(folder: Path, threads: int) -> Callable:
+    return compile_openvino(*read_openvino(folder), threads)
 
 
 SESSIONS = {"onnx": _onnx_session, "openvino": _openvino_session}
@@ -296,8 +211,8 @@ class RuntimeEncoder:
     >>> embeddings = encoder(torch.rand(4, 3, 256, 256))                     # (4, 256, 64, 64) float32, CPU
     """
 
-    def __init__(self, engine: str, folder: Path, run: Callable, key: dict, precision: str = "f32") -> None:
-        self.engine, self.folder, self.key, self.precision = engine, folder, key, precision
+    def __init__(self, engine: str, folder: Path, run: Callable, key: dict) -> None:
+        self.engine, self.folder, self.key = engine, folder, key
         self._run = run
 
     def __call__(self, canvas: torch.Tensor) -> torch.Tensor:
@@ -307,15 +222,12 @@ class RuntimeEncoder:
         return torch.from_numpy(np.concatenate([self._run(x[i : i + 1]) for i in range(len(x))]))
 
     @classmethod
-    def load(cls, model: nn.Module, engine: str, threads: Optional[int] = None, precision: str = "f32",
+    def load(cls, model: nn.Module, engine: str, threads: Optional[int] = None,
              root: Optional[Path] = None) -> "RuntimeEncoder":
         """From the cache (a corrupt entry is rebuilt), or exported and checked against torch first.
 
-        ``threads``: default torch's; ``precision``: ``f32``, or for OpenVINO ``bf16`` (its inference precision)
-        or ``mixed`` (:data:`MIXED_OPS` in bf16, the rest in f32).
+        ``threads``: default torch's; ``root``: default :func:`cache_dir` ``/runtime``.
         """
-        if precision not in TOLERANCE or (engine == "onnx" and precision != "f32"):
-            raise AutosamError(f"engine {engine} has no precision {precision!r}")
         threads = threads or torch.get_num_threads()
         key = encoder_key(model, engine)
         name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -325,14 +237,14 @@ class RuntimeEncoder:
             problem = _check(folder, key, engine)
             if problem is None:
                 try:
-                    encoder = cls(engine, folder, SESSIONS[engine](folder, threads, precision), key, precision)
+                    encoder = cls(engine, folder, SESSIONS[engine](folder, threads), key)
                 except Exception as e:  # noqa: BLE001 - whatever the runtime says of a bad file, rebuild it
                     problem = f"{FILES[engine][0]} does not load ({type(e).__name__})"
             if problem is not None:
                 if problem != "missing":
                     notice(f"runtime cache {folder}: {problem}; rebuilding it")
-                _build(model, folder, key, engine)
-                encoder = cls(engine, folder, SESSIONS[engine](folder, threads, precision), key, precision)
+                onnx_export.build_entry(model, folder, key, engine)
+                encoder = cls(engine, folder, SESSIONS[engine](folder, threads), key)
                 try:
                     encoder.check(model)
                 except AutosamError:
@@ -342,13 +254,12 @@ class RuntimeEncoder:
 
     def check(self, model: nn.Module) -> None:
         """Embeddings of one random canvas agree with torch (relative max error), or an AutosamError."""
-        tolerance = TOLERANCE[self.precision]
         size = int(model.image_size)
         x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
         with torch.inference_mode():
             ref = model.embed(x.to(next(model.parameters()).device)).float().cpu()
         err = float((self(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
-        if not err <= tolerance:
+        if not err <= TOLERANCE:
             raise AutosamError(f"{self.engine} encoder differs from torch (relative error {err:.2g})")
 
 
@@ -363,40 +274,10 @@ def _check(folder: Path, key: dict, engine: str) -> Optional[str]:
             return "meta.json belongs to another model"
         for f in FILES[engine]:
             st = (folder / f).stat()
-            if st.st_size != meta["files"][f]["bytes"] or _sha1(folder / f) != meta["files"][f]["sha1"]:
+            if st.st_size != meta["files"][f]["bytes"] or sha1(folder / f) != meta["files"][f]["sha1"]:
                 return f"{f} is truncated or changed"
     except FileNotFoundError as e:
         return f"{Path(e.filename).name} is missing"
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return f"meta.json is unreadable ({type(e).__name__})"
     return None
-
-
-def _build(model: nn.Module, folder: Path, key: dict, engine: str) -> None:
-    """Export into temporary names, rename the files into place, then write meta.json."""
-    (folder / "meta.json").unlink(missing_ok=True)
-    tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = folder / tag
-    tmp.mkdir()
-    try:
-        was_training = model.training
-        model.eval()
-        try:
-            export_onnx(model, tmp / "encoder.onnx")
-        finally:
-            model.train(was_training)
-        if engine == "openvino":
-            _to_openvino(tmp / "encoder.onnx", tmp / "encoder.xml")
-        files = {}
-        for f in FILES[engine]:
-            files[f] = {"bytes": (tmp / f).stat().st_size, "sha1": _sha1(tmp / f)}
-            os.replace(tmp / f, folder / f)
-        meta = {"key": key, "files": files, "weights": getattr(model, "checkpoint", None),
-                "adapter": getattr(model, "adapter", None)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.replace(tmp / "meta.json", folder / "meta.json")
-    finally:
-        for p in tmp.iterdir() if tmp.exists() else ():
-            p.unlink()
-        if tmp.exists():
-            tmp.rmdir()

@@ -1,0 +1,65 @@
+"""The SAM step of the autosam trainers' final validation, apart from nnU-Net's classes.
+
+:func:`tune_validation` chooses SAM's configuration (or no SAM) on a fold's validation cases, :func:`copy_unrefined`
+makes nnU-Net's own validation output the output when "no SAM" won. The trainer in
+:mod:`nnunet_plugins.autosam_trainers` calls them with what it knows of its fold.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Callable, Type
+
+from .. import io
+from .. import sam_settings as autosam_settings
+
+
+def tune_validation(unrefined: str, settings: dict, run: dict, preprocessed: str,
+                    raw_images: Callable[[], dict[str, list[str]]], dataset_json: str, rw_class: Type,
+                    log: Callable[[str], None]) -> dict:
+    """Choose SAM's configuration (or no SAM) on this fold's validation cases (:mod:`autosam.tune`), unless the
+    prompt or fusion was set explicitly (``AUTOSAM_*`` or ``autosam_sam.json`` in ``preprocessed``, the dataset's
+    preprocessed folder) or ``AUTOSAM_TUNE=0``; then ``settings`` unchanged.
+
+    ``unrefined``: nnU-Net's validation output (with probabilities); ``raw_images``: case id -> raw image files,
+    asked only when tuning; ``dataset_json``, ``rw_class``: the model's dataset.json file and image
+    reader/writer."""
+    from ..prompter.tuning import MAX_CASES
+    from ..tune import candidates, tune
+
+    explicit = set(autosam_settings.from_environment()) & {"prompt", "fusion", "fusion_options"}
+    plans_file = os.path.join(preprocessed, autosam_settings.SETTINGS_FILE)
+    if os.environ.get("AUTOSAM_TUNE", "1").strip() == "0" or explicit or os.path.isfile(plans_file):
+        return settings
+    info = io.load_dataset_json(dataset_json)
+    items = _tune_cases(unrefined, int(os.environ.get("AUTOSAM_TUNE_CASES", MAX_CASES)), preprocessed, raw_images,
+                        info, rw_class)
+    sam = autosam_settings.build_predictor(settings, {**run, "cache": True})
+    result = tune(sam, items, info, candidates(autosam_settings.refine_config(settings)))
+    log(f"autosam: tuned on {len(items)} validation case(s): {result.best.name} (mean Dice "
+        f"{result.mean(result.best.name):.4f}; nnU-Net alone {result.mean('no SAM'):.4f})")
+    return {**autosam_settings.from_tuning(result, settings["sam"], settings.get("checkpoint"),
+                                           settings.get("adapter"))}
+
+
+def _tune_cases(unrefined: str, limit: int, preprocessed: str, raw_images: Callable[[], dict[str, list[str]]],
+                info: io.DatasetInfo, rw_class: Type) -> list:
+    from ..tune import coarse_items
+
+    ending = info.file_ending
+    gt = os.path.join(preprocessed, "gt_segmentations")
+    cases = sorted(f[: -len(ending)] for f in os.listdir(unrefined) if f.endswith(ending))[: max(1, limit)]
+    return coarse_items(cases, raw_images(), {c: os.path.join(gt, c + ending) for c in cases}, unrefined, info,
+                        rw_class)
+
+
+def copy_unrefined(unrefined: str, validation: str, ending: str, save_probabilities: bool) -> list[str]:
+    """"No SAM" won: nnU-Net's own validation output is the validation output; returns the cases."""
+    cases = sorted(f[: -len(ending)] for f in os.listdir(unrefined) if f.endswith(ending))
+    for c in cases:
+        names = [c + ending] + ([c + ".npz", c + ".pkl"] if save_probabilities else [])
+        for name in names:
+            if os.path.isfile(os.path.join(unrefined, name)):
+                shutil.copyfile(os.path.join(unrefined, name), os.path.join(validation, name))
+    return cases
+
