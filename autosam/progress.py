@@ -23,6 +23,19 @@ def progress(items: Iterable[T], desc: str, unit: str = "case", total: Optional[
                 disable=False if forced else None)
 
 
+_noticed: set[str] = set()
+
+
+def notice(text: str, once: Optional[str] = None) -> None:
+    """One line on stderr, flushed: the one way autosam tells a person something on the way (``once``: a key, so the
+    line is printed once per process)."""
+    if once is not None:
+        if once in _noticed:
+            return
+        _noticed.add(once)
+    print(text, file=sys.stderr, flush=True)
+
+
 def clear_bars() -> None:
     """Erase every open progress bar from the terminal (before a one-line error, so the error stands alone)."""
     try:

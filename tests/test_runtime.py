@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from autosam import io, prompts
+from autosam import io, progress, prompts
 from autosam.errors import AutosamError
 from autosam.prompts import bounding_box, prompts_for_slices
 from autosam.sam import SamPredictor, SamPrompt, build_sam, onnx_export
@@ -136,7 +136,7 @@ def test_default_engine_on_cpu_is_the_fastest_installed_runtime(litemedsam, monk
 
 def test_auto_without_runtime_is_torch_with_one_notice(monkeypatch, capsys):
     monkeypatch.setattr(runtime, "_importable", lambda m: m not in ("onnxruntime", "openvino"))
-    monkeypatch.setattr(runtime, "_noticed", set())
+    monkeypatch.setattr(progress, "_noticed", set())
     cpu = torch.device("cpu")
     assert resolve_engine("auto", cpu, "litemedsam") == "torch"
     assert resolve_engine("auto", cpu, "litemedsam") == "torch"

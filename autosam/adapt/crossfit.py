@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 
 from .. import io
 from ..errors import AutosamError
+from ..progress import notice
 from ..splits import subject_of
 
 #: The record of where each case's prompts came from (in the adapter folder).
@@ -31,10 +31,6 @@ KINDS = ("prompter", "coarse")
 
 Coarse = dict[str, tuple[np.ndarray, Optional[np.ndarray]]]
 Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 @dataclass
@@ -160,7 +156,7 @@ def _split_record(folder: Path) -> dict:
 def crossfit_coarse(
     dataset_dir: str | Path, cases: Sequence[str], prompter_dir: str | Path, work_dir: str | Path, folds: int = 3,
     subject_pattern: Optional[str] = None, epochs: Optional[int] = None, device: str = "cpu", seed: int = 0,
-    probabilities: bool = True, log: Log = _stderr,
+    probabilities: bool = True, log: Log = notice,
 ) -> Coarse:
     """Coarse ``(seg, probs)`` of each of ``cases`` by a prompter that never trained on it (module doc).
 
@@ -227,7 +223,7 @@ def check_coarse_files(source: PromptSource, cases: Sequence[str], info: io.Data
 
 def automatic_coarse(source: PromptSource, dataset_dir: str | Path, cases: Sequence[str], work_dir: str | Path,
                      folds: int = 3, subject_pattern: Optional[str] = None, epochs: Optional[int] = None,
-                     device: str = "cpu", seed: int = 0, log: Log = _stderr, probabilities: bool = False) -> Coarse:
+                     device: str = "cpu", seed: int = 0, log: Log = notice, probabilities: bool = False) -> Coarse:
     """The coarse label maps of ``cases`` from ``source`` (probabilities dropped unless ``probabilities``):
     :func:`crossfit_coarse` or :func:`coarse_from_folder`."""
     if source.kind == "coarse":

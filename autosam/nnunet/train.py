@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 
 from .. import io
 from ..errors import AutosamError
+from ..progress import notice
 from .env import ext_trainer_value
 
 SHORT_TRAINER = "nnUNetTrainer_autosam_Short"
@@ -30,10 +31,6 @@ PLANS = "nnUNetPlans"
 #: schedule fields that change the trained model (a resumed run must match them)
 _TRAINING_FIELDS = ("trainer", "configuration", "fold", "epochs", "iterations", "val_iterations", "batch", "seed",
                     "spacing")
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -182,7 +179,7 @@ def _last_error(log: Path) -> str:
 
 
 def run_logged(cmd: Sequence[str], env: dict[str, str], log: Path,
-               say: Callable[[str], None] = _stderr) -> float:
+               say: Callable[[str], None] = notice) -> float:
     """Run one of nnU-Net's console scripts (from this interpreter's folder), appending its output to ``log``;
     return its seconds. A failure is an AutosamError naming the log and its last error line."""
     exe = Path(sys.executable).parent / cmd[0]
@@ -249,7 +246,7 @@ def _write_split(work: Path, raw: Path, cases: Sequence[str], val_cases: Sequenc
 
 
 def train_nnunet(source: str | os.PathLike, cases: Sequence[str], work: str | os.PathLike, dataset_id: int,
-                 schedule: Schedule, log: Callable[[str], None] = _stderr, name: str = "AutosamSubset",
+                 schedule: Schedule, log: Callable[[str], None] = notice, name: str = "AutosamSubset",
                  val_cases: Sequence[str] = ()) -> Path:
     """Plan, preprocess and train nnU-Net on ``cases`` of the raw dataset ``source``; return the model folder
     ``work/nnUNet_results/DatasetXXX_name/Trainer__nnUNetPlans__configuration``. ``val_cases`` (with fold 0):
@@ -288,7 +285,7 @@ def _outputs(model_folder: Path, images: Path, out: Path, probabilities: bool) -
 
 def predict_nnunet(model_folder: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
                    schedule: Schedule, save_probabilities: bool = False, disable_tta: bool = False,
-                   log: Callable[[str], None] = _stderr) -> Path:
+                   log: Callable[[str], None] = notice) -> Path:
     """Segment every case of ``images`` into ``out`` with nnUNetv2_predict_from_modelfolder (fold
     ``schedule.fold``); cases already written are kept, and nothing runs when all are there. Returns ``out``."""
     model, images, out = Path(model_folder), Path(images), Path(out)

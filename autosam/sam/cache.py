@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from ..io import file_lock
+from ..progress import notice
 from .predictor import SamPredictor, SamPrompt, SamResult
 
 
@@ -204,7 +204,7 @@ class EmbeddingCache:
                 self._lock_depth = 0
 
     def _notice(self, what: str, outcome: str = "those slices are encoded again") -> None:
-        print(f"autosam: note: embedding cache {self.folder}: {what}; {outcome}", file=sys.stderr)
+        notice(f"autosam: note: embedding cache {self.folder}: {what}; {outcome}")
 
     def _write(self, name: str, write: Callable) -> None:
         """Write ``folder/name`` under a temporary name, then rename it into place."""

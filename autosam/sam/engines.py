@@ -18,7 +18,6 @@ import importlib
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -28,6 +27,7 @@ from torch import nn
 
 from ..errors import AutosamError
 from ..io import file_lock
+from ..progress import notice
 from . import onnx_export
 from .onnx_export import FILES, sha1
 
@@ -45,16 +45,6 @@ EXPORT_MODULES = ("onnx", "onnxscript")
 INSTALL_HINT = "pip install 'autosam[cpu]'"
 FORMAT, VERSION = "autosam-runtime-encoder", 1
 
-_noticed: set[str] = set()
-
-
-def notice(text: str, once: Optional[str] = None) -> None:
-    """One line on stderr (``once``: a key, so the line is printed once per process)."""
-    if once is not None:
-        if once in _noticed:
-            return
-        _noticed.add(once)
-    print(f"autosam: note: {text}", file=sys.stderr)
 
 
 def cache_dir() -> Path:
@@ -110,7 +100,8 @@ def resolve_engine(engine: str, device: torch.device, backend: str = "litemedsam
     for name in PREFERENCE:
         if installed(name):
             return name
-    notice(f"no CPU runtime installed, SAM's image encoder runs in torch (faster: {INSTALL_HINT})", once="auto")
+    notice(f"autosam: note: no CPU runtime installed, SAM's image encoder runs in torch (faster: {INSTALL_HINT})",
+           once="auto")
     return "torch"
 
 
@@ -242,7 +233,7 @@ class RuntimeEncoder:
                     problem = f"{FILES[engine][0]} does not load ({type(e).__name__})"
             if problem is not None:
                 if problem != "missing":
-                    notice(f"runtime cache {folder}: {problem}; rebuilding it")
+                    notice(f"autosam: note: runtime cache {folder}: {problem}; rebuilding it")
                 onnx_export.build_entry(model, folder, key, engine)
                 encoder = cls(engine, folder, SESSIONS[engine](folder, threads), key)
                 try:

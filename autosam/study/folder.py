@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -21,10 +20,6 @@ from .results import score_folder
 NNUNET_FOLDS = "folds.json"
 #: Whose maps, by ``--adapt-source``, in messages.
 WHOSE = {"prompter": "the prompter's", "nnunet": "nnU-Net's"}
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class StudyFolder:

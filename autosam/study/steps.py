@@ -15,7 +15,8 @@ from ..prompter.tuning import tune_prompter, validation_cases
 from ..sam_settings import SETTINGS_FILE, from_tuning, read_json, record
 from ..tune import TuneResult, coarse_items, combine, tune as tune_candidates
 from .checks import KeptModels
-from .folder import NNUNET_FOLDS, WHOSE, log
+from ..progress import notice as log
+from .folder import NNUNET_FOLDS, WHOSE
 from .results import timed
 
 
