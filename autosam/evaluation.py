@@ -170,8 +170,8 @@ def evaluate_folder(
     rw = io.reader_writer(info.file_ending)
     per_case = []
     for name in progress(names, "evaluate"):
-        ref, ref_props = io.read_label(gt / name, rw)
-        hyp, hyp_props = io.read_label(pred / name, rw)
+        ref, ref_props = io.read_label(gt / name, rw, info)
+        hyp, hyp_props = io.read_label(pred / name, rw, info)
         if ref.shape != hyp.shape:
             raise AutosamError(f"{pred / name}: shape {hyp.shape} differs from the reference's {ref.shape}")
         io.check_same_geometry(ref_props, hyp_props, str(pred / name))

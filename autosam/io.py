@@ -11,6 +11,7 @@ from typing import Iterator, Optional, Type
 
 import numpy as np
 
+from . import integrity
 from .errors import AutosamError
 
 
@@ -177,14 +178,19 @@ class Case:
 
 
 def _read(rw_class: Type, files: list[Path], what: str):
+    """The reader's ``(array, properties)``; a file it cannot read, or one it read but that is truncated or corrupt
+    (:func:`autosam.integrity.check_complete`: ITK zero-fills a short ``.nii.gz``), is one line naming it."""
     try:
-        return rw_class().read_images([str(f) for f in files])
+        read = rw_class().read_images([str(f) for f in files])
     except AutosamError:
         raise
     except Exception as e:  # noqa: BLE001 - every reader failure becomes one line naming the file
         names = ", ".join(str(f) for f in files)
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise AutosamError(f"cannot read {what} {names}: {detail}") from None
+    for f in files:
+        integrity.check_complete(f)
+    return read
 
 
 def read_case(case_id: str, files: list[Path], rw_class: Optional[Type] = None) -> Case:
@@ -195,15 +201,16 @@ def read_case(case_id: str, files: list[Path], rw_class: Optional[Type] = None) 
     return Case(case_id=case_id, image=image, properties=props, files=files)
 
 
-def read_label(path: str | os.PathLike, rw_class: Optional[Type] = None) -> tuple[np.ndarray, dict]:
-    """A label map ``(Z, Y, X)`` as int16 with its properties."""
+def read_label(path: str | os.PathLike, rw_class: Optional[Type] = None, info: Optional[DatasetInfo] = None
+               ) -> tuple[np.ndarray, dict]:
+    """A label map ``(Z, Y, X)`` as int16 with its properties. Values are checked before the cast: non-integers are
+    refused, and so are values that ``info``'s dataset.json does not list (given ``info``; else values beyond
+    int16), one line naming the file and the values."""
     path = Path(path)
     rw_class = rw_class or reader_writer(_ending(path), path)
     seg, props = _read(rw_class, [path], "label")
-    seg = seg[0]
-    if not np.all(np.isfinite(seg)) or not np.all(seg == np.round(seg)):
-        raise AutosamError(f"label file {path} holds non-integer values")
-    return seg.astype(np.int16), props
+    allowed = sorted(set(info.labels.values())) if info is not None else None
+    return integrity.label_map(seg[0], path, allowed, info.path if info is not None else "dataset.json"), props
 
 
 def check_same_geometry(a: dict, b: dict, what: str) -> None:

@@ -64,7 +64,7 @@ class OracleJob(CaseJob):
         self._sam = self.make_predictor()
 
     def process(self, case: io.Case) -> CaseOutput:
-        label, props = io.read_label(self.labels[case.case_id], self.rw)
+        label, props = io.read_label(self.labels[case.case_id], self.rw, self.info)
         io.check_same_geometry(case.properties, props, f"label {self.labels[case.case_id]}")
         return CaseOutput(segment_case_from_labels(self._sam, case, label, self.info, axis=self.axis,
                                                    margin=self.margin, margin_unit=self.margin_unit))

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import io, slicing
+from . import integrity, io, slicing
 from .errors import AutosamError
 from .fusion import AUTO, fuse, fusion_strategies, resolve
 from .labels import to_distribution, to_segmentation
@@ -236,14 +236,10 @@ def find_coarse_files(coarse_dir, cases, file_ending: str) -> dict:
 def read_coarse(case: io.Case, info: io.DatasetInfo, seg_path, npz_path=None, rw_class=None):
     """A case's coarse segmentation ``(Z, Y, X)`` and probabilities ``(C, Z, Y, X)`` or None, checked against the
     image: same shape and geometry, known label values, nnU-Net's npz layout."""
-    seg, props = io.read_label(seg_path, rw_class)
+    seg, props = io.read_label(seg_path, rw_class, info)
     if seg.shape != case.image.shape[1:]:
         raise AutosamError(f"{seg_path}: shape {seg.shape} differs from the image's {case.image.shape[1:]}")
     io.check_same_geometry(case.properties, props, str(seg_path))
-    known = [0, *info.foreground] + ([info.ignore_label] if info.ignore_label is not None else [])
-    unknown = np.setdiff1d(np.unique(seg), known)
-    if unknown.size:
-        raise AutosamError(f"{seg_path}: label value(s) {unknown.tolist()} not in {info.path}")
     probs = None
     if npz_path is not None:
         try:
@@ -259,6 +255,7 @@ def read_coarse(case: io.Case, info: io.DatasetInfo, seg_path, npz_path=None, rw
         if probs.shape != expected:
             raise AutosamError(f"{npz_path}: probabilities of shape {probs.shape}, expected {expected} "
                                f"(background + {len(info.foreground)} labels on the image grid)")
+        integrity.check_probabilities(probs, npz_path)
     return seg, probs
 
 

@@ -129,7 +129,7 @@ def coarse_items(cases: Sequence[str], images: dict, references: dict, coarse: s
         npz = Path(coarse) / f"{c}.npz"
         seg, probs = read_coarse(case, info, Path(coarse) / f"{c}{info.file_ending}", npz if npz.is_file() else None,
                                  rw_class)
-        items.append(TuneCase(case, io.read_label(references[c], rw_class)[0], seg, probs))
+        items.append(TuneCase(case, io.read_label(references[c], rw_class, info)[0], seg, probs))
     return items
 
 

@@ -538,6 +538,73 @@ def _(root):
     return _study(d, d / "study", "--test-cases", "hippocampus_148", "--train-sizes", "2")
 
 
+# --- file contents that used to read as a wrong answer with exit 0 (issue #34) ------------------------------------
+def _truncate(f: Path) -> None:
+    """Keep the first half of a file (ITK zero-fills the rest of a short .nii.gz)."""
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _relabel(f: Path, old: int, new: int) -> None:
+    """Rewrite a label file with value ``old`` changed to ``new`` (int32 NIfTI, or a uint8 PNG)."""
+    if f.suffix == ".png":
+        from PIL import Image
+
+        a = np.asarray(Image.open(f)).copy()
+        a[a == old] = new
+        Image.fromarray(a.astype(np.uint8)).save(f)
+        return
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(f))).astype(np.int32)
+    a[a == old] = new
+    _write_like(a, f, f)
+
+
+def _broken(verb: str, folder: str, breaker: Callable[[Path], None], src: Path = HIPPO, cases=CASES) -> Setup:
+    """A setup: the dataset of ``cases`` and a coarse copy of its labels (folder ``c``, the 'prediction'), the first
+    case's file in ``folder`` (imagesTr, labelsTr or c) broken by ``breaker``, and ``verb``'s argv."""
+    def setup(root: Path) -> list:
+        d = _dataset(root / "d", src, cases)
+        c = _coarse(root / "c", d)
+        ending = json.loads((d / "dataset.json").read_text())["file_ending"]
+        first = cases[0]
+        breaker({"imagesTr": d / "imagesTr" / f"{first}_0000{ending}", "labelsTr": d / "labelsTr" / f"{first}{ending}",
+                 "c": c / f"{first}{ending}"}[folder])
+        out = root.parent / "out"
+        return {"oracle": _oracle(d, out), "refine": _refine(d, c, out),
+                "evaluate": ["evaluate", d / "labelsTr", c, "-o", root.parent / "summary.json"]}[verb]
+    return setup
+
+
+for _verb, _folder in (("oracle", "imagesTr"), ("oracle", "labelsTr"), ("refine", "imagesTr"), ("refine", "c"),
+                       ("evaluate", "labelsTr"), ("evaluate", "c")):
+    _name = "hippocampus_148_0000.nii.gz" if _folder == "imagesTr" else "hippocampus_148.nii.gz"
+    case(f"{_verb}: truncated .nii.gz in {_folder}", f"{_folder}/{_name}", "truncated or corrupt")(
+        _broken(_verb, _folder, _truncate))
+for _verb, _folder in (("oracle", "labelsTr"), ("refine", "c"), ("evaluate", "labelsTr"), ("evaluate", "c")):
+    case(f"{_verb}: label value 65537 in {_folder} (int16 would wrap it to 1)", f"{_folder}/hippocampus_148.nii.gz",
+         "65537", "not in", "dataset.json")(_broken(_verb, _folder, lambda f: _relabel(f, 1, 65537)))
+    case(f"{_verb}: a 0/255 PNG in {_folder}", f"{_folder}/719_HC.png", "255", "not in", "dataset.json")(
+        _broken(_verb, _folder, lambda f: _relabel(f, 1, 255), HC18, ["719_HC"]))
+
+
+def _probabilities(poison: Callable[[np.ndarray], None]) -> Setup:
+    """A refine setup whose ``hippocampus_148.npz`` holds the coarse map's one-hot probabilities, then ``poison``."""
+    def setup(root: Path) -> list:
+        d = _dataset(root / "d")
+        c = _coarse(root / "c", d)
+        probs = np.stack([_label(d) == v for v in (0, 1, 2)]).astype(np.float32)
+        poison(probs)
+        np.savez_compressed(c / "hippocampus_148.npz", probabilities=probs)
+        return _refine(d, c, root.parent / "out")
+    return setup
+
+
+case("refine: NaN in the coarse probabilities", "hippocampus_148.npz", "non-finite")(
+    _probabilities(lambda p: p[:, :4].fill(np.nan)))
+case("refine: coarse probabilities above 1", "hippocampus_148.npz", "[0, 1]")(_probabilities(lambda p: p.__imul__(3)))
+case("refine: coarse probabilities that do not sum to 1", "hippocampus_148.npz", "sum to 1")(
+    _probabilities(lambda p: p[0].fill(0)))
+
+
 def test_the_matrix_is_large_enough():
     assert len(MATRIX) >= 30
     verbs = {name.split(":")[0] for name in MATRIX}

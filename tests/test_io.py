@@ -1,6 +1,7 @@
 """nnU-Net raw-format I/O through nnU-Net's reader/writers, and slicing."""
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 
@@ -133,3 +134,151 @@ def test_choose_axis_and_slices_round_trip():
         s = slicing.to_slices(vol, axis)
         assert s.shape[1] == 2 and s.shape[0] == vol.shape[axis + 1]
         np.testing.assert_array_equal(slicing.from_slices(s, axis), vol)
+
+
+# --- content checks (issue #34): truncated streams, label values, probabilities -------------------------------
+HIPPO_LABEL = sample_dataset("hippocampus") / "labelsTr" / "hippocampus_148.nii.gz"
+
+
+def test_every_bundled_sample_still_reads():
+    for name in ("hippocampus", "hc18"):
+        root = sample_dataset(name)
+        info = io.load_dataset_json(root)
+        cases = io.list_cases(root / "imagesTr", info.file_ending, info.num_channels)
+        for case, files in cases.items():
+            image = io.read_case(case, files)
+            seg, _ = io.read_label(root / "labelsTr" / f"{case}{info.file_ending}", info=info)
+            assert seg.dtype == np.int16 and seg.shape == image.image.shape[1:]
+            assert set(np.unique(seg)) <= set(info.labels.values())
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16])
+def test_legal_label_files_read_as_before(tmp_path, dtype):
+    ref = sitk.ReadImage(str(HIPPO_LABEL))
+    arr = sitk.GetArrayFromImage(ref).astype(dtype)
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(ref)
+    sitk.WriteImage(img, str(tmp_path / "a.nii.gz"))
+    info = io.load_dataset_json(sample_dataset("hippocampus"))
+    for given in (None, info):
+        seg, _ = io.read_label(tmp_path / "a.nii.gz", info=given)
+        assert seg.dtype == np.int16
+        np.testing.assert_array_equal(seg, arr.astype(np.int16))
+
+
+def test_truncated_gzip_image_and_label_are_refused(tmp_path):
+    data = HIPPO_LABEL.read_bytes()
+    for keep in (len(data) // 2, len(data) - 1):
+        bad = tmp_path / "x_0000.nii.gz"
+        bad.write_bytes(data[:keep])
+        for read in (lambda: io.read_label(bad), lambda: io.read_case("x", [bad])):
+            with pytest.raises(AutosamError, match=r"x_0000\.nii\.gz: truncated or corrupt \(") as e:
+                read()
+            assert "\n" not in str(e.value)
+
+
+def test_check_complete_verifies_crc_size_and_the_nifti_length(tmp_path):
+    from autosam import integrity
+
+    raw = gzip.decompress(HIPPO_LABEL.read_bytes())
+    f = tmp_path / "a.nii.gz"
+    good = gzip.compress(raw)
+    for blob in (good, gzip.compress(raw[:400]) + gzip.compress(raw[400:]), good + bytes(64)):
+        f.write_bytes(blob)  # one member, two members, zero padding: all complete
+        integrity.check_complete(f)
+    for where, why in ((-8, "incorrect data check"), (-2, "incorrect length check")):
+        broken = bytearray(good)
+        broken[where] ^= 1
+        f.write_bytes(bytes(broken))
+        with pytest.raises(AutosamError, match=why):
+            integrity.check_complete(f)
+    f.write_bytes(gzip.compress(raw[:-10]))  # a complete stream of a short NIfTI
+    with pytest.raises(AutosamError, match=rf"truncated or corrupt \(its NIfTI header promises {len(raw)} bytes"):
+        integrity.check_complete(f)
+    plain = tmp_path / "a.nii"
+    plain.write_bytes(raw)
+    integrity.check_complete(plain)
+    plain.write_bytes(raw[:-10])
+    with pytest.raises(AutosamError, match=r"a\.nii: truncated or corrupt"):
+        integrity.check_complete(plain)
+
+
+def test_nifti2_length_is_checked(tmp_path):
+    import nibabel as nib
+
+    arr = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    nib.save(nib.Nifti2Image(arr, np.eye(4)), str(tmp_path / "two.nii"))
+    from autosam import integrity
+
+    raw = (tmp_path / "two.nii").read_bytes()
+    assert integrity._nifti_length(raw[:540]) == len(raw)
+    (tmp_path / "two.nii").write_bytes(raw[:-2])
+    with pytest.raises(AutosamError, match="truncated or corrupt"):
+        integrity.check_complete(tmp_path / "two.nii")
+
+
+def _label_file(tmp_path, values: np.ndarray, dtype):
+    ref = sitk.ReadImage(str(HIPPO_LABEL))
+    arr = sitk.GetArrayFromImage(ref).astype(dtype)
+    arr[0, 0, : len(values)] = values
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(ref)
+    sitk.WriteImage(img, str(tmp_path / "l.nii.gz"))
+    return tmp_path / "l.nii.gz"
+
+
+def test_large_label_values_never_wrap(tmp_path):
+    info = io.load_dataset_json(sample_dataset("hippocampus"))
+    f = _label_file(tmp_path, np.array([65537]), np.int32)
+    with pytest.raises(AutosamError, match=r"l\.nii\.gz: label values 65537 are not in .*dataset\.json \(0, 1, 2\)"):
+        io.read_label(f, info=info)
+    with pytest.raises(AutosamError, match=r"l\.nii\.gz: label values 65537 are beyond the int16 range"):
+        io.read_label(f)
+
+
+def test_label_values_not_in_dataset_json_are_refused(tmp_path):
+    from PIL import Image
+
+    info = io.load_dataset_json(sample_dataset("hc18"))
+    a = np.asarray(Image.open(sample_dataset("hc18") / "labelsTr" / "719_HC.png")) * 255
+    Image.fromarray(a.astype(np.uint8)).save(tmp_path / "719_HC.png")
+    with pytest.raises(AutosamError, match=r"719_HC\.png: label values 255 are not in .*dataset\.json \(0, 1\)") as e:
+        io.read_label(tmp_path / "719_HC.png", info=info)
+    assert "\n" not in str(e.value)
+    seg, _ = io.read_label(tmp_path / "719_HC.png")  # without a dataset.json only the int16 range is checked
+    assert seg.max() == 255
+    many = _label_file(tmp_path, np.arange(3, 23), np.int16)
+    with pytest.raises(AutosamError, match=r"label values 3, 4, 5, 6, 7, 8, 9, 10, \.\.\. \(20 values\)"):
+        io.read_label(many, info=io.load_dataset_json(sample_dataset("hippocampus")))
+
+
+def test_non_integer_label_values_are_refused(tmp_path):
+    from autosam.integrity import label_map
+
+    info = io.load_dataset_json(sample_dataset("hippocampus"))
+    f = _label_file(tmp_path, np.array([0.5]), np.float32)
+    for given in (None, info):
+        with pytest.raises(AutosamError, match=r"label file .*l\.nii\.gz holds non-integer values \(0\.5\)"):
+            io.read_label(f, info=given)
+    values = np.array([0, 1, np.nan, 2], np.float32)  # ITK writes NaN as 0, so the reader's array is checked here
+    for allowed in (None, [0, 1, 2]):
+        with pytest.raises(AutosamError, match=r"label file x\.png holds non-integer values \(nan\)"):
+            label_map(values, "x.png", allowed)
+
+
+def test_probability_checks():
+    from autosam.integrity import check_probabilities
+
+    probs = np.random.default_rng(0).random((3, 4, 5, 6)).astype(np.float32)
+    probs /= probs.sum(0, keepdims=True)
+    check_probabilities(probs, "p.npz")
+    check_probabilities(np.clip(probs + 5e-4, 0, None), "p.npz")  # within both tolerances
+    for poison, why in ((lambda p: p.__setitem__((1, 0, 0, 0), np.nan), "non-finite"),
+                        (lambda p: p.__setitem__((1, 0, 0, 0), np.inf), "non-finite"),
+                        (lambda p: p.__setitem__((0, 0, 0, 0), -0.5), r"\[0, 1\]"),
+                        (lambda p: p.__imul__(2), r"\[0, 1\]|sum to 1"),
+                        (lambda p: p[0].fill(0), "sum to 1")):
+        bad = probs.copy()
+        poison(bad)
+        with pytest.raises(AutosamError, match=rf"p\.npz: .*({why})"):
+            check_probabilities(bad, "p.npz")

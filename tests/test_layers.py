@@ -19,6 +19,7 @@ RANKS = {
     "autosam.settings": 2,
     "autosam.io": 1, "autosam.slicing": 1, "autosam.splits": 1, "autosam.sample": 1,
     "autosam.labels": 1, "autosam.background": 1,
+    "autosam.integrity": 1,  # file-content checks that io runs on every read
     "autosam.sam": 2,  # the engine
     "autosam.prompts": 3, "autosam.losses": 3, "autosam.export": 3, "autosam.evaluation": 3,
     "autosam.nnunet.inference": 3, "autosam.report": 3,

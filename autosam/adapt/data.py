@@ -85,7 +85,7 @@ def _read_case(case: str, files: list[Path], label_path: Path, info: io.DatasetI
     (:func:`autosam.slicing.plane_axes`: the chosen one, or with ``planes`` all three of a volume)."""
     rw = io.reader_writer(info.file_ending)
     image = io.read_case(case, files, rw)
-    label, props = io.read_label(label_path, rw)
+    label, props = io.read_label(label_path, rw, info)
     if label.shape != image.image.shape[1:]:
         raise AutosamError(f"{label_path}: shape {label.shape} differs from the image's {image.image.shape[1:]}")
     io.check_same_geometry(image.properties, props, f"label {label_path}")

@@ -102,7 +102,7 @@ def load_slices(
     iterator = progress(list(cases), progress_desc) if progress_desc else cases
     for case_id in iterator:
         case = io.read_case(case_id, all_files[case_id], rw)
-        seg, props = io.read_label(labels[case_id], rw)
+        seg, props = io.read_label(labels[case_id], rw, info)
         if seg.shape != case.image.shape[1:]:
             raise AutosamError(f"{labels[case_id]}: label shape {seg.shape} differs from image shape "
                                f"{case.image.shape[1:]}")

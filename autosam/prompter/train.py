@@ -292,7 +292,8 @@ def _load_data(dataset_dir: Path, info: io.DatasetInfo, split: dict, opts: Train
     if embedder is None:
         files = io.list_cases(dataset_dir / "imagesTr", info.file_ending, info.num_channels)
         data.val_cases = [(io.read_case(c, files[c]),
-                           io.read_label(dataset_dir / "labelsTr" / f"{c}{info.file_ending}")[0]) for c in split["val"]]
+                           io.read_label(dataset_dir / "labelsTr" / f"{c}{info.file_ending}", info=info)[0])
+                          for c in split["val"]]
         return data
     data.train = _subsample(data.train, opts.max_embedding_slices, opts.seed)
     data.train_emb = embedder.embed(data.train, dataset_dir, info, opts.axis, "SAM embeddings")

@@ -45,7 +45,7 @@ def load_items(prompter: Prompter, dataset_dir: Path, cases: Sequence[str], sam_
     for c in progress(list(cases), "coarse"):
         case = io.read_case(c, files[c])
         seg, probs = prompter.coarse(case, sam=sam_model)
-        items.append(TuneCase(case, io.read_label(labels[c])[0], seg, probs))
+        items.append(TuneCase(case, io.read_label(labels[c], info=info)[0], seg, probs))
     return items
 
 
