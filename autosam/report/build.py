@@ -176,9 +176,9 @@ def _gather_inputs(pred: Path, gt: Optional[Path], coarse: Optional[Path], image
     return _Inputs(pred, gt, coarse, images, info, rw, cases, ref_files, coarse_files, image_files)
 
 
-def _read_matching(path: Path, what: str, shape: tuple[int, ...], props: dict, rw: type) -> np.ndarray:
-    """A label map that must have the prediction's shape and geometry."""
-    m, p = io.read_label(path, rw)
+def _read_matching(path: Path, what: str, shape: tuple[int, ...], props: dict, inputs: _Inputs) -> np.ndarray:
+    """A label map that must have the prediction's shape and geometry, and only dataset.json's label values."""
+    m, p = io.read_label(path, inputs.rw, inputs.info)
     if m.shape != shape:
         raise AutosamError(f"{path}: shape {m.shape} differs from the prediction's {shape}")
     io.check_same_geometry(props, p, f"{path} ({what})")
@@ -199,11 +199,11 @@ def _read_image(inputs: _Inputs, case: str, shape: tuple[int, ...]) -> Optional[
 def _case_report(inputs: _Inputs, case: str, tolerance_mm: float, axis: Optional[int]) -> CaseReport:
     """Read one case, score it (with a reference), measure what SAM changed (with a coarse map) and draw it."""
     info, labels = inputs.info, inputs.info.foreground
-    seg, props = io.read_label(inputs.pred / f"{case}{info.file_ending}", inputs.rw)
+    seg, props = io.read_label(inputs.pred / f"{case}{info.file_ending}", inputs.rw, info)
     spacing = [float(s) for s in props["spacing"]]
-    ref = (_read_matching(inputs.ref_files[case], "reference", seg.shape, props, inputs.rw)
+    ref = (_read_matching(inputs.ref_files[case], "reference", seg.shape, props, inputs)
            if inputs.gt is not None else None)
-    crs = (_read_matching(inputs.coarse_files[case], "coarse segmentation", seg.shape, props, inputs.rw)
+    crs = (_read_matching(inputs.coarse_files[case], "coarse segmentation", seg.shape, props, inputs)
            if inputs.coarse is not None else None)
     image = _read_image(inputs, case, seg.shape)
     metrics = coarse_metrics = changed = None
