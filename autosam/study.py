@@ -804,10 +804,8 @@ class Study:
     # -- methods ------------------------------------------------------------------------------------------
     def predict(self, method: str, run: dict, models: dict) -> tuple[Path, float]:
         """Segment the test cases with ``method``; the folder and its seconds (all cases)."""
-        from .oracle import oracle_folder
+        from .pipelines import oracle_folder, refine_folder, segment_folder
         from .prompter import Prompter
-        from .prompter.segment import segment_folder
-        from .refine import refine_folder
 
         out = self.folder / "predictions" / run["name"] / method.replace("/", "@")
         if method == "nnunet":

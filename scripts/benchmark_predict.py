@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from autosam import io, nnunet
-from autosam.commands.predict import predict_folder
+from autosam.pipelines.predict import predict_folder
 from autosam.nnunet_train import Schedule, train_nnunet
 from autosam.sample import sample_dataset
 
