@@ -109,11 +109,6 @@ def bounding_box(mask: np.ndarray, margin: float | Sequence[float] = 0.0) -> np.
     ], dtype=np.float32)
 
 
-def box_prompts(mask: np.ndarray, margin: float = 0.0, min_size: int = 1) -> list[SamPrompt]:
-    """One box per connected component (margin in pixels)."""
-    return [SamPrompt(-1, box=bounding_box(c, margin)) for c in components(mask, min_size)]
-
-
 def positive_points(component: np.ndarray, n: int = 1, spacing: Sequence[float] = (1.0, 1.0)) -> np.ndarray:
     """``(n', 2)`` x/y points at interior maxima of the distance transform of ``component`` (``n' <= n``).
 
@@ -342,27 +337,44 @@ def prompts_for_slices(
     spacing = (float(spacing[0]), float(spacing[1]))
     out = []
     for k, value in enumerate(labels):
-        masks = label_slices == value
+        masks, filled = label_slices == value, None
         if gaps:
-            filled = fill_gaps(masks)
-            new = filled.reshape(len(masks), -1).any(1) & ~masks.reshape(len(masks), -1).any(1)
-            masks = filled
+            gap_filled = fill_gaps(masks)
+            filled = gap_filled.reshape(len(masks), -1).any(1) & ~masks.reshape(len(masks), -1).any(1)
+            masks = gap_filled
         for s in range(len(masks)):
             if not masks[s].any():
                 continue
-            if prob_slices is None:
-                prob = masks[s].astype(np.float32)
-            elif gaps and new[s]:
-                prob = 0.5 * (prob_slices[s - 1, k] + prob_slices[s + 1, k])
-            else:
-                prob = prob_slices[s, k]
-            shared: dict = {}
-            found = list(_components(masks[s], min_size))
-            if max_objects and len(found) > max_objects:
-                found = sorted(found, key=lambda wc: -int(wc[1].sum()))[:max_objects]
-            for window, crop in found:
-                comp = _full(crop, window, masks[s].shape)
-                p = make(Component(comp, masks[s], prob, spacing, options, window, shared))
-                p.slice_index = s if slice_indices is None else int(slice_indices[s])
-                out.append(ClassPrompt(int(value), p))
+            prob = _slice_probability(masks, prob_slices, k, s, filled)
+            index = s if slice_indices is None else int(slice_indices[s])
+            out += [ClassPrompt(int(value), p)
+                    for p in _slice_prompts(masks[s], prob, make, spacing, options, max_objects, index)]
     return out
+
+
+def _slice_probability(masks: np.ndarray, prob_slices: Optional[np.ndarray], k: int, s: int,
+                       filled: Optional[np.ndarray]) -> np.ndarray:
+    """Class ``k``'s probabilities on slice ``s``: the binary mask without probabilities, the mean of the two
+    neighbours on a slice that gap filling (``filled``) gave the class, else the slice's own."""
+    if prob_slices is None:
+        return masks[s].astype(np.float32)
+    if filled is not None and filled[s]:
+        return 0.5 * (prob_slices[s - 1, k] + prob_slices[s + 1, k])
+    return prob_slices[s, k]
+
+
+def _slice_prompts(mask: np.ndarray, prob: np.ndarray, make: Callable[[Component], SamPrompt],
+                   spacing: tuple[float, float], options: PromptOptions, max_objects: int,
+                   index: int) -> list[SamPrompt]:
+    """One prompt per component of one class's ``mask`` on one slice (at most the ``max_objects`` largest; 0: all),
+    each with ``slice_index`` ``index``."""
+    shared: dict = {}
+    found = list(_components(mask, options.min_size))
+    if max_objects and len(found) > max_objects:
+        found = sorted(found, key=lambda wc: -int(wc[1].sum()))[:max_objects]
+    prompts = []
+    for window, crop in found:
+        prompt = make(Component(_full(crop, window, mask.shape), mask, prob, spacing, options, window, shared))
+        prompt.slice_index = index
+        prompts.append(prompt)
+    return prompts

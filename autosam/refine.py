@@ -1,5 +1,8 @@
 """Refine a coarse segmentation with SAM: coarse -> prompts -> SAM -> fusion -> nnU-Net-style probabilities.
 
+One case here, and the reading of its coarse files; a whole prediction folder is
+:func:`autosam.pipelines.refine.refine_folder`.
+
 >>> from autosam import io, refine
 >>> from autosam.sam import SamPredictor, build_sam
 >>> predictor = SamPredictor(build_sam("litemedsam"))
@@ -9,8 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -20,7 +22,6 @@ from .fusion import AUTO, fuse, fusion_strategies, resolve
 from .labels import to_distribution, to_segmentation
 from .sam_run import SamRun, run_sam
 from .prompts import PromptOptions, prompt_strategies, prompts_for_slices
-from .runner import CaseOutput, CaseRunner
 from .sam import SamPredictor
 from .sam.transforms import normalize_case
 
@@ -87,17 +88,8 @@ class RefineConfig:
                                f"({uses})")
 
     def to_dict(self) -> dict:
-        """The fields, as recorded in ``autosam_run.json`` and tuned settings; fields added later are left out at
-        their default, so a kept run of an older autosam still reads as the same settings."""
-        d = asdict(self)
-        for name, default in LATER_FIELDS.items():
-            if d[name] == default:
-                del d[name]
-        return d
-
-
-#: fields added to :class:`RefineConfig` after its records were first written, with their defaults
-LATER_FIELDS = {"planes": False}
+        """The fields, as recorded in ``autosam_run.json`` and tuned settings."""
+        return asdict(self)
 
 
 @dataclass
@@ -257,42 +249,3 @@ def read_coarse(case: io.Case, info: io.DatasetInfo, seg_path, npz_path=None, rw
                                f"(background + {len(info.foreground)} labels on the image grid)")
         integrity.check_probabilities(probs, npz_path)
     return seg, probs
-
-
-def refine_folder(
-    images_dir,
-    coarse_dir,
-    out_dir,
-    info: io.DatasetInfo,
-    make_predictor: Callable[[], SamPredictor],
-    config: RefineConfig = RefineConfig(),
-    run_args: Optional[dict] = None,
-    **options,
-) -> list[str]:
-    """Refine every case of ``images_dir`` with the coarse predictions in ``coarse_dir``; write ``out_dir``.
-
-    ``make_predictor()`` is called once per process, when the first pending case has been read; returns the cases
-    written. ``options`` go to :class:`~autosam.runner.CaseRunner` (``save_probabilities``, ``overwrite``,
-    ``overlays``, ``parallel``: parts of the cases, or Ray workers, which get ``make_predictor`` with the job).
-    """
-    from .runner import FunctionJob
-
-    config.check()
-    images, coarse = Path(images_dir), Path(coarse_dir)
-    record = {"verb": "refine", "images": str(images), "coarse": str(coarse), "dataset_json": str(info.path),
-              "save_probabilities": bool(options.get("save_probabilities")), "refine": config.to_dict(),
-              **(run_args or {})}
-    plans = coarse / "plans.json"
-    runner = CaseRunner(out_dir, info, inputs={"image": images, "coarse": coarse}, record=record,
-                        plans=plans if plans.is_file() else None, desc="refine", **options)
-    cases = io.list_cases(images, info.file_ending, info.num_channels)
-    sources = find_coarse_files(coarse, list(cases), info.file_ending)
-    rw = io.reader_writer(info.file_ending)
-    keep = bool(options.get("save_probabilities"))  # whole-case probability volumes only when they are written
-
-    def process(sam: SamPredictor, case: io.Case) -> CaseOutput:
-        seg, probs = read_coarse(case, info, *sources[case.case_id], rw_class=rw)
-        result = refine_case(sam, case, info, seg, probs, config, keep=keep)
-        return CaseOutput(result.segmentation, result.probabilities, coarse=seg)
-
-    return runner.run(cases, FunctionJob(make_predictor, process))

@@ -26,8 +26,8 @@ import torch
 
 from autosam import io
 from autosam.nnunet import inference as nnunet
-from autosam.commands.predict import predict_folder
 from autosam.nnunet.train import Schedule, train_nnunet
+from autosam.pipelines.predict import predict_folder
 from autosam.sample import sample_dataset
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hippocampus"

@@ -42,7 +42,7 @@ def oracle_quality(data: str, max_cases: int, device: str) -> tuple[str, int, di
     from pathlib import Path
 
     from autosam import evaluation, io
-    from autosam.oracle import oracle_folder
+    from autosam.pipelines.oracle import oracle_folder
     from autosam.sam import SamPredictor, build_sam
 
     root = Path(data)

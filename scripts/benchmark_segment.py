@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ROOT / "autosam" / "prompter" / "weights" / "hippocampus" / "splits.json"
-REFINE = ["--prompt", "box+mask", "--fusion", "gated", "--margin", "0", "--min-size", "4"]
+REFINE = ["--prompt", "box+mask", "--fusion", "gated", "--margin", "0mm", "--min-size", "4"]
 
 
 def validation_cases(data: Path, n: int, ending: str) -> list[str]:

@@ -67,8 +67,7 @@ def test_adapter_config_written_with_group_pattern_still_loads(tmp_path):
 
 
 def test_finetune_cli_speaks_the_common_vocabulary(monkeypatch, capsys):
-    """-d is the dataset folder; --subject-pattern, --exclude, --margin 0.1box; the old spellings still work
-    with a deprecation notice."""
+    """-d is the dataset folder; --subject-pattern, --exclude, --margin 0.2box."""
     seen = []
 
     def fake_finetune(dataset, output, **kw):
@@ -77,20 +76,19 @@ def test_finetune_cli_speaks_the_common_vocabulary(monkeypatch, capsys):
         return SimpleNamespace(config=config)
 
     monkeypatch.setattr("autosam.adapt.train.finetune", fake_finetune)
-    new = ["finetune", "-d", str(HC18), "-o", "unused", "--subject-pattern", "^[^_]+", "--exclude", "801,719",
-           "--margin", "0.2box"]
-    old = ["finetune", "-d", str(HC18), "-o", "unused", "--group-pattern", "^[^_]+", "--exclude-cases", "801,719",
-           "--margin", "0.2"]
-    assert main(new) == 0
-    assert "deprecated" not in capsys.readouterr().err
-    assert main(old) == 0
-    assert capsys.readouterr().err.count("deprecated") == 3
+    argv = ["finetune", "-d", str(HC18), "-o", "unused", "--subject-pattern", "^[^_]+", "--exclude", "801,719",
+            "--margin", "0.2box"]
+    assert main(argv) == 0
+    assert len(seen) == 1
     for dataset, kw in seen:
         assert dataset == HC18 and kw["subject_pattern"] == "^[^_]+" and kw["exclude"] == ["801", "719"]
         assert kw["prompt_noise"].margin == 0.2
     assert main(["finetune", "-d", str(HC18), "-o", "unused", "--margin", "2mm"]) == 2
     assert "0.2box" not in capsys.readouterr().err
     assert main(["finetune", "-d", str(HC18 / "dataset.json"), "-o", "unused"]) == 2
+    with pytest.raises(SystemExit) as refused:  # a margin needs its unit, at parse time
+        main(["finetune", "-d", str(HC18), "-o", "unused", "--margin", "0.2"])
+    assert refused.value.code == 2 and "give a number with its unit" in capsys.readouterr().err
 
 
 def test_noisy_prompts_stay_valid_and_vanish_without_noise():

@@ -179,6 +179,12 @@ def _(root):
     return _oracle(d, root.parent / "out", "--margin", "3cm")
 
 
+@case("oracle: a margin without its unit", "--margin", "'2'", "give a number with its unit", "2mm")
+def _(root):
+    d = _dataset(root / "d")
+    return _oracle(d, root.parent / "out", "--margin", "2")
+
+
 @case("oracle: a box margin of the wrong unit kind", "--margin", "-1px")
 def _(root):
     d = _dataset(root / "d")
@@ -216,6 +222,12 @@ def _(root):
 
 
 # --- refine ------------------------------------------------------------------------------------------------------
+@case("refine: a dataset.json file given with -d", "-d", "dataset.json", "is a file", "--dataset-json")
+def _(root):
+    d = _dataset(root / "d")
+    return _refine(d, _coarse(root / "coarse", d), root.parent / "out", "-d", d / "dataset.json")
+
+
 @case("refine: missing coarse folder", "coarse folder not found")
 def _(root):
     d = _dataset(root / "d")

@@ -107,14 +107,14 @@ def test_recorded_sam_settings_yield_to_options_given_on_the_command_line(tmp_pa
     """``autosam predict`` on a model trained by nnUNetTrainerAutoSAM: the recorded settings fill in what the
     command line left out, even where an option given equals its default."""
     from autosam.cli import build_parser, given_options
-    from autosam.commands.refine import config_from_record
+    from autosam.commands.common import config_from_record
     from autosam import sam_settings as autosam_settings
 
     recorded = autosam_settings.default_settings()
     recorded["refine"].update(prompt="box", fusion="union", min_size=8, fusion_options={"min_iou": 0.5})
     recorded["adapter"] = str(tmp_path / "adapter")
     argv = ["predict", "-m", "m", "-i", "i", "-o", "o", "--fusion", "gated", "--min-agreement", "0.3",
-            "--margin", "0"]
+            "--margin", "0mm"]
     args = build_parser().parse_args(argv)
     args.given = given_options(argv)
     assert {"fusion", "min_agreement", "margin"} <= args.given and not {"prompt", "adapter", "sam"} & args.given

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from autosam import io, slicing
-from autosam.prompter.segment import SegmentJob
+from autosam.pipelines.segment import SegmentJob
 from autosam.prompter import Prompter
 from autosam.prompter.model import ArchConfig, PromptNet, decode_dense
 from autosam.refine import RefineConfig

@@ -26,6 +26,7 @@ RANKS = {
     "autosam.sam_run": 4, "autosam.runner": 4,
     "autosam.fusion": 5,
     "autosam.refine": 6, "autosam.oracle": 6, "autosam.tune": 6,
+    "autosam.pipelines": 6,  # folder-level pipelines: refine, oracle, segment, predict
     "autosam.prompter": 7, "autosam.adapt": 7, "autosam.sam_settings": 7,
     "autosam.nnunet.train": 7, "autosam.nnunet.refinement": 7, "autosam.nnunet.validation": 7,
     "autosam.study": 7,  # the models that train, and the study that trains them

@@ -160,7 +160,7 @@ def test_pipelined_predict_preprocesses_ahead_and_writes_what_the_plain_loop_wri
     no SAM, so it is quick)."""
     import threading
 
-    from autosam.commands.predict import predict_folder
+    from autosam.pipelines.predict import predict_folder
 
     model, raw = trained_hippo_2d["model"], trained_hippo_2d["raw"]
     images = tmp_path / "images"
@@ -201,7 +201,7 @@ def test_pipelined_predict_preprocesses_ahead_and_writes_what_the_plain_loop_wri
 def test_predict_runs_nnunet_alone_on_the_cpu_in_the_plain_loop(monkeypatch):
     """nnU-Net alone on the CPU: no read-ahead or background writes beside its threads (they cost 20% in
     scripts/benchmark_predict.py); with SAM the runner's default; AUTOSAM_PIPELINE decides either way."""
-    from autosam.commands.predict import pipelined
+    from autosam.pipelines.predict import pipelined
     from autosam.refine import RefineConfig
     from autosam.runner import CaseRunner
 

@@ -105,15 +105,13 @@ def test_train_prompter_tunes_its_sam_default_and_sets_a_stale_one_aside(tmp_pat
     assert rc == 0 and "earlier weights" not in err and (model / "autosam_sam.json").is_file(), err
 
 
-@pytest.mark.parametrize("spelling", ["--exclude", "--exclude-cases"])
-def test_exclude_keeps_cases_out(spelling, tmp_path, capsys):
+def test_exclude_keeps_cases_out(tmp_path, capsys):
     excluded = tmp_path / "exclude.txt"
     excluded.write_text("hippocampus_148\nhippocampus_149  # sample\n")
     rc, _, err = run_cli(["train-prompter", "-d", HIPPO, "-o", tmp_path / "m", "--input-size", 32, "--base", 8,
-                          "--epochs", 1, "--iterations", 1, "--batch-size", 2, "--no-tune", spelling, excluded],
+                          "--epochs", 1, "--iterations", 1, "--batch-size", 2, "--no-tune", "--exclude", excluded],
                          capsys)
     assert rc == 0, err
-    assert ("--exclude-cases is deprecated" in err) == (spelling == "--exclude-cases")
     split = json.loads((tmp_path / "m" / "splits.json").read_text())
     assert not {"hippocampus_148", "hippocampus_149"} & set(split["train"] + split["val"])
     assert len(split["train"] + split["val"]) == 4

@@ -169,7 +169,7 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
 def _segment_no_sam(out, pipeline: bool, cases: int = 3):
     """``autosam segment --no-sam`` (the shipped hippocampus prompter's own map) on sample cases, with the coarse
     map as an extra output, probabilities and overlays: every kind of file the runner writes."""
-    from autosam.prompter.segment import segment_folder
+    from autosam.pipelines.segment import segment_folder
     from autosam.prompter import Prompter
 
     prompter = Prompter.load("hippocampus")

@@ -3,7 +3,6 @@ an IoU-head regression, one checkpoint per epoch, resumable."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -390,9 +389,3 @@ def _checkpoint(model, optimizer, config: AdapterConfig, split: dict, folder: Pa
     with io.atomic_output(folder / STATE_NAME) as tmp:
         torch.save(state, tmp)
 
-
-def remove_training_state(folder: str | os.PathLike) -> None:
-    """Delete what only training needs (``train_state.pt``, the embedding cache) from an adapter folder."""
-    folder = Path(folder)
-    (folder / STATE_NAME).unlink(missing_ok=True)
-    shutil.rmtree(folder / CACHE_NAME, ignore_errors=True)

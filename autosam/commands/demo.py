@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .. import evaluation, io
 from ..sample import SAMPLE_NAMES, sample_dataset
+from ..pipelines.oracle import oracle_folder
 from .common import add_sam_arguments, sam_args_record
-from ..oracle import oracle_folder
 
 HELP = "run SAM on the bundled sample (label boxes, then fully automatic) and print Dice per label"
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from ..sam.cache import CachingPredictor
     from ..refine import RefineConfig
     from ..sam import build_sam
-    from ..prompter.segment import segment_folder
+    from ..pipelines.segment import segment_folder
 
     # one predictor for both runs: slices encoded for the label boxes are reused by the automatic run
     predictor = CachingPredictor(build_sam(args.sam, checkpoint=args.checkpoint, adapter=args.adapter),

@@ -34,7 +34,21 @@ def add_parser(sub) -> None:
                         "--train-encoder) when the new modules (LoRA, DeSAM mask module) take --lr (default: --lr)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per step (default 8)")
     p.add_argument("--loss", default="dice_bce", choices=("dice_bce", "dice_focal"), help="mask loss (default dice_bce)")
-    a = p.add_argument_group("automatic prompts")
+    add_automatic_prompt_arguments(p.add_argument_group("automatic prompts"))
+    g = p.add_argument_group("prompt noise (relative to the box side)")
+    g.add_argument("--jitter", type=float, default=0.1, help="std of each box edge's shift (default 0.1)")
+    options.add_margin_argument(g, default=Margin(0.1, "box"), allowed=("box",),
+                                help_extra="; each box edge is widened by a margin drawn in [0, MARGIN]")
+    g.add_argument("--max-points", type=int, default=3, help="positive points per prompt: 1 to N (default 3)")
+    add_data_arguments(p.add_argument_group("data"))
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cpu ...")
+    p.add_argument("--resume", action="store_true", help="continue the training in ADAPTER_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an adapter already in ADAPTER_DIR")
+    p.set_defaults(run=run)
+
+
+def add_automatic_prompt_arguments(a: argparse._ArgumentGroup) -> None:
+    """``--prompts-from`` and the options of training on an automatic source's prompts."""
     a.add_argument("--prompts-from", default=None, metavar="SOURCE",
                    help="also train on the prompts an automatic source really gives on the training cases: "
                         "prompter:DIR (a prompter folder or shipped name; cross-fitted when it trained on them) "
@@ -51,12 +65,10 @@ def add_parser(sub) -> None:
                         "the adapter's SAM default on them afterwards (ADAPTER_DIR/autosam_sam.json)")
     a.add_argument("--tune-cases", type=int, default=10,
                    help="the prompter's validation cases to tune on (default 10; 0 = all of them)")
-    g = p.add_argument_group("prompt noise (relative to the box side)")
-    g.add_argument("--jitter", type=float, default=0.1, help="std of each box edge's shift (default 0.1)")
-    options.add_margin_argument(g, default=Margin(0.1, "box"), allowed=("box",),
-                                help_extra="; each box edge is widened by a margin drawn in [0, MARGIN]")
-    g.add_argument("--max-points", type=int, default=3, help="positive points per prompt: 1 to N (default 3)")
-    d = p.add_argument_group("data")
+
+
+def add_data_arguments(d: argparse._ArgumentGroup) -> None:
+    """Which cases and slices the adapter trains on, and the embedding cache."""
     d.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of subjects held out for validation (default 0.2)")
     options.add_subject_argument(d)
@@ -72,10 +84,6 @@ def add_parser(sub) -> None:
     d.add_argument("--cache-dir", default=None,
                    help="embedding cache for frozen-encoder methods (default ADAPTER_DIR/embedding_cache)")
     d.add_argument("--no-cache", action="store_true", help="re-embed slices every step instead of caching")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cpu ...")
-    p.add_argument("--resume", action="store_true", help="continue the training in ADAPTER_DIR")
-    p.add_argument("--overwrite", action="store_true", help="replace an adapter already in ADAPTER_DIR")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise AutosamError("--resume and --overwrite exclude each other")
     kinds = tuple(k.strip() for k in args.prompts.split(",") if k.strip())
-    margin = options.resolve_margin(args, old_unit="box", allowed=("box",))
+    margin = options.resolve_margin(args, allowed=("box",))
     noise = PromptNoise(types=kinds, jitter=args.jitter, margin=margin.value, max_points=args.max_points)
     dataset = options.dataset_folder(args)
     if args.prompts_from and not args.resume:

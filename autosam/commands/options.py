@@ -1,12 +1,10 @@
-"""One command-line vocabulary for every verb: datasets, margins with units, exclusions, subjects, deprecations.
+"""One command-line vocabulary for every verb: datasets, margins with units, exclusions, subjects.
 
 * ``-d/--dataset DIR`` is always an nnU-Net raw dataset folder; ``--dataset-json FILE`` is the file itself.
-* ``--margin`` carries its unit: ``2mm``, ``3px`` or ``0.1box`` (a fraction of the box side).
+* ``--margin`` carries its unit: ``2mm``, ``3px`` or ``0.1box`` (a fraction of the box side); a bare number is
+  refused.
 * ``--exclude`` takes case ids (or subjects), comma-separated or one per line in a file.
 * ``--subject-pattern`` is the regex of :mod:`autosam.splits`.
-
-Old spellings (``-d FILE.json``, a bare ``--margin 2``, ``--margin-unit``, ``--exclude-cases``, ``--group-pattern``)
-keep working for one release and print a deprecation notice.
 """
 from __future__ import annotations
 
@@ -14,7 +12,6 @@ import argparse
 import contextlib
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -22,11 +19,6 @@ from typing import Iterator, Optional, Sequence
 from ..errors import AutosamError
 
 MARGIN_UNITS = ("mm", "px", "box")
-
-
-def deprecated(old: str, new: str) -> None:
-    """One notice on stderr for an old spelling that still works in this release."""
-    print(f"autosam: note: {old} is deprecated and will be removed in the next release; use {new}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -40,42 +32,28 @@ class Margin:
         return f"{self.value:g}{self.unit}"
 
 
-_MARGIN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(mm|px|box)?\s*$")
+_MARGIN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(mm|px|box)\s*$")
 
 
-def margin_type(text: str) -> Margin | float:
-    """argparse type: ``2mm``/``3px``/``0.1box`` -> :class:`Margin`; a bare number stays a float (old spelling,
-    resolved by :func:`resolve_margin` with the verb's old unit)."""
+def margin_type(text: str) -> Margin:
+    """argparse type: ``2mm``/``3px``/``0.1box`` -> :class:`Margin`; anything else, a bare number included, is
+    refused at parse time with one line."""
     m = _MARGIN.match(str(text))
     if m is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number with its unit, e.g. 2mm, 3px or 0.1box")
-    value = float(m.group(1))
-    return Margin(value, m.group(2)) if m.group(2) else value
+    return Margin(float(m.group(1)), m.group(2))
 
 
-def add_margin_argument(parser, default: Margin, allowed: Sequence[str] = MARGIN_UNITS, help_extra: str = "",
-                        unit_option: bool = False) -> None:
-    """``--margin`` with its unit (and, with ``unit_option``, the deprecated ``--margin-unit``)."""
+def add_margin_argument(parser, default: Margin, allowed: Sequence[str] = MARGIN_UNITS, help_extra: str = "") -> None:
+    """``--margin`` with its unit; read it back with :func:`resolve_margin`."""
     units = ", ".join(f"N{u}" for u in allowed)
     parser.add_argument("--margin", type=margin_type, default=default,
                         help=f"box margin with its unit ({units}; default {default}){help_extra}")
-    if unit_option:
-        parser.add_argument("--margin-unit", choices=("mm", "px"), default=None, help=argparse.SUPPRESS)
 
 
-def resolve_margin(args: argparse.Namespace, old_unit: str, allowed: Sequence[str] = MARGIN_UNITS) -> Margin:
-    """The :class:`Margin` of ``args.margin`` (a bare number takes ``--margin-unit`` or ``old_unit``, with a notice)."""
-    value, unit_opt = args.margin, getattr(args, "margin_unit", None)
-    if isinstance(value, Margin):
-        if unit_opt is not None and unit_opt != value.unit:
-            raise AutosamError(f"--margin {value} and --margin-unit {unit_opt} disagree; drop --margin-unit")
-        if unit_opt is not None:
-            deprecated("--margin-unit", f"--margin {value}")
-        margin = value
-    else:
-        margin = Margin(float(value), unit_opt or old_unit)
-        deprecated(f"--margin {value:g}" + (f" --margin-unit {unit_opt}" if unit_opt else ""),
-                   f"--margin {margin}")
+def resolve_margin(args: argparse.Namespace, allowed: Sequence[str] = MARGIN_UNITS) -> Margin:
+    """The :class:`Margin` of ``args.margin``, checked: a unit this verb takes, not negative."""
+    margin = args.margin
     if margin.unit not in allowed:
         raise AutosamError(f"--margin {margin}: this verb takes a margin in " + " or ".join(allowed))
     if margin.value < 0:
@@ -92,10 +70,7 @@ def add_dataset_arguments(parser, required: bool = False, what: str = "") -> Non
 
 
 def dataset_json_from_args(args: argparse.Namespace) -> Optional[Path]:
-    """The dataset.json the options name: ``--dataset-json``, else ``DIR/dataset.json`` of ``-d``, else None.
-
-    ``-d FILE`` (the old spelling, a dataset.json file) still works, with a deprecation notice.
-    """
+    """The dataset.json the options name: ``--dataset-json``, else ``DIR/dataset.json`` of ``-d``, else None."""
     given_json, dataset = getattr(args, "dataset_json", None), getattr(args, "dataset", None)
     if given_json and dataset:
         raise AutosamError("give -d/--dataset (a folder) or --dataset-json (a file), not both")
@@ -106,9 +81,9 @@ def dataset_json_from_args(args: argparse.Namespace) -> Optional[Path]:
         return path
     if dataset:
         path = Path(dataset)
-        if path.is_file() or path.suffix == ".json":
-            deprecated(f"-d {path} (a dataset.json file)", f"--dataset-json {path}")
-            return path
+        if path.is_file():
+            raise AutosamError(f"-d {path} is a file; -d takes an nnU-Net raw dataset folder (give the file with "
+                               "--dataset-json)")
         if not path.is_dir():
             raise AutosamError(f"dataset folder not found: {path}")
         return path / "dataset.json"
@@ -124,20 +99,15 @@ def dataset_folder(args: argparse.Namespace) -> Path:
 
 
 def add_exclude_argument(parser, what: str = "cases to leave out") -> None:
-    """``--exclude`` (and the deprecated ``--exclude-cases``)."""
+    """``--exclude``; read it back with :func:`excluded_cases`."""
     parser.add_argument("--exclude", nargs="*", default=[],
                         help=f"{what}: case ids or subjects, space- or comma-separated, or a file with one per line")
-    parser.add_argument("--exclude-cases", default=None, help=argparse.SUPPRESS)
 
 
 def excluded_cases(args: argparse.Namespace) -> list[str]:
-    """The ids of ``--exclude`` (files read, commas split) plus the deprecated ``--exclude-cases``."""
-    values = list(args.exclude or [])
-    if getattr(args, "exclude_cases", None):
-        deprecated("--exclude-cases", "--exclude")
-        values.append(args.exclude_cases)
+    """The ids of ``--exclude`` (files read, commas split)."""
     out: list[str] = []
-    for value in values:
+    for value in args.exclude or []:
         out.extend(read_case_list(value))
     return out
 
@@ -156,21 +126,14 @@ def read_case_list(value: Optional[str]) -> list[str]:
 
 
 def add_subject_argument(parser) -> None:
-    """``--subject-pattern`` (and the deprecated ``--group-pattern``)."""
+    """``--subject-pattern``; read it back with :func:`subject_pattern`."""
     parser.add_argument("--subject-pattern", default=None,
                         help="regex that finds a case's subject in its id (its first group, else the whole match), "
                              "e.g. '^([^_]+)_'; splits and --exclude keep a subject's cases together")
-    parser.add_argument("--group-pattern", default=None, help=argparse.SUPPRESS)
 
 
 def subject_pattern(args: argparse.Namespace) -> Optional[str]:
-    """``--subject-pattern``, or the deprecated ``--group-pattern`` with a notice."""
-    old = getattr(args, "group_pattern", None)
-    if old:
-        if args.subject_pattern and args.subject_pattern != old:
-            raise AutosamError("--group-pattern is the old name of --subject-pattern; give one of them")
-        deprecated("--group-pattern", "--subject-pattern")
-        return old
+    """``--subject-pattern`` (None when not given)."""
     return args.subject_pattern
 
 

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from .. import io
-from ..oracle import oracle_folder
+from ..pipelines.oracle import oracle_folder
 from .common import (add_parallel_arguments, add_sam_arguments, parallel_from_args, predictor_from_args,
                      sam_args_record)
 from .options import Margin, add_dataset_arguments, add_margin_argument, dataset_json_from_args, resolve_margin
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     images, labels = Path(args.images), Path(args.labels)
-    margin = resolve_margin(args, old_unit="px")
+    margin = resolve_margin(args)
     parallel = parallel_from_args(args)
     info = io.load_dataset_json(io.find_dataset_json(dataset_json_from_args(args), images=images, labels=labels))
     record = {"verb": "oracle", "images": str(images), "labels": str(labels), "margin": str(margin),

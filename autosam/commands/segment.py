@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import AutosamError
-from ..prompter.segment import images_info, segment_folder
+from ..pipelines.segment import images_info, segment_folder
 from ..refine import RefineConfig
-from .common import (add_output_arguments, add_parallel_arguments, add_sam_arguments, output_options,
-                     parallel_from_args, predictor_from_args, sam_args_record)
+from .common import (add_output_arguments, add_parallel_arguments, add_refine_arguments, add_sam_arguments,
+                     config_from_args, config_from_record, output_options, parallel_from_args, predictor_from_args,
+                     sam_args_record, sam_overrides)
 from .options import add_dataset_arguments, dataset_json_from_args
-from .refine import add_refine_arguments, config_from_args, config_from_record, sam_overrides
 
 HELP = "segment images fully automatically: a learned prompter prompts SAM (no nnU-Net model needed)"
 

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 from .. import io
-from ..oracle import oracle_folder
+from ..pipelines import oracle_folder, refine_folder, segment_folder
 from ..prompter import Prompter
-from ..prompter.segment import segment_folder
-from ..refine import RefineConfig, refine_folder
+from ..refine import RefineConfig
 from ..sam_settings import load_file, read_json
 from .methods import parse_method, table_order
 from .options import StudyOptions
