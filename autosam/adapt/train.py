@@ -3,7 +3,6 @@ an IoU-head regression, one checkpoint per epoch, resumable."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from .. import __version__, io
 from ..errors import AutosamError
 from ..losses import LOSSES, hard_dice, hard_iou, mask_loss
-from ..progress import progress
+from ..progress import notice, progress
 from ..sam import build_sam, resolve_device
 from ..sam import transforms as T
 from ..sam.cache import EmbeddingCache
@@ -175,6 +174,15 @@ def _prepare_folder(folder: Path, resume: bool, overwrite: bool) -> Optional[dic
     return None
 
 
+def _check_options(loss: str, epochs: int, batch_size: int, planes: bool, axis: Optional[int]) -> None:
+    if loss not in LOSSES:
+        raise AutosamError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if epochs < 1 or batch_size < 1:
+        raise AutosamError("--epochs and --batch-size must be at least 1")
+    if planes and axis is not None:
+        raise AutosamError("--planes trains on all three axes; give it or --axis, not both")
+
+
 def finetune(
     dataset_dir: str | os.PathLike, adapter_dir: str | os.PathLike, base: str = "litemedsam",
     checkpoint: Optional[str] = None, method: str = "decoder", epochs: int = 5, rank: int = 4,
@@ -185,7 +193,7 @@ def finetune(
     max_cases: int = 0, max_slices_per_case: int = 0, iterations_per_epoch: int = 0,
     cache_dir: Optional[str | os.PathLike] = None, use_cache: bool = True, axis: Optional[int] = None,
     device: str = "auto", resume: bool = False, overwrite: bool = False,
-    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    log: Callable[[str], None] = notice,
     prompts_from: Optional[str] = None, folds: int = 3, fold_epochs: Optional[int] = None,
     auto_prompt: str = AUTO_PROMPT, planes: bool = False,
 ) -> FinetuneResult:
@@ -203,12 +211,7 @@ def finetune(
     three axes of a volume (as ``refine --planes`` refines them), not only along ``axis`` or the chosen one.
     """
     dataset_dir, folder = Path(dataset_dir), Path(adapter_dir)
-    if loss not in LOSSES:
-        raise AutosamError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    if epochs < 1 or batch_size < 1:
-        raise AutosamError("--epochs and --batch-size must be at least 1")
-    if planes and axis is not None:
-        raise AutosamError("--planes trains on all three axes; give it or --axis, not both")
+    _check_options(loss, epochs, batch_size, planes, axis)
     info = io.load_dataset_json(dataset_dir)
     if not resume:  # every check before anything is written
         split = _plan_split(dataset_dir, info, cases, exclude, max_cases, seed, subject_pattern, val_fraction,

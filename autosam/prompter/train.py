@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from .. import io
 from ..errors import AutosamError
 from ..labels import dice_per_label
 from ..losses import binary_loss, multiclass_loss
-from ..progress import progress
+from ..progress import notice, progress
 from ..sam import transforms as T
 from ..sam.cache import EmbeddingCache
 from ..splits import split_by_subject, subject_of
@@ -164,7 +163,7 @@ def _slice_dice(logits: torch.Tensor, target: torch.Tensor, k: int) -> list[floa
 
 
 def train_prompter(dataset_dir: str | Path, model_dir: str | Path, opts: TrainOptions,
-                   log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict:
+                   log: Callable[[str], None] = notice) -> dict:
     """Train (or resume training) a prompter; returns the final ``config.json`` content."""
     from ..sam import resolve_device
 

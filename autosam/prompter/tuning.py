@@ -8,13 +8,12 @@ segment`` uses it unless options on the command line say otherwise.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .. import io, sam_settings
 from ..errors import AutosamError
-from ..progress import progress
+from ..progress import notice, progress
 from ..tune import MIN_GAIN, Candidate, TuneCase, TuneResult, candidates, tune
 from .infer import Prompter
 
@@ -53,7 +52,7 @@ def tune_prompter(prompter: Prompter, dataset_dir: str | Path, make_predictor: C
                   cases: Optional[Sequence[str]] = None, max_cases: int = MAX_CASES, min_gain: float = MIN_GAIN,
                   sam: str = "litemedsam", checkpoint: Optional[str] = None, adapter: Optional[str] = None,
                   output: Optional[str | Path] = None, grid: Optional[Sequence[Candidate]] = None,
-                  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+                  log: Callable[[str], None] = notice,
                   sign_test: Optional[float] = None) -> Optional[TuneResult]:
     """Tune on ``cases`` (default: the prompter's validation split, at most ``max_cases``) over ``grid`` (default
     :func:`autosam.tune.candidates`) and write the winner to ``output`` (default ``<prompter>/autosam_sam.json``).
