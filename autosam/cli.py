@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 from . import __version__
 from .errors import AutosamError, CasesFailed
 from .progress import clear_bars
+from .settings import bind_bounds
 
 #: Verb modules under autosam.commands, in the order ``--help`` lists them.
 VERBS = ["demo", "oracle", "predict", "refine", "evaluate", "finetune", "train-prompter", "tune", "segment", "study",
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for verb in VERBS:
         importlib.import_module(f"autosam.commands.{verb.replace('-', '_')}").add_parser(sub)
+    for p in _parsers(parser):
+        bind_bounds(p)
     return parser
 
 

@@ -64,24 +64,46 @@ UNIT = Bound(float, 0.0, 1.0)
 POSITIVE = Bound(float, 0.0, open_low=True)
 NON_NEGATIVE = Bound(float, 0.0)
 
-#: Option (its field name, as in records and ``AUTOSAM_<NAME>``) -> what it accepts. The command line, the
-#: environment and the records all check through this one table.
+FOLDS = Bound(int, 2)
+FRACTION = Bound(float, 0.0, 1.0, open_high=True)
+
+#: Option (its field name: the command line's destination, the record's key, ``AUTOSAM_<NAME>``) -> what it accepts.
+#: The command line (every int or float option of every verb, :func:`bind_bounds`), the environment and the records
+#: all check through this one table.
 BOUNDS: dict[str, Bound] = {
-    # runtime
-    "batch_size": POSITIVE_INT, "threads": POSITIVE_INT, "workers": POSITIVE_INT,
-    "cpus_per_worker": POSITIVE, "gpus_per_worker": NON_NEGATIVE, "num_parts": POSITIVE_INT, "part_id": COUNT,
-    "nnunet_processes": POSITIVE_INT,
+    # runtime and parallel runs
+    "batch_size": POSITIVE_INT, "threads": POSITIVE_INT, "workers": POSITIVE_INT, "cpus_per_worker": POSITIVE,
+    "gpus_per_worker": NON_NEGATIVE, "num_parts": POSITIVE_INT, "part_id": COUNT, "nnunet_processes": COUNT,
+    "step_size": Bound(float, 0.0, 1.0, open_low=True),
     # refine
-    "min_size": COUNT, "max_objects": COUNT, "n_positive": COUNT, "n_negative": COUNT, "rebox": COUNT,
-    "mask_logit": Bound(float), "weight": UNIT, "min_iou": UNIT, "min_agreement": UNIT,
-    # evaluation and tuning
+    "min_size": COUNT, "max_objects": COUNT, "positive_points": COUNT, "negative_points": COUNT,
+    "n_positive": COUNT, "n_negative": COUNT, "rebox": COUNT, "mask_logit": Bound(float),
+    "weight": UNIT, "min_iou": UNIT, "min_agreement": UNIT,
+    # evaluation, tuning and the study
     "tolerance_mm": NON_NEGATIVE, "min_gain": Bound(float), "sign_test": Bound(float, 0.0, 1.0, open_low=True),
-    "tune_cases": COUNT, "max_cases": COUNT,
+    "tune_cases": COUNT, "max_cases": COUNT, "seeds": POSITIVE_INT,
+    "test_fraction": Bound(float, 0.0, 1.0, open_low=True, open_high=True),
+    "prompter_epochs": POSITIVE_INT, "prompter_iterations": POSITIVE_INT, "adapt_epochs": POSITIVE_INT,
+    "adapt_iterations": COUNT, "adapt_folds": FOLDS, "nnunet_epochs": POSITIVE_INT,
+    "nnunet_iterations": POSITIVE_INT, "nnunet_spacing": POSITIVE,
     # training
-    "lr": POSITIVE, "epochs": POSITIVE_INT, "steps": POSITIVE_INT, "seed": COUNT, "base": POSITIVE_INT,
-    "input_size": POSITIVE_INT, "val_fraction": Bound(float, 0.0, 1.0, open_high=True), "rank": POSITIVE_INT,
-    "noise": NON_NEGATIVE,
+    "lr": POSITIVE, "decoder_lr": POSITIVE, "lora_alpha": POSITIVE, "epochs": POSITIVE_INT, "fold_epochs": POSITIVE_INT,
+    "iterations": COUNT, "seed": COUNT, "base": POSITIVE_INT, "depth": POSITIVE_INT, "input_size": COUNT,
+    "val_fraction": FRACTION, "rank": POSITIVE_INT, "folds": FOLDS, "jitter": NON_NEGATIVE, "max_points": COUNT,
+    "max_slices": COUNT, "max_embedding_slices": COUNT,
 }
+
+
+def bind_bounds(parser: argparse.ArgumentParser) -> None:
+    """Give every int or float option of ``parser`` (choices excepted) the check of its :data:`BOUNDS` entry, and
+    ``--device`` :func:`device_type`.
+
+    A numeric option with no entry is a ``KeyError``: every option has a declared range."""
+    for action in parser._actions:
+        if action.type in (int, float) and action.choices is None:
+            action.type = option_type(action.dest)
+        elif action.dest == "device":
+            action.type = device_type
 
 
 def option_type(name: str) -> Callable[[str], Number]:
@@ -97,6 +119,18 @@ def option_type(name: str) -> Callable[[str], Number]:
 
     parse.__name__ = name  # argparse names the type in its messages
     return parse
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def device_type(text: str) -> str:
+    """argparse ``type=`` for ``--device``: auto, cpu, cuda, cuda:N or mps (whether it is present is checked when
+    the predictor is built, with one line)."""
+    kind, _, index = str(text).partition(":")
+    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return str(text)
 
 
 def check_option(name: str, value: Number, source: str) -> Number:

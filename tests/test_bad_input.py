@@ -388,7 +388,7 @@ def _(root):
     return ["predict", "-m", m, "-i", d / "imagesTr", "-o", root.parent / "out", "-f", "0", "--device", "cpu"]
 
 
-@case("predict: negative --nnunet-processes", "--nnunet-processes", "0 or more")
+@case("predict: negative --nnunet-processes", "--nnunet-processes", ">= 0")
 def _(root):
     d = _dataset(root / "d")
     return ["predict", "-m", root / "nope", "-i", d / "imagesTr", "-o", root.parent / "out", "--device", "cpu",
@@ -534,7 +534,7 @@ def _(root):
     return _study(_dataset(root / "d"), root.parent / "out", "--max-objects", "-1")
 
 
-@case("study: --sign-test outside (0, 1]", "--sign-test", "p-value")
+@case("study: --sign-test outside (0, 1]", "--sign-test", "(0, 1]")
 def _(root):
     return _study(_dataset(root / "d"), root.parent / "out", "--sign-test", "0")
 
@@ -615,6 +615,25 @@ case("refine: NaN in the coarse probabilities", "hippocampus_148.npz", "non-fini
 case("refine: coarse probabilities above 1", "hippocampus_148.npz", "[0, 1]")(_probabilities(lambda p: p.__imul__(3)))
 case("refine: coarse probabilities that do not sum to 1", "hippocampus_148.npz", "sum to 1")(
     _probabilities(lambda p: p[0].fill(0)))
+
+
+# --- options: every numeric option is checked at parse time through autosam.settings.BOUNDS -------------------------
+_OPTION_PROBES = [
+    ("refine", "--weight", "5"), ("refine", "--weight", "nan"), ("refine", "--margin", "1e999mm"),
+    ("refine", "--batch-size", "0"), ("refine", "--batch-size", "-1"), ("refine", "--device", "bogus"),
+    ("finetune", "--lr", "-1"), ("train-prompter", "--base", "0"), ("train-prompter", "--lr", "nan"),
+    ("train-prompter", "--input-size", "-8"), ("oracle", "--workers", "0"), ("tune", "--sign-test", "0"),
+    ("study", "--test-fraction", "1"),
+]
+for _verb, _option, _value in _OPTION_PROBES:
+    @case(f"{_verb}: {_option} {_value}", f"argument {_option}", repr(_value))
+    def _(root, verb=_verb, option=_option, value=_value):
+        d = _dataset(root / "d")
+        if verb == "refine":
+            return _refine(d, _coarse(root / "coarse", d), root.parent / "out", option, value)
+        if verb == "oracle":
+            return _oracle(d, root.parent / "out", option, value)
+        return [verb, "-d", d, "-o", root.parent / "out", option, value]
 
 
 def test_the_matrix_is_large_enough():

@@ -58,3 +58,18 @@ def test_the_spec_builds_a_caching_or_plain_predictor():
     assert spec.to_record() == {"sam": "litemedsam", "checkpoint": None, "adapter": None}
     with pytest.raises(AutosamError, match="unknown SAM backend"):
         SamSpec("nope").build()
+
+
+def test_every_numeric_option_of_every_verb_has_a_bound():
+    """build_parser binds each int/float option to its BOUNDS entry (a missing entry is a KeyError here)."""
+    from autosam.cli import _parsers, build_parser
+    from autosam.settings import device_type
+
+    checked = devices = 0
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if action.dest in BOUNDS and action.choices is None and action.type not in (None, str):
+                assert action.type.__name__ == action.dest, action.option_strings
+                checked += 1
+            devices += action.type is device_type
+    assert checked > 60 and devices >= 4

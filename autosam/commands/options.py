@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import contextlib
 import os
 import re
@@ -41,7 +42,10 @@ def margin_type(text: str) -> Margin:
     m = _MARGIN.match(str(text))
     if m is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number with its unit, e.g. 2mm, 3px or 0.1box")
-    return Margin(float(m.group(1)), m.group(2))
+    value = float(m.group(1))
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: the margin must be finite")
+    return Margin(value, m.group(2))
 
 
 def add_margin_argument(parser, default: Margin, allowed: Sequence[str] = MARGIN_UNITS, help_extra: str = "") -> None:

@@ -63,13 +63,11 @@ def recorded_settings(model: Path, folds: Sequence[str]) -> Optional[tuple[Path,
 
 
 def nnunet_processes(args: argparse.Namespace) -> int:
-    """``--nnunet-processes``, checked; unless given, :data:`GPU_PROCESSES` on a GPU and 0 on the CPU."""
-    processes = args.nnunet_processes
-    if processes is None:
-        processes = GPU_PROCESSES if resolve_device(args.device).type == "cuda" else 0
-    if processes < 0:
-        raise AutosamError(f"--nnunet-processes must be 0 or more (got {processes})")
-    return processes
+    """``--nnunet-processes`` (checked at parse time); unless given, :data:`GPU_PROCESSES` on a GPU and 0 on the
+    CPU."""
+    if args.nnunet_processes is not None:
+        return args.nnunet_processes
+    return GPU_PROCESSES if resolve_device(args.device).type == "cuda" else 0
 
 
 def choose_configuration(args: argparse.Namespace, model: Path,
