@@ -168,12 +168,11 @@ def runtime(default_device: str, env: Optional[dict] = None) -> dict:
 
 def build_predictor(settings: dict, run: dict):
     """A :class:`autosam.sam.SamPredictor` for the settings and runtime options."""
-    from autosam.sam import SamPredictor, build_sam
-    from autosam.sam.cache import CachingPredictor
+    from autosam.settings import Runtime, SamSpec
 
-    model = build_sam(settings["sam"], checkpoint=settings.get("checkpoint"), adapter=settings.get("adapter"))
-    kind = CachingPredictor if run.get("cache") else SamPredictor  # cache: slices asked again are not re-encoded
-    return kind(model, device=run["device"], batch_size=run["batch_size"], engine=run.get("engine", "auto"))
+    spec = SamSpec(settings["sam"], settings.get("checkpoint"), settings.get("adapter"))
+    runtime = Runtime(device=run["device"], engine=run.get("engine", "auto"), batch_size=run["batch_size"])
+    return spec.predictor(runtime, caching=bool(run.get("cache")))  # cache: slices asked again are not re-encoded
 
 
 def record(settings: dict, folder: str | os.PathLike, run: Optional[dict] = None, by: str = "",

@@ -7,6 +7,7 @@ of option constraints (:data:`BOUNDS`) that the command line, the environment an
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Union
@@ -156,6 +157,12 @@ class Runtime:
         if self.threads is not None:
             check_option("threads", self.threads, "runtime")
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Runtime":
+        """The runtime options of a verb's command line (those it has; the rest at their defaults)."""
+        return cls(device=getattr(args, "device", "auto"), engine=getattr(args, "engine", "auto"),
+                   batch_size=getattr(args, "batch_size", 16), threads=getattr(args, "threads", None))
+
     def to_record(self) -> dict:
         return asdict(self)
 
@@ -168,6 +175,10 @@ class SamSpec:
     name: str = "litemedsam"
     checkpoint: Optional[str] = None
     adapter: Optional[str] = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "SamSpec":
+        return cls(args.sam, getattr(args, "checkpoint", None), getattr(args, "adapter", None))
 
     def build(self):
         """The :class:`autosam.sam.SamModel`, weights and adapter loaded, in eval mode."""
@@ -187,6 +198,11 @@ class SamSpec:
             return CachingPredictor(model, device=runtime.device, batch_size=runtime.batch_size, cache=cache,
                                     engine=runtime.engine)
         return SamPredictor(model, device=runtime.device, batch_size=runtime.batch_size, engine=runtime.engine)
+
+    def maker(self, runtime: Runtime = Runtime(), caching: bool = False) -> Callable[[], object]:
+        """What builds this predictor later, once per process: plain data (a partial of :meth:`predictor`), so a
+        job that carries it pickles to Ray workers without the command line."""
+        return functools.partial(self.predictor, runtime, caching=caching)
 
     def to_record(self) -> dict:
         return {"sam": self.name, "checkpoint": self.checkpoint, "adapter": self.adapter}

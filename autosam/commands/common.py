@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
+from typing import Callable
 
 from ..errors import AutosamError
 from ..fusion import AUTO, fusion_strategies
 from ..prompts import prompt_strategies
 from ..refine import FUSION_OPTIONS as TAKES, RefineConfig
-from ..sam import SamPredictor, build_sam, sam_registry
+from ..sam import SamPredictor, sam_registry
 from ..sam.engines import ENGINES
+from ..settings import Runtime, SamSpec
 from .options import Margin, add_margin_argument, resolve_margin
 
 
@@ -30,10 +32,9 @@ def add_sam_arguments(parser: argparse.ArgumentParser) -> None:
                    help="slice 3D volumes along this axis of (Z, Y, X); default: the coarsest-spacing axis")
 
 
-def predictor_from_args(args: argparse.Namespace) -> SamPredictor:
-    model = build_sam(args.sam, checkpoint=args.checkpoint, adapter=args.adapter)
-    return SamPredictor(model, device=args.device, batch_size=args.batch_size,
-                        engine=getattr(args, "engine", "auto"))
+def predictor_maker(args: argparse.Namespace, caching: bool = False) -> Callable[[], SamPredictor]:
+    """What builds the verb's SAM predictor once per process (:meth:`autosam.settings.SamSpec.maker`)."""
+    return SamSpec.from_args(args).maker(Runtime.from_args(args), caching=caching)
 
 
 def sam_args_record(args: argparse.Namespace) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import evaluation, io
 from ..sample import SAMPLE_NAMES, sample_dataset
 from ..pipelines.oracle import oracle_folder
-from .common import add_sam_arguments, sam_args_record
+from .common import add_sam_arguments, predictor_maker, sam_args_record
 
 HELP = "run SAM on the bundled sample (label boxes, then fully automatic) and print Dice per label"
 
@@ -55,14 +55,11 @@ def automatic_table(info: io.DatasetInfo, columns: dict[str, dict]) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..prompter import Prompter, shipped_prompters
     from ..prompter.tuning import recorded_default
-    from ..sam.cache import CachingPredictor
     from ..refine import RefineConfig
-    from ..sam import build_sam
     from ..pipelines.segment import segment_folder
 
     # one predictor for both runs: slices encoded for the label boxes are reused by the automatic run
-    predictor = CachingPredictor(build_sam(args.sam, checkpoint=args.checkpoint, adapter=args.adapter),
-                                 device=args.device, batch_size=args.batch_size, engine=args.engine)
+    predictor = predictor_maker(args, caching=True)()
     for name in args.sample:
         root = sample_dataset(name)
         info = io.load_dataset_json(root)

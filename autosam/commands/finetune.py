@@ -167,14 +167,13 @@ def tune_adapter(args: argparse.Namespace, dataset: Path, cases: list[str]) -> N
     from ..adapt.crossfit import parse_source
     from ..prompter import Prompter
     from ..prompter.tuning import tune_prompter
-    from ..sam import build_sam, resolve_device
-    from ..sam.cache import CachingPredictor
+    from ..sam import resolve_device
+    from ..settings import Runtime, SamSpec
     from ..sam_settings import SETTINGS_FILE
 
     device = str(resolve_device(args.device))
     prompter = Prompter.load(parse_source(args.prompts_from).path, device=device)
-    make = lambda: CachingPredictor(build_sam(args.sam, checkpoint=args.checkpoint, adapter=args.output),  # noqa: E731
-                                    device=device)
+    make = SamSpec(args.sam, args.checkpoint, args.output).maker(Runtime(device=device), caching=True)
     tune_prompter(prompter, dataset, make, cases=cases, max_cases=0, sam=args.sam, checkpoint=args.checkpoint,
                   adapter=str(Path(args.output).resolve()), output=Path(args.output) / SETTINGS_FILE)
 

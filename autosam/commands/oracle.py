@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import io
 from ..pipelines.oracle import oracle_folder
-from .common import (add_parallel_arguments, add_sam_arguments, parallel_from_args, predictor_from_args,
+from .common import (add_parallel_arguments, add_sam_arguments, parallel_from_args, predictor_maker,
                      sam_args_record)
 from .options import Margin, add_dataset_arguments, add_margin_argument, dataset_json_from_args, resolve_margin
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     info = io.load_dataset_json(io.find_dataset_json(dataset_json_from_args(args), images=images, labels=labels))
     record = {"verb": "oracle", "images": str(images), "labels": str(labels), "margin": str(margin),
               **sam_args_record(args)}
-    oracle_folder(images, labels, args.output, info, lambda: predictor_from_args(args), args.axis, margin.value,
+    oracle_folder(images, labels, args.output, info, predictor_maker(args), args.axis, margin.value,
                   args.overwrite, record, parallel, margin_unit=margin.unit)
     print(f"wrote {args.output}")
     return 0

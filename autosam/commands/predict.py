@@ -12,7 +12,7 @@ from ..pipelines.predict import pipelined, predict_folder
 from ..refine import RefineConfig
 from ..sam.predictor import resolve_device
 from .common import (add_output_arguments, add_parallel_arguments, add_refine_arguments, add_sam_arguments,
-                     config_from_args, config_from_record, output_options, parallel_from_args, predictor_from_args,
+                     config_from_args, config_from_record, output_options, parallel_from_args, predictor_maker,
                      sam_args_record, sam_overrides)
 
 #: ``--nnunet-processes`` on a GPU unless given: nnUNetv2_predict's default ``-npp``.
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
               "save_probabilities": args.save_probabilities, "refine": config.to_dict() if config else None,
               "recorded_settings": str(recorded) if recorded else None, **sam_args_record(args)}
     parallel = parallel_from_args(args)
-    written = predict_folder(args.images, args.output, make_nnunet, info, lambda: predictor_from_args(args),
+    written = predict_folder(args.images, args.output, make_nnunet, info, predictor_maker(args),
                              config, **output_options(args), run_args=record, plans=model / "plans.json",
                              model_dir=model, parallel=parallel, nnunet_processes=processes,
                              pipeline=pipelined(config, args.device, processes))

@@ -8,7 +8,7 @@ from .. import io
 from ..errors import AutosamError
 from ..pipelines.refine import refine_folder
 from .common import (add_output_arguments, add_parallel_arguments, add_refine_arguments, add_sam_arguments,
-                     config_from_args, output_options, parallel_from_args, predictor_from_args, sam_args_record)
+                     config_from_args, output_options, parallel_from_args, predictor_maker, sam_args_record)
 from .options import add_dataset_arguments, dataset_json_from_args
 
 HELP = "refine a coarse (nnU-Net) prediction folder with SAM"
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                                                      images=images))
     config = config_from_args(args)
     parallel = parallel_from_args(args)
-    written = refine_folder(images, coarse, args.output, info, lambda: predictor_from_args(args), config,
+    written = refine_folder(images, coarse, args.output, info, predictor_maker(args), config,
                             **output_options(args), run_args=sam_args_record(args), parallel=parallel)
     print(f"refined {len(written)} case(s) -> {args.output}")
     return 0

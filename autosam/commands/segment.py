@@ -10,7 +10,7 @@ from ..errors import AutosamError
 from ..pipelines.segment import images_info, segment_folder
 from ..refine import RefineConfig
 from .common import (add_output_arguments, add_parallel_arguments, add_refine_arguments, add_sam_arguments,
-                     config_from_args, config_from_record, output_options, parallel_from_args, predictor_from_args,
+                     config_from_args, config_from_record, output_options, parallel_from_args, predictor_maker,
                      sam_args_record, sam_overrides)
 from .options import add_dataset_arguments, dataset_json_from_args
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     what = "no SAM (the prompter's map)" if config is None else f"SAM {config.prompt}/{config.fusion}"
     run_args = {**sam_args_record(args), "configuration_source": source}
-    written = segment_folder(images, args.output, prompter, info, lambda: predictor_from_args(args), config,
+    written = segment_folder(images, args.output, prompter, info, predictor_maker(args), config,
                              **output_options(args), run_args=run_args, device=args.device, parallel=parallel,
                              announce=f"configuration: {what}; from {source}")
     print(f"segmented {len(written)} case(s) -> {args.output}")

@@ -98,10 +98,10 @@ def tune_after_training(args: argparse.Namespace, dataset) -> None:
     """Choose the prompter's SAM default on its validation cases (:mod:`autosam.prompter.tuning`)."""
     from ..prompter import Prompter
     from ..prompter.tuning import tune_prompter
-    from ..sam import build_sam
-    from ..sam.cache import CachingPredictor
+    from ..settings import Runtime, SamSpec
 
     device = "cpu" if args.device == "cpu" else args.device
     prompter = Prompter.load(args.output, device=device)
-    tune_prompter(prompter, dataset, lambda: CachingPredictor(build_sam(args.sam), device=device, engine=args.engine),
+    maker = SamSpec(args.sam).maker(Runtime(device=device, engine=args.engine), caching=True)
+    tune_prompter(prompter, dataset, maker,
                   max_cases=args.tune_cases, sam=args.sam)

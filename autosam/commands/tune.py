@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import AutosamError
 from . import options
-from .common import add_sam_arguments
+from .common import add_sam_arguments, predictor_maker
 
 HELP = "choose whether and how SAM refines a prompter's maps, on validation cases; recorded for 'autosam segment'"
 
@@ -38,8 +38,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..prompter import Prompter
     from ..prompter.tuning import tune_prompter
-    from ..sam import build_sam, resolve_device
-    from ..sam.cache import CachingPredictor
+    from ..sam import resolve_device
     from ..tune import check_sign_test
 
     if args.min_gain < 0:
@@ -51,11 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if output is not None and output.is_dir():
         raise AutosamError(f"{output} is a folder; give a file name for --output")
 
-    def make_predictor():
-        model = build_sam(args.sam, checkpoint=args.checkpoint, adapter=args.adapter)
-        return CachingPredictor(model, device=args.device, batch_size=args.batch_size, engine=args.engine)
-
-    result = tune_prompter(prompter, dataset, make_predictor, cases=args.cases, max_cases=args.max_cases,
+    result = tune_prompter(prompter, dataset, predictor_maker(args, caching=True), cases=args.cases, max_cases=args.max_cases,
                            min_gain=args.min_gain, sam=args.sam, checkpoint=args.checkpoint, adapter=args.adapter,
                            output=output, sign_test=args.sign_test)
     if result is None:

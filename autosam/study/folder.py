@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 from .. import io
 from ..adapt.crossfit import fold_assignment
 from ..refine import RefineConfig
-from ..sam import build_sam
-from ..sam.cache import CachingPredictor, EmbeddingCache
+from ..sam.cache import EmbeddingCache
+from ..settings import Runtime, SamSpec
 from .options import StudyOptions
 from .results import score_folder
 
@@ -58,9 +58,9 @@ class StudyFolder:
         if key not in self._predictors:
             if self._cache is None:
                 self._cache = EmbeddingCache(self.folder / "embedding_cache")
-            model = build_sam("litemedsam", adapter=str(adapter) if adapter else None)
-            self._predictors[key] = CachingPredictor(model, device=self.opts.device, cache=self._cache,
-                                                     engine=self.opts.engine)
+            spec = SamSpec("litemedsam", adapter=str(adapter) if adapter else None)  # the study's SAM (#36: more)
+            self._predictors[key] = spec.predictor(Runtime(device=self.opts.device, engine=self.opts.engine),
+                                                   cache=self._cache)
         return self._predictors[key]
 
     def config(self, variant: Optional[dict] = None) -> RefineConfig:
