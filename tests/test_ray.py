@@ -209,14 +209,18 @@ def test_parts_share_a_folder_but_exclude_a_whole_run(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--num-parts", "2", "--part-id", "2"], "--part-id must be 0 to 1 for --num-parts 2 (got 2)"),
-    (["--num-parts", "0"], "--num-parts must be at least 1"),
-    (["--workers", "0"], "--workers must be at least 1"),
+    (["--num-parts", "0"], "argument --num-parts: '0': expected an integer >= 1"),  # at parse time
+    (["--workers", "0"], "argument --workers: '0': expected an integer >= 1"),
     (["--workers", "2", "--device", "cuda"], "--device cuda with --ray or --workers needs --gpus-per-worker"),
-    (["--ray", "--gpus-per-worker", "-1"], "--gpus-per-worker must be 0 or more"),
+    (["--ray", "--gpus-per-worker", "-1"], "argument --gpus-per-worker: '-1': expected a number >= 0"),
 ])
 def test_bad_parallel_options_are_one_line_exit_2(tmp_path, capsys, extra, message):
     out = tmp_path / "out"
-    code = main(["segment", "-i", str(HC18 / "imagesTr"), "-o", str(out), "--prompter", "hc18", "--no-sam", *extra])
+    try:
+        code = main(["segment", "-i", str(HC18 / "imagesTr"), "-o", str(out), "--prompter", "hc18", "--no-sam",
+                     *extra])
+    except SystemExit as e:  # argparse's refusals
+        code = e.code
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"autosam segment: error: {err[0].split(': error: ', 1)[1]}"] and message in err[0]
     assert not out.exists()
