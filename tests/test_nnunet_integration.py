@@ -254,11 +254,3 @@ def test_predict_bad_model_folder_is_one_line_error(tmp_path, capsys, setup, ext
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("autosam predict: error:") and message in err[0]
     assert not out.exists()
-
-
-def test_predict_help_lists_nnunet_options(capsys):
-    with pytest.raises(SystemExit):
-        main(["predict", "--help"])
-    text = capsys.readouterr().out
-    for option in ("-m MODEL", "-f FOLDS", "-chk", "--save-probabilities", "--prompt", "--fusion", "--overwrite"):
-        assert option in text

@@ -52,9 +52,12 @@ def add_parser(sub) -> None:
 
 def add_schedule_arguments(s, d: StudyOptions) -> None:
     """The schedules of the models a study trains and tunes, and how the adapter learns (defaults: ``d``)."""
-    s.add_argument("--prompter-epochs", type=int, default=d.prompter_epochs)
-    s.add_argument("--prompter-iterations", type=int, default=d.prompter_iterations)
-    s.add_argument("--adapt-epochs", type=int, default=d.adapt_epochs)
+    s.add_argument("--prompter-epochs", type=int, default=d.prompter_epochs,
+                   help="prompter training epochs (default %(default)s)")
+    s.add_argument("--prompter-iterations", type=int, default=d.prompter_iterations,
+                   help="prompter batches per epoch (default %(default)s)")
+    s.add_argument("--adapt-epochs", type=int, default=d.adapt_epochs,
+                   help="adapter training epochs (default %(default)s)")
     s.add_argument("--adapt-iterations", type=int, default=d.adapt_iterations,
                    help="steps per adapter epoch (default 0: one pass over the samples)")
     s.add_argument("--adapt-folds", type=int, default=d.adapt_folds,
@@ -69,7 +72,8 @@ def add_schedule_arguments(s, d: StudyOptions) -> None:
     s.add_argument("--adapt-planes", action="store_true",
                    help="train the adapter on the slices of all three axes of each volume (finetune --planes), "
                         "not only along the default axis")
-    s.add_argument("--tune-cases", type=int, default=d.tune_cases)
+    s.add_argument("--tune-cases", type=int, default=d.tune_cases,
+                   help="validation cases the SAM default is tuned on (default %(default)s)")
     s.add_argument("--sign-test", type=float, default=d.sign_test, metavar="P",
                    help="the tuned defaults also require SAM to be better on significantly more validation cases "
                         "than worse (one-sided sign test, p <= P; default: mean gain only)")
@@ -85,8 +89,9 @@ def add_schedule_arguments(s, d: StudyOptions) -> None:
                    help="nnU-Net target spacing, three numbers in nnU-Net's axis order (2D images: 999 first), as "
                         "nnUNetv2_plan_and_preprocess -overwrite_target_spacing, under their own plans name "
                         "(default: nnU-Net's own plans)")
-    s.add_argument("--nnunet-epochs", type=int, default=d.nnunet_epochs)
-    s.add_argument("--nnunet-iterations", type=int, default=d.nnunet_iterations)
+    s.add_argument("--nnunet-epochs", type=int, default=d.nnunet_epochs, help="nnU-Net epochs (default %(default)s)")
+    s.add_argument("--nnunet-iterations", type=int, default=d.nnunet_iterations,
+                   help="nnU-Net iterations per epoch (default %(default)s)")
 
 
 #: command-line option -> StudyOptions field
