@@ -79,10 +79,25 @@ def _merge(settings: dict, update: dict, source: str) -> None:
         elif key == "refine" and isinstance(value, dict):
             _merge(settings, value, source)
         elif key in refine:
-            refine[key] = value
+            refine[key] = _checked(key, value, source)
         elif key not in INFO_KEYS:
             raise AutosamError(f"{source}: unknown SAM setting {key!r}; known: "
                                + ", ".join(list(MODEL_KEYS) + list(refine)))
+
+
+def _checked(key: str, value, source: str):
+    """A recorded or environment value of a refine field, checked through the one table of option bounds
+    (:data:`autosam.settings.BOUNDS`; ``fusion_options`` entry by entry)."""
+    from autosam.settings import BOUNDS, check_option
+
+    source = f"environment variable AUTOSAM_{key.upper()}" if source == "environment" else source
+    if key == "fusion_options" and isinstance(value, dict):
+        for name, v in value.items():
+            if name in BOUNDS:
+                check_option(name, v, source)
+    elif key in BOUNDS and value is not None:
+        check_option(key, value, source)
+    return value
 
 
 def from_environment(env: Optional[dict] = None) -> dict:

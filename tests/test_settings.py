@@ -73,3 +73,19 @@ def test_every_numeric_option_of_every_verb_has_a_bound():
                 checked += 1
             devices += action.type is device_type
     assert checked > 60 and devices >= 4
+
+
+def test_the_environment_and_records_check_through_the_same_table(tmp_path):
+    import json
+
+    from autosam import sam_settings
+
+    with pytest.raises(AutosamError, match="AUTOSAM_FUSION_OPTIONS: weight = 5: expected a number in"):
+        sam_settings.resolve(None, {"AUTOSAM_FUSION": "average", "AUTOSAM_FUSION_OPTIONS": '{"weight": 5}'})
+    with pytest.raises(AutosamError, match="AUTOSAM_MIN_SIZE: min_size = -3"):
+        sam_settings.resolve(None, {"AUTOSAM_MIN_SIZE": "-3"})
+    record = tmp_path / "autosam_sam.json"
+    record.write_text(json.dumps({"refine": {"mask_logit": float("inf")}}))
+    with pytest.raises(AutosamError, match=f"{record}: mask_logit = inf"):
+        sam_settings.load_file(record)
+    assert sam_settings.resolve(None, {"AUTOSAM_MIN_SIZE": "3"})["refine"]["min_size"] == 3
