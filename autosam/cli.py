@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 from . import __version__
@@ -54,10 +56,17 @@ def given_options(argv: Sequence[str]) -> set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
+def _terminated(signum, frame):
+    """SIGTERM (what batch schedulers send) stops a run as Ctrl-C does: locks released, finished cases kept."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     args = build_parser().parse_args(argv)
     args.given = given_options(argv)  # lets a verb tell an option given as its default from one left out
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return int(args.run(args) or 0)
     except AutosamError as e:
@@ -76,6 +85,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         clear_bars()
         print(f"autosam {args.verb}: interrupted; finished cases are kept, rerun to resume", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

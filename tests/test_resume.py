@@ -72,6 +72,28 @@ def test_segment_killed_mid_way_resumes_to_the_same_outputs(tmp_path, venv_bin, 
         np.testing.assert_array_equal(mine[name], array, err_msg=name)
 
 
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, venv_bin, cli_env):
+    """A batch scheduler's SIGTERM: one line, exit 130, the lock released, finished cases kept and resumed."""
+    env = {**cli_env, "OMP_NUM_THREADS": "1"}
+    info = io.load_dataset_json(HIPPO)
+    out = tmp_path / "out"
+    proc = _segment(venv_bin, out, env)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not (out.is_dir() and _finished(out, info.file_ending)):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    lines = [line.split("\r")[-1] for line in err.splitlines() if line.split("\r")[-1].strip()]
+    assert proc.returncode == 130, err
+    assert lines[-1] == "autosam segment: interrupted; finished cases are kept, rerun to resume", lines
+    assert not (out / LOCK_FILE).exists() and _finished(out, info.file_ending)
+    resumed = subprocess.run([str(venv_bin / "autosam"), "segment", "-i", str(HIPPO / "imagesTr"), "-o", str(out),
+                              "--prompter", "hippocampus", "--no-sam", "--save-probabilities", "--device", "cpu"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "taking over the lock" not in resumed.stderr, resumed.stderr
+
+
 def test_finetune_killed_mid_epoch_resumes_from_the_last_finished_epoch(tmp_path, venv_bin, cli_env,
                                                                         adapter_cache_dir):
     from autosam.adapt import read_config
