@@ -617,6 +617,11 @@ case("refine: coarse probabilities that do not sum to 1", "hippocampus_148.npz",
     _probabilities(lambda p: p[0].fill(0)))
 
 
+@case("tune: a shipped prompter without -o", "ships with autosam", "-o FILE")
+def _(root):
+    return ["tune", "--prompter", "hc18", "-d", _dataset(root / "d", HC18, ["801_HC"]), "--device", "cpu"]
+
+
 # --- options: every numeric option is checked at parse time through autosam.settings.BOUNDS -------------------------
 _OPTION_PROBES = [
     ("refine", "--weight", "5"), ("refine", "--weight", "nan"), ("refine", "--margin", "1e999mm"),

@@ -37,21 +37,22 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..prompter import Prompter
+    from ..prompter.infer import WEIGHTS_ROOT, resolve_prompter
     from ..prompter.tuning import tune_prompter
     from ..sam import resolve_device
     from ..tune import check_sign_test
 
-    if args.min_gain < 0:
-        raise AutosamError(f"--min-gain must be >= 0, got {args.min_gain}")
     check_sign_test(args.sign_test)
     dataset = options.dataset_folder(args)
-    prompter = Prompter.load(args.prompter, device=str(resolve_device(args.device)))
     output = Path(args.output) if args.output else (Path(args.adapter) / "autosam_sam.json" if args.adapter else None)
     if output is not None and output.is_dir():
         raise AutosamError(f"{output} is a folder; give a file name for --output")
-
-    result = tune_prompter(prompter, dataset, predictor_maker(args, caching=True), cases=args.cases, max_cases=args.max_cases,
-                           min_gain=args.min_gain, sam=args.sam, checkpoint=args.checkpoint, adapter=args.adapter,
+    if output is None and resolve_prompter(args.prompter).resolve().is_relative_to(WEIGHTS_ROOT.resolve()):
+        raise AutosamError(f"prompter {args.prompter!r} ships with autosam and its record is never overwritten; tune "
+                           "a copy of its folder, or give -o FILE")
+    prompter = Prompter.load(args.prompter, device=str(resolve_device(args.device)))
+    result = tune_prompter(prompter, dataset, predictor_maker(args, caching=True), cases=args.cases,
+                           max_cases=args.max_cases, min_gain=args.min_gain, sam=args.sam, checkpoint=args.checkpoint, adapter=args.adapter,
                            output=output, sign_test=args.sign_test)
     if result is None:
         return 1
