@@ -43,6 +43,40 @@ def check_complete(path: str | os.PathLike) -> None:
                                f"{'decompressed ' if name.endswith('.gz') else ''}file holds {size})")
 
 
+def check_header(path: str | os.PathLike) -> None:
+    """The cheap part of :func:`check_complete`, for a run's preflight over every file it will read: the file is
+    there and not empty, a PNG ends with its end chunk, and a NIfTI's header fits the file's size (for a ``.gz``,
+    the header decompressed from the stream's start against the size in its trailer). Where a ``.gz`` trailer
+    disagrees (a truncated stream, or a file of several members) the whole stream is checked."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise AutosamError(f"{path}: cannot read ({e.strerror})") from None
+    if size == 0:
+        raise AutosamError(f"{path}: empty file")
+    name = path.name.lower()
+    if name.endswith(".png"):
+        with open(path, "rb") as f:
+            f.seek(max(0, size - 12))
+            if f.read()[4:8] != b"IEND":
+                raise AutosamError(f"{path}: truncated or corrupt (no PNG end chunk)")
+    elif name.endswith(".nii.gz") and size > 18:
+        with open(path, "rb") as f:
+            start = f.read(_CHUNK)
+            f.seek(size - 4)
+            trailer = struct.unpack("<I", f.read(4))[0]
+        try:
+            head = zlib.decompressobj(31).decompress(start, 540)
+        except zlib.error as e:
+            raise AutosamError(f"{path}: truncated or corrupt ({e})") from None
+        need = _nifti_length(head)
+        if need is None or need % 2**32 != trailer:
+            check_complete(path)
+    elif name.endswith((".nii", ".gz")):
+        check_complete(path)
+
+
 def _gunzip(path: Path) -> tuple[bytes, int]:
     """The first 540 decompressed bytes and the decompressed size, inflating the whole stream in bounded pieces
     (every member's CRC and size checked by zlib; zero padding after a member is allowed, as :mod:`gzip` does)."""

@@ -282,3 +282,19 @@ def test_probability_checks():
         poison(bad)
         with pytest.raises(AutosamError, match=rf"p\.npz: .*({why})"):
             check_probabilities(bad, "p.npz")
+
+
+def test_the_preflight_header_check_finds_truncation_without_reading_the_whole_file(tmp_path):
+    """check_header: an intact sample passes; empty, cut and PNG-without-end files are refused, one line each."""
+    from autosam.integrity import check_header
+
+    hippo = sample_dataset("hippocampus") / "imagesTr" / "hippocampus_148_0000.nii.gz"
+    png = sample_dataset("hc18") / "imagesTr" / "801_HC_0000.png"
+    check_header(hippo), check_header(png)
+    for source, keep, message in ((hippo, 0, "empty file"), (hippo, 0.6, "truncated or corrupt"),
+                                  (png, 0.6, "truncated or corrupt")):
+        data = source.read_bytes()
+        cut = tmp_path / f"cut{keep}{source.name}"
+        cut.write_bytes(data[: int(len(data) * keep)])
+        with pytest.raises(AutosamError, match=message):
+            check_header(cut)

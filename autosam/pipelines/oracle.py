@@ -47,4 +47,4 @@ def oracle_folder(images, labels, output, info: io.DatasetInfo, make_predictor, 
     label_paths = io.label_files(labels, list(cases), info.file_ending)
     job = OracleJob(label_paths, info, make_predictor, axis, margin, margin_unit,
                     io.reader_writer(info.file_ending))
-    return runner.run(cases, job)
+    return runner.run(cases, job, inputs={c: [p] for c, p in label_paths.items()})

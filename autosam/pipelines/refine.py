@@ -48,4 +48,4 @@ def refine_folder(
         result = refine_case(sam, case, info, seg, probs, config, keep=keep)
         return CaseOutput(result.segmentation, result.probabilities, coarse=seg)
 
-    return runner.run(cases, FunctionJob(make_predictor, process))
+    return runner.run(cases, FunctionJob(make_predictor, process), inputs=sources)

@@ -15,6 +15,7 @@ import numpy as np
 from .. import export, io
 from ..background import ReadAhead, Writer
 from ..errors import AutosamError, CasesFailed
+from ..integrity import check_header
 from ..progress import progress
 from .distributed import run_on_ray
 from .jobs import CaseJob, CaseOutput, failure_reason, prepare_job
@@ -95,6 +96,7 @@ class CaseRunner:
         self.desc = desc
         self.extra = {k: Path(v) for k, v in (extra_outputs or {}).items()}
         self.overlays = Path(overlays) if overlays is not None else None
+        self._prepared = False  # the folder files are written with the first case (run)
         self.rw_class = rw_class
         self.quiet = quiet
         self.parallel = parallel or Parallel()
@@ -165,6 +167,7 @@ class CaseRunner:
         cases: Mapping[str, Sequence[str | os.PathLike]],
         process: Callable[[io.Case], CaseOutput],
         prepare: Optional[Callable[[], None]] = None,
+        inputs: Optional[Mapping[str, Sequence[str | os.PathLike]]] = None,
     ) -> list[str]:
         """Read and process every pending case of ``cases`` (case id -> channel files); returns the cases written.
 
@@ -177,30 +180,43 @@ class CaseRunner:
         todo = self.pending(self.select(list(cases)))
         if not todo:
             return []
+        self.preflight(todo, cases, inputs or {})
         if prepare is not None:
             prepare()
         if isinstance(process, CaseJob):
             process.keep_probabilities = self.save_probabilities
         p = self.parallel
         part = (p.part_id, p.num_parts) if p.num_parts > 1 else None
-        locks = []
+        locks, created = [], [folder for folder, _ in self._outputs() if not folder.exists()]
+        self._prepared = False
         try:
             for folder, _ in self._outputs():
                 folder.mkdir(parents=True, exist_ok=True)
                 locks.append(FolderLock(folder, self.desc, part=part))
                 locks[-1].acquire()
-            self._prepare_folders()
             rw = self.rw_class or io.reader_writer(self.info.file_ending)
-            if self.distributed:
+            if self.distributed:  # the workers write the cases: the folder files come first
+                self._prepare_folders()
                 failures = run_on_ray(self, {c: [str(f) for f in cases[c]] for c in todo}, process, rw)
-            else:
+            else:  # the folder files (the run record among them) once the first case is written
                 failures = self._run_here(todo, cases, process, rw)
         finally:
             for lock in reversed(locks):
                 lock.release()
+            for folder in created:  # a run refused before its first case leaves no folder behind
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         if failures:
             raise CasesFailed(failures, [c for c in todo if c not in failures])
         return todo
+
+    def preflight(self, todo: Sequence[str], cases: Mapping[str, Sequence[str | os.PathLike]],
+                  inputs: Mapping[str, Sequence[str | os.PathLike]]) -> None:
+        """Before anything is written: every file the run will read (each pending case's images and its ``inputs``,
+        e.g. labels or coarse maps) is there, not empty and not truncated by its header (:func:`check_header`)."""
+        for case_id in todo:
+            for path in [*cases[case_id], *(f for f in inputs.get(case_id, ()) if f is not None)]:
+                check_header(path)
 
     def _run_here(self, todo: list[str], cases: Mapping[str, Sequence[str | os.PathLike]],
                   process: Callable[[io.Case], CaseOutput], rw: Type) -> dict[str, str]:
@@ -263,6 +279,9 @@ class CaseRunner:
             export.prepare_folder(folder, self.info, record, self.plans)
 
     def _write(self, case: io.Case, result: CaseOutput, rw: Type) -> None:
+        if not self._prepared:  # only now: a run refused on its first case leaves the folder's record as it was
+            self._prepare_folders()
+            self._prepared = True
         probs = result.probabilities if self.save_probabilities else None
         for name, (seg, extra_probs) in result.extra.items():
             self._write_folder(self.extra[name], case, seg, extra_probs if self.save_probabilities else None, rw)
