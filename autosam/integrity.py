@@ -43,11 +43,17 @@ def check_complete(path: str | os.PathLike) -> None:
                                f"{'decompressed ' if name.endswith('.gz') else ''}file holds {size})")
 
 
-def check_header(path: str | os.PathLike) -> None:
-    """The cheap part of :func:`check_complete`, for a run's preflight over every file it will read: the file is
-    there and not empty, a PNG ends with its end chunk, and a NIfTI's header fits the file's size (for a ``.gz``,
-    the header decompressed from the stream's start against the size in its trailer). Where a ``.gz`` trailer
-    disagrees (a truncated stream, or a file of several members) the whole stream is checked."""
+#: channels of a PNG by its colour type: grey, RGB, palette (read as RGB), grey + alpha, RGBA
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+
+
+def check_file(path: str | os.PathLike) -> Optional[int]:
+    """A run's preflight over one file it will read, before anything is written: the file is there and not empty, a
+    compressed stream reads to its end with its checks (:func:`check_complete`), a NIfTI is as long as its header
+    says, and a PNG's chunks all carry their CRC, its image data inflates to its end and it ends with its end chunk.
+
+    Returns the channels the header says the file holds (a PNG's colour type; a NIfTI's 4th or 5th dimension), or
+    None for other formats."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -57,24 +63,54 @@ def check_header(path: str | os.PathLike) -> None:
         raise AutosamError(f"{path}: empty file")
     name = path.name.lower()
     if name.endswith(".png"):
-        with open(path, "rb") as f:
-            f.seek(max(0, size - 12))
-            if f.read()[4:8] != b"IEND":
-                raise AutosamError(f"{path}: truncated or corrupt (no PNG end chunk)")
-    elif name.endswith(".nii.gz") and size > 18:
-        with open(path, "rb") as f:
-            start = f.read(_CHUNK)
-            f.seek(size - 4)
-            trailer = struct.unpack("<I", f.read(4))[0]
-        try:
-            head = zlib.decompressobj(31).decompress(start, 540)
-        except zlib.error as e:
-            raise AutosamError(f"{path}: truncated or corrupt ({e})") from None
-        need = _nifti_length(head)
-        if need is None or need % 2**32 != trailer:
-            check_complete(path)
-    elif name.endswith((".nii", ".gz")):
-        check_complete(path)
+        return _check_png(path)
+    check_complete(path)
+    if name.endswith((".nii", ".nii.gz")):
+        head = _gunzip(path)[0] if name.endswith(".gz") else path.open("rb").read(540)
+        return _nifti_channels(head)
+    return None
+
+
+def _check_png(path: Path) -> Optional[int]:
+    """Walk a PNG's chunks, checking each CRC and inflating the image data to its end; the channels of its IHDR."""
+    data = path.read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise AutosamError(f"{path}: not a PNG file")
+    at, channels, inflate, ended = 8, None, zlib.decompressobj(), False
+    try:
+        while at + 12 <= len(data) and not ended:
+            length, kind = struct.unpack(">I4s", data[at:at + 8])
+            body, crc = data[at + 8:at + 8 + length], data[at + 8 + length:at + 12 + length]
+            if len(crc) < 4 or zlib.crc32(kind + body) != struct.unpack(">I", crc)[0]:
+                raise EOFError(f"chunk {kind.decode('latin-1')!r} fails its CRC")
+            if kind == b"IHDR":
+                channels = _PNG_CHANNELS.get(body[9]) if len(body) >= 10 else None
+            elif kind == b"IDAT":
+                inflate.decompress(body, 0)
+            ended, at = kind == b"IEND", at + 12 + length
+        if not ended:
+            raise EOFError("no end chunk")
+        if not inflate.eof:
+            raise EOFError("the image data ends early")
+    except (EOFError, zlib.error, struct.error) as e:
+        raise AutosamError(f"{path}: truncated or corrupt ({e})") from None
+    return channels
+
+
+def _nifti_channels(head: bytes) -> Optional[int]:
+    """Channels of a NIfTI-1 or -2 image: its 5th dimension (vector voxels) or 4th (a 4D volume), else 1."""
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", head[40:56])
+        elif len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540:
+            dims = struct.unpack(order + "8q", head[16:80])
+        else:
+            continue
+        if not 1 <= dims[0] <= 7:
+            return None
+        extra = [int(d) for d in dims[4:dims[0] + 1] if d > 1]
+        return int(np.prod(extra)) if extra else 1
+    return None
 
 
 def _gunzip(path: Path) -> tuple[bytes, int]:

@@ -178,8 +178,11 @@ class Case:
 
 
 def _read(rw_class: Type, files: list[Path], what: str):
-    """The reader's ``(array, properties)``; a file it cannot read, or one it read but that is truncated or corrupt
-    (:func:`autosam.integrity.check_complete`: ITK zero-fills a short ``.nii.gz``), is one line naming it."""
+    """The reader's ``(array, properties)``; a file that is truncated or corrupt (:func:`autosam.integrity.check_file`,
+    first: ITK zero-fills a short ``.nii.gz``, and a PNG reader may skip a chunk's CRC), or that the reader cannot
+    read, is one line naming it."""
+    for f in files:
+        integrity.check_file(f)
     try:
         read = rw_class().read_images([str(f) for f in files])
     except AutosamError:
@@ -188,8 +191,6 @@ def _read(rw_class: Type, files: list[Path], what: str):
         names = ", ".join(str(f) for f in files)
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise AutosamError(f"cannot read {what} {names}: {detail}") from None
-    for f in files:
-        integrity.check_complete(f)
     return read
 
 
@@ -243,14 +244,26 @@ def temporary_target(tmp: str | os.PathLike) -> Optional[str]:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary name beside ``path`` (same ending); rename it to ``path`` only if the block succeeds."""
+    """Yield a temporary name beside ``path`` (same ending; its folder made if missing); rename it to ``path`` only
+    if the block succeeds. A folder that cannot be made or written is one :class:`AutosamError` line."""
     path = Path(path)
     tmp = path.with_name(f".tmp{os.getpid()}_{path.name}")
+    made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AutosamError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         yield tmp
         os.replace(tmp, path)
+    except PermissionError as e:
+        raise AutosamError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
+        if not path.exists():  # nothing written: the folders made for it go too
+            for folder in made:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
 
 
 @contextlib.contextmanager

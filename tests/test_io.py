@@ -113,7 +113,7 @@ def test_reader_errors_are_one_line(tmp_path):
         io.reader_writer(".xyz")
     bad = tmp_path / "x_0000.nii.gz"
     bad.write_bytes(b"garbage, not a nifti")
-    with pytest.raises(AutosamError, match=r"cannot read image .*x_0000\.nii\.gz") as e:
+    with pytest.raises(AutosamError, match=r".*x_0000\.nii\.gz: truncated or corrupt") as e:
         io.read_case("x", [bad])
     assert "\n" not in str(e.value)
     shutil.copy(sample_dataset("hc18") / "labelsTr" / "801_HC.png", tmp_path / "l.png")
@@ -284,17 +284,22 @@ def test_probability_checks():
             check_probabilities(bad, "p.npz")
 
 
-def test_the_preflight_header_check_finds_truncation_without_reading_the_whole_file(tmp_path):
-    """check_header: an intact sample passes; empty, cut and PNG-without-end files are refused, one line each."""
-    from autosam.integrity import check_header
+def test_the_preflight_check_refuses_empty_cut_and_flipped_files(tmp_path):
+    """check_file: the intact samples pass with their channels; empty, cut and byte-flipped files are refused."""
+    from autosam.integrity import check_file
 
     hippo = sample_dataset("hippocampus") / "imagesTr" / "hippocampus_148_0000.nii.gz"
     png = sample_dataset("hc18") / "imagesTr" / "801_HC_0000.png"
-    check_header(hippo), check_header(png)
+    assert check_file(hippo) == 1 and check_file(png) == 1
     for source, keep, message in ((hippo, 0, "empty file"), (hippo, 0.6, "truncated or corrupt"),
-                                  (png, 0.6, "truncated or corrupt")):
-        data = source.read_bytes()
-        cut = tmp_path / f"cut{keep}{source.name}"
-        cut.write_bytes(data[: int(len(data) * keep)])
+                                  (png, 0.6, "truncated or corrupt"), (hippo, -1, "truncated or corrupt"),
+                                  (png, -1, "truncated or corrupt")):
+        data = bytearray(source.read_bytes())
+        if keep < 0:  # one byte flipped in the middle of the compressed data
+            data[len(data) // 2] ^= 0x10
+        else:
+            data = data[: int(len(data) * keep)]
+        broken = tmp_path / f"broken{keep}{source.name}"
+        broken.write_bytes(bytes(data))
         with pytest.raises(AutosamError, match=message):
-            check_header(cut)
+            check_file(broken)

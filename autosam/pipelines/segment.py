@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import copy
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .. import io
 from ..errors import AutosamError
+from ..progress import notice
 from ..refine import RefineConfig, refine_case
 from ..runner import CaseJob, CaseOutput, CaseRunner
 
@@ -141,6 +141,5 @@ def segment_folder(
     check_channel_files(images, info, name)
     cases = io.list_cases(images, info.file_ending, info.num_channels)
     job = SegmentJob(prompter, info, make_predictor, config, coarse=coarse_dir is not None, device=device)
-    if announce:  # once the inputs passed their checks: a refused run prints only its error line
-        print(announce, file=sys.stderr)
-    return runner.run(cases, job)
+    # said once every input file passed the preflight: a run refused there prints only its error line
+    return runner.run(cases, job, prepare=(lambda: notice(announce)) if announce else None)

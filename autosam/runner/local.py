@@ -15,7 +15,7 @@ import numpy as np
 from .. import export, io
 from ..background import ReadAhead, Writer
 from ..errors import AutosamError, CasesFailed
-from ..integrity import check_header
+from ..integrity import check_file
 from ..progress import progress
 from .distributed import run_on_ray
 from .jobs import CaseJob, CaseOutput, failure_reason, prepare_job
@@ -213,10 +213,19 @@ class CaseRunner:
     def preflight(self, todo: Sequence[str], cases: Mapping[str, Sequence[str | os.PathLike]],
                   inputs: Mapping[str, Sequence[str | os.PathLike]]) -> None:
         """Before anything is written: every file the run will read (each pending case's images and its ``inputs``,
-        e.g. labels or coarse maps) is there, not empty and not truncated by its header (:func:`check_header`)."""
+        e.g. labels or coarse maps) is there, not empty and read to their end (:func:`check_file`), and a
+        case's image files hold the channels dataset.json lists, as far as their headers say."""
         for case_id in todo:
-            for path in [*cases[case_id], *(f for f in inputs.get(case_id, ()) if f is not None)]:
-                check_header(path)
+            channels = [check_file(path) for path in cases[case_id]]
+            if None not in channels and sum(channels) != self.info.num_channels:
+                odd = next((p for p, n in zip(cases[case_id], channels) if n != 1), cases[case_id][0])
+                raise AutosamError(f"{odd}: the image holds {sum(channels)} channel(s) where dataset.json lists "
+                                   f"{self.info.num_channels} ({', '.join(self.info.channel_names)}); "
+                                   "save one channel per file (an RGB or palette PNG as greyscale, a 4D volume "
+                                   "as one file per channel)")
+            for path in inputs.get(case_id, ()):
+                if path is not None:
+                    check_file(path)
 
     def _run_here(self, todo: list[str], cases: Mapping[str, Sequence[str | os.PathLike]],
                   process: Callable[[io.Case], CaseOutput], rw: Type) -> dict[str, str]:
