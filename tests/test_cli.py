@@ -69,7 +69,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, probl
         "no_dataset_json": "dataset.json not found",
         "unknown_ending": "unknown file ending '.jpg'",
         "missing_label": "has no label file",
-        "corrupt_image": "cannot read image",
+        "corrupt_image": "801_HC_0000.png: not a PNG file",
         "missing_checkpoint": "checkpoint not found",
     }[problem]
     if problem == "no_dataset_json":
