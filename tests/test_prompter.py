@@ -213,3 +213,34 @@ def test_embedding_mode_trains_through_the_frozen_decoder(tmp_path, capsys, lite
     seg, probs = prompter.coarse(case, sam=litemedsam)
     assert seg.shape == case.image.shape[1:] and probs.shape == (2, *seg.shape)
     assert set(np.unique(seg)) <= {0, 1}
+
+
+@pytest.mark.slow
+def test_training_is_bit_identical_for_a_seed_and_after_a_resume(tmp_path, monkeypatch):
+    """The same --seed gives the same weights bit for bit on the CPU (the augmentations' numpy and Python
+    generators seeded per epoch), and a training stopped after its first epoch and resumed ends where an
+    uninterrupted one does."""
+    from autosam.prompter import train as T
+    from autosam.sample import sample_dataset
+
+    def train(folder):
+        T.train_prompter(sample_dataset("hc18"), folder, T.TrainOptions(epochs=2, iterations=2, device="cpu"),
+                         log=lambda m: None)
+        return torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+
+    one, two = train(tmp_path / "one"), train(tmp_path / "two")
+    assert all(torch.equal(one[k], two[k]) for k in one)
+
+    epoch = T._train_epoch
+
+    def stop_at_the_second(prompter, optimizer, data, info, opts, e, *rest):
+        if e == 1:
+            raise KeyboardInterrupt
+        return epoch(prompter, optimizer, data, info, opts, e, *rest)
+
+    monkeypatch.setattr(T, "_train_epoch", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed")
+    monkeypatch.setattr(T, "_train_epoch", epoch)
+    resumed = train(tmp_path / "resumed")
+    assert all(torch.equal(one[k], resumed[k]) for k in one)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -308,8 +309,8 @@ def _train_epoch(prompter: Prompter, optimizer, data: _Data, info: io.DatasetInf
     """One epoch of ``opts.iterations`` augmented batches, then validation; returns the epoch's log entry."""
     net, device = prompter.net, prompter.device
     net.train()
-    np.random.seed(opts.seed * 100003 + epoch)  # batchgenerators draws from numpy's global generator
-    torch.manual_seed(opts.seed * 100003 + epoch)
+    for seed in (np.random.seed, random.seed, torch.manual_seed):  # batchgenerators draws from numpy's and Python's
+        seed(opts.seed * 100003 + epoch)                             # global generators (its Gaussian noise: random)
     stream = batches(data.train, opts.batch_size, augmenter(opts.input_size, mirror=opts.mirror,
                                                             spatial=opts.mode == "mask"),
                      np.random.default_rng([opts.seed, epoch]))
