@@ -37,7 +37,7 @@ class Bound:
             return f"{kind} {'>' if self.open_low else '>='} {self.low:g}"
         if self.high is not None:
             return f"{kind} {'<' if self.open_high else '<='} {self.high:g}"
-        return "an integer" if self.kind is int else "a finite number"
+        return kind if self.kind is int else "a finite number"
 
     def accepts(self, value: Number) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
