@@ -622,6 +622,41 @@ def _(root):
     return ["tune", "--prompter", "hc18", "-d", _dataset(root / "d", HC18, ["801_HC"]), "--device", "cpu"]
 
 
+@case("segment: an RGB PNG export where dataset.json lists one channel", "801_HC_0000.png", "3 channel(s)")
+def _(root):
+    from PIL import Image
+
+    d = _dataset(root / "d", HC18, ["801_HC"])
+    image = d / "imagesTr" / "801_HC_0000.png"
+    Image.open(image).convert("RGB").save(image)
+    return _segment(d / "imagesTr", root.parent / "out", "hc18", "--no-sam")
+
+
+@case("segment: a palette PNG export", "801_HC_0000.png", "channel(s)")
+def _(root):
+    from PIL import Image
+
+    d = _dataset(root / "d", HC18, ["801_HC"])
+    image = d / "imagesTr" / "801_HC_0000.png"
+    Image.open(image).convert("P").save(image)
+    return _segment(d / "imagesTr", root.parent / "out", "hc18", "--no-sam")
+
+
+@case("oracle: a 4D NIfTI image", "hippocampus_148_0000.nii.gz", "2 channel(s)")
+def _(root):
+    d = _dataset(root / "d")
+    image = d / "imagesTr" / "hippocampus_148_0000.nii.gz"
+    pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(image)))
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([pixels, pixels]), isVector=False), str(image))
+    return _oracle(d, root.parent / "out")
+
+
+@case("segment: an output folder that cannot be made", "/dev/null", "cannot be made")
+def _(root):
+    d = _dataset(root / "d", HC18, ["801_HC"])
+    return _segment(d / "imagesTr", "/dev/null/out", "hc18", "--no-sam")
+
+
 # --- options: every numeric option is checked at parse time through autosam.settings.BOUNDS -------------------------
 _OPTION_PROBES = [
     ("refine", "--weight", "5"), ("refine", "--weight", "nan"), ("refine", "--margin", "1e999mm"),

@@ -55,6 +55,15 @@ def pipeline_default() -> bool:
 
 
 
+def _check_writable(folder: Path, what: str) -> None:
+    """The folder, or the nearest of its parents that exists, is a folder this process may write in."""
+    near = next((p for p in (folder, *folder.absolute().parents) if p.exists()), None)
+    if near is None or not near.is_dir():
+        raise AutosamError(f"{what} {folder} cannot be made: {near} is not a folder")
+    if not os.access(near, os.W_OK | os.X_OK):
+        raise AutosamError(f"{what} {folder} cannot be written: no write permission in {near}")
+
+
 class CaseRunner:
     """Runs a per-case function over cases into an nnU-Net-layout output folder (see :mod:`autosam.runner`).
 
@@ -109,6 +118,7 @@ class CaseRunner:
         for folder, what in self._outputs():
             if folder.exists() and not folder.is_dir():
                 raise AutosamError(f"{what} {folder} exists and is not a folder")
+            _check_writable(folder, what)
             guard_output(folder, self.inputs, what)
         if self.save_probabilities:
             export.check_probability_layout(self.info)
