@@ -225,7 +225,7 @@ class CaseRunner:
         """Before anything is written: every file the run will read (each pending case's images and its ``inputs``,
         e.g. labels or coarse maps) is there, not empty and read to their end (:func:`check_file`), and a
         case's image files hold the channels dataset.json lists, as far as their headers say."""
-        for case_id in todo:
+        for case_id in progress(todo, "checking inputs", disable=self.quiet or len(todo) < 20):
             channels = [check_file(path) for path in cases[case_id]]
             if None not in channels and sum(channels) != self.info.num_channels:
                 odd = next((p for p, n in zip(cases[case_id], channels) if n != 1), cases[case_id][0])
