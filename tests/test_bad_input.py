@@ -657,6 +657,22 @@ def _(root):
     return _segment(d / "imagesTr", "/dev/null/out", "hc18", "--no-sam")
 
 
+@case("segment: a refused run over a folder of finished cases leaves it as it was", "800_HC_0000.png", "truncated")
+def _(root):
+    d = _dataset(root / "d", HC18, ["801_HC"])
+    out = root.parent / "out"
+    assert main([str(a) for a in _segment(d / "imagesTr", out, "hc18", "--no-sam")]) == 0
+    assert (out / "autosam_run.json").is_file()
+    image = d / "imagesTr" / "800_HC_0000.png"  # a new case, cut short, and other settings for the folder
+    image.write_bytes((HC18 / "imagesTr" / "800_HC_0000.png").read_bytes()[:5000])
+    return _segment(d / "imagesTr", out, "hc18", "--no-sam", "--save-probabilities")
+
+
+@case("oracle: --device mps where there is none", "mps", "not available")
+def _(root):
+    return _oracle(_dataset(root / "d"), root.parent / "out", "--device", "mps")
+
+
 # --- options: every numeric option is checked at parse time through autosam.settings.BOUNDS -------------------------
 _OPTION_PROBES = [
     ("refine", "--weight", "5"), ("refine", "--weight", "nan"), ("refine", "--margin", "1e999mm"),

@@ -47,11 +47,19 @@ def resolve_device(device: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import AutosamError
+    from ..errors import AutosamError
 
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise AutosamError(f"device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise AutosamError(f"device {device!r} requested but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise AutosamError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise AutosamError(f"device {device!r} requested but MPS is not available here")
     return dev
 
 
