@@ -1,4 +1,10 @@
-"""autosam: automatic prompting of SAM inside nnU-Net workflows."""
+"""autosam: automatic prompting of SAM inside nnU-Net workflows.
+
+Packages: :mod:`.sam` (the engine), :mod:`.runner` and :mod:`.pipelines` (folders of cases), :mod:`.nnunet`,
+:mod:`.prompter`, :mod:`.adapt`, :mod:`.study`, :mod:`.report`, :mod:`.commands` (the verbs); the layers and what
+each may import are in docs/architecture.md and enforced by ``tests/test_layers.py``. Importing this package is
+cheap: it only points ``nnUNet_extTrainer`` at :mod:`nnunet_plugins`.
+"""
 
 __version__ = "0.1.0"
 
