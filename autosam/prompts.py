@@ -41,15 +41,15 @@ class PromptOptions:
 
     ``margin`` widens each box on every side, in ``margin_unit`` (``"px"``, ``"mm"`` or ``"box"``: a fraction of
     the component's box side); ``min_size`` (pixels)
-    drops smaller components; ``n_positive``/``n_negative`` points per component; ``mask_logit`` bounds the
+    drops smaller components; ``positive_points``/``negative_points`` points per component; ``mask_logit`` bounds the
     logits of the mask prompt (a probability of 1 becomes ``+mask_logit``).
     """
 
     margin: float = 0.0
     margin_unit: str = "px"
     min_size: int = 1
-    n_positive: int = 1
-    n_negative: int = 1
+    positive_points: int = 1
+    negative_points: int = 1
     mask_logit: float = 8.0
 
     def margin_px(self, spacing: Sequence[float], box_hw: Sequence[float] = (1.0, 1.0)) -> tuple[float, float]:
@@ -232,8 +232,8 @@ class Component:
 
     def points(self, negatives: bool = True) -> tuple[np.ndarray, np.ndarray]:
         crop = self.mask[self.window]
-        pos = _positive_points(crop, self.window, self.options.n_positive, self.spacing)
-        neg = _negative_points(crop, self.window, self.class_mask, self.options.n_negative if negatives else 0)
+        pos = _positive_points(crop, self.window, self.options.positive_points, self.spacing)
+        neg = _negative_points(crop, self.window, self.class_mask, self.options.negative_points if negatives else 0)
         labels = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.float32)
         return np.concatenate([pos, neg]).astype(np.float32), labels
 
@@ -307,8 +307,8 @@ def prompts_for_slices(
     prob_slices: Optional[np.ndarray] = None,
     spacing: Sequence[float] = (1.0, 1.0),
     margin_unit: str = "px",
-    n_positive: int = 1,
-    n_negative: int = 1,
+    positive_points: int = 1,
+    negative_points: int = 1,
     mask_logit: float = 8.0,
     gaps: bool = False,
     max_objects: int = 0,
@@ -330,8 +330,8 @@ def prompts_for_slices(
         if prob_slices is None:
             raise AutosamError("prompts need a label map or probabilities")
         label_slices = labels_from_probabilities(prob_slices, labels, axis=1)
-    options = PromptOptions(margin=margin, margin_unit=margin_unit, min_size=min_size, n_positive=n_positive,
-                            n_negative=n_negative, mask_logit=mask_logit)
+    options = PromptOptions(margin=margin, margin_unit=margin_unit, min_size=min_size, positive_points=positive_points,
+                            negative_points=negative_points, mask_logit=mask_logit)
     options.margin_px(spacing)  # validates the unit
     make = prompt_strategies[strategy]
     spacing = (float(spacing[0]), float(spacing[1]))

@@ -56,8 +56,8 @@ class RefineConfig:
     axis: Optional[int] = None
     fusion_options: dict = field(default_factory=dict)
     margin_unit: str = "mm"
-    n_positive: int = 1
-    n_negative: int = 1
+    positive_points: int = 1
+    negative_points: int = 1
     mask_logit: float = 8.0
     fill_gaps: bool = True
     max_objects: int = 0
@@ -77,8 +77,8 @@ class RefineConfig:
         if self.fusion not in fusion_strategies and self.fusion != AUTO:
             raise AutosamError(f"unknown fusion strategy {self.fusion!r}; choose one of "
                                f"{', '.join([*fusion_strategies, AUTO])}")
-        if self.margin < 0 or self.min_size < 0 or self.n_positive < 0 or self.n_negative < 0 or self.max_objects < 0 \
-                or self.rebox < 0:
+        counts = (self.min_size, self.positive_points, self.negative_points, self.max_objects, self.rebox)
+        if self.margin < 0 or min(counts) < 0:
             raise AutosamError("margin, min_size, point counts, max_objects and rebox must not be negative")
         PromptOptions(margin_unit=self.margin_unit).margin_px((1.0, 1.0))
         unknown = sorted(set(self.fusion_options) - set(FUSION_OPTIONS.get(self.fusion, ())))
@@ -205,7 +205,7 @@ def _refine_slab(predictor, case, info, config, image, coarse_seg, coarse_probs,
         slicing.to_slices(seg_part[None], axis)[:, 0], labels, strategy=config.prompt, margin=config.margin,
         min_size=config.min_size, prob_slices=slicing.to_slices(coarse, axis),
         spacing=slicing.in_plane_spacing(case.spacing, axis), margin_unit=config.margin_unit,
-        n_positive=config.n_positive, n_negative=config.n_negative, mask_logit=config.mask_logit,
+        positive_points=config.positive_points, negative_points=config.negative_points, mask_logit=config.mask_logit,
         gaps=config.fill_gaps, max_objects=config.max_objects,
     )
     own = [replace(cp, prompt=replace(cp.prompt, slice_index=cp.prompt.slice_index - (start - lo)))

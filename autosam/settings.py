@@ -78,7 +78,7 @@ BOUNDS: dict[str, Bound] = {
     "step_size": Bound(float, 0.0, 1.0, open_low=True),
     # refine
     "min_size": COUNT, "max_objects": COUNT, "positive_points": COUNT, "negative_points": COUNT,
-    "n_positive": COUNT, "n_negative": COUNT, "rebox": COUNT, "mask_logit": Bound(float),
+    "rebox": COUNT, "mask_logit": Bound(float),
     "weight": UNIT, "min_iou": UNIT, "min_agreement": UNIT,
     # evaluation, tuning and the study
     "tolerance_mm": NON_NEGATIVE, "min_gain": NON_NEGATIVE, "sign_test": Bound(float, 0.0, 1.0, open_low=True),

@@ -46,7 +46,7 @@ def test_positive_points_inside_negative_points_outside():
     lab[0, 5:25, 5:10] = 1  # an L shape: vertical bar ...
     lab[0, 20:25, 5:35] = 1  # ... and horizontal bar
     lab[0, 2:4, 36:39] = 2  # another class nearby
-    (p,) = prompts_for_slices(lab, [1], "box+points", n_positive=2, n_negative=3)
+    (p,) = prompts_for_slices(lab, [1], "box+points", positive_points=2, negative_points=3)
     pts, labels = p.prompt.points, p.prompt.point_labels
     assert labels.tolist() == [1, 1, 0, 0, 0]
     for (x, y), positive in zip(pts.astype(int), labels):

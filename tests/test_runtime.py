@@ -351,7 +351,7 @@ def test_prompts_for_slices_are_those_of_the_whole_slice_code(strategy, monkeypa
     labels = random_labels(5)
     probs = np.stack([ndimage.gaussian_filter((labels == v).astype(np.float32), sigma=(0, 2, 2)) for v in (1, 2)],
                      axis=1)
-    kw = dict(prob_slices=probs, spacing=(0.8, 1.1), n_positive=2, n_negative=2, margin=1.0, margin_unit="mm")
+    kw = dict(prob_slices=probs, spacing=(0.8, 1.1), positive_points=2, negative_points=2, margin=1.0, margin_unit="mm")
     new = prompts_for_slices(labels, [1, 2], strategy, **kw)
     # the old code: whole-slice component masks, and helpers that never crop
     monkeypatch.setattr(prompts, "_positive_points",

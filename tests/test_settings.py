@@ -89,3 +89,18 @@ def test_the_environment_and_records_check_through_the_same_table(tmp_path):
     with pytest.raises(AutosamError, match=f"{record}: mask_logit = inf"):
         sam_settings.load_file(record)
     assert sam_settings.resolve(None, {"AUTOSAM_MIN_SIZE": "3"})["refine"]["min_size"] == 3
+
+
+def test_each_refine_field_has_one_spelling_on_the_command_line_in_records_and_the_environment():
+    """--positive-points sets positive_points, recorded as positive_points, read from AUTOSAM_POSITIVE_POINTS."""
+    import dataclasses
+
+    from autosam import sam_settings
+    from autosam.commands.common import REFINE_FIELDS
+    from autosam.refine import RefineConfig
+
+    fields = {f.name for f in dataclasses.fields(RefineConfig)}
+    for option, field in REFINE_FIELDS.items():
+        assert field in fields and option in (field, f"no_{field}"), (option, field)
+    env = {f"AUTOSAM_{name.upper()}": "2" for name in ("positive_points", "negative_points", "min_size")}
+    assert sam_settings.from_environment(env) == {"positive_points": 2, "negative_points": 2, "min_size": 2}

@@ -113,10 +113,10 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
     add_margin_argument(g, default=Margin(d.margin, d.margin_unit), help_extra="; mm uses the case spacing")
     g.add_argument("--min-size", type=int, default=d.min_size,
                    help=f"components smaller than this many pixels get no prompt (default {d.min_size})")
-    g.add_argument("--positive-points", type=int, default=d.n_positive,
-                   help=f"positive points per component for point strategies (default {d.n_positive})")
-    g.add_argument("--negative-points", type=int, default=d.n_negative,
-                   help=f"negative points per component for point strategies (default {d.n_negative})")
+    g.add_argument("--positive-points", type=int, default=d.positive_points,
+                   help=f"positive points per component for point strategies (default {d.positive_points})")
+    g.add_argument("--negative-points", type=int, default=d.negative_points,
+                   help=f"negative points per component for point strategies (default {d.negative_points})")
     g.add_argument("--max-objects", type=int, default=d.max_objects,
                    help="prompt at most this many components per label and slice, the largest (default 0: all)")
     g.add_argument("--box-hypotheses", action="store_true",
@@ -165,15 +165,15 @@ def config_from_args(args: argparse.Namespace, check: bool = True) -> RefineConf
                                  ("min_agreement", args.min_agreement)) if v is not None}
     return RefineConfig(prompt=args.prompt, fusion=args.fusion, margin=margin.value, margin_unit=margin.unit,
                         min_size=args.min_size, axis=args.axis, fusion_options=options,
-                        n_positive=args.positive_points, n_negative=args.negative_points,
+                        positive_points=args.positive_points, negative_points=args.negative_points,
                         fill_gaps=not args.no_fill_gaps, max_objects=args.max_objects,
                         box_hypotheses=args.box_hypotheses, rebox=args.rebox, planes=args.planes)
 
 
 #: options of :func:`add_refine_arguments` -> the :class:`RefineConfig` field each sets
-REFINE_FIELDS = {"prompt": "prompt", "fusion": "fusion", "margin": "margin", "min_size": "min_size", "axis": "axis", "positive_points": "n_positive",
-                 "negative_points": "n_negative", "no_fill_gaps": "fill_gaps", "max_objects": "max_objects",
-                 "box_hypotheses": "box_hypotheses", "rebox": "rebox", "planes": "planes"}
+REFINE_FIELDS = {"prompt": "prompt", "fusion": "fusion", "margin": "margin", "min_size": "min_size", "axis": "axis",
+                 "positive_points": "positive_points", "negative_points": "negative_points",
+                 "no_fill_gaps": "fill_gaps", "max_objects": "max_objects", "box_hypotheses": "box_hypotheses", "rebox": "rebox", "planes": "planes"}
 SAM_MODEL_OPTIONS = ("sam", "checkpoint", "adapter")
 
 
