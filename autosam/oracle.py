@@ -18,7 +18,7 @@ from .sam_run import run_sam
 
 
 def oracle_prompts(label: np.ndarray, axis: int, labels: Sequence[int], margin: float = 0.0,
-                   strategy: str = "box", margin_unit: str = "px",
+                   strategy: str = "box", margin_unit: str = "mm",
                    spacing: Sequence[float] = (1.0, 1.0)) -> list[ClassPrompt]:
     """Prompts taken from a reference label map ``(Z, Y, X)`` sliced along ``axis`` (``spacing`` in-plane, for mm)."""
     return prompts_for_slices(slicing.to_slices(label[None], axis)[:, 0], labels, strategy=strategy, margin=margin,
@@ -32,7 +32,7 @@ def segment_case_from_labels(
     info: io.DatasetInfo,
     axis: Optional[int] = None,
     margin: float = 0.0,
-    margin_unit: str = "px",
+    margin_unit: str = "mm",
 ) -> np.ndarray:
     """SAM with boxes taken from ``label`` -> a label map with the case's shape."""
     if label.shape != case.image.shape[1:]:

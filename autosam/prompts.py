@@ -46,7 +46,7 @@ class PromptOptions:
     """
 
     margin: float = 0.0
-    margin_unit: str = "px"
+    margin_unit: str = "mm"
     min_size: int = 1
     positive_points: int = 1
     negative_points: int = 1
@@ -306,7 +306,7 @@ def prompts_for_slices(
     *,
     prob_slices: Optional[np.ndarray] = None,
     spacing: Sequence[float] = (1.0, 1.0),
-    margin_unit: str = "px",
+    margin_unit: str = "mm",
     positive_points: int = 1,
     negative_points: int = 1,
     mask_logit: float = 8.0,

@@ -1,4 +1,4 @@
-"""Prompts from label maps: boxes (margins in px and mm), points, mask prompts, gaps between slices."""
+"""Prompts from label maps: boxes (margins in mm by default, px or a fraction of the box), points, mask prompts, gaps between slices."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +16,7 @@ def _slices(n=3, h=30, w=40):
 def test_box_of_a_component_with_margin_in_pixels_and_mm():
     lab = _slices(1)
     lab[0, 10:20, 5:15] = 1  # y 10..19, x 5..14
-    (px,) = prompts_for_slices(lab, [1], "box", margin=2)
+    (px,) = prompts_for_slices(lab, [1], "box", margin=2, margin_unit="px")
     np.testing.assert_allclose(px.prompt.box, [3, 8, 16, 21])
     # spacing (y, x) = (0.5, 2.0) mm: a 2 mm margin is 4 pixels along y and 1 along x
     (mm,) = prompts_for_slices(lab, [1], "box", margin=2, margin_unit="mm", spacing=(0.5, 2.0))
@@ -28,7 +28,7 @@ def test_box_is_clipped_to_the_slice_and_one_box_per_component():
     lab = _slices(1)
     lab[0, 0:5, 0:5] = 1
     lab[0, 20:25, 30:38] = 1
-    boxes = sorted(p.prompt.box.tolist() for p in prompts_for_slices(lab, [1], "box", margin=3))
+    boxes = sorted(p.prompt.box.tolist() for p in prompts_for_slices(lab, [1], "box", margin=3, margin_unit="px"))
     assert boxes == [[0, 0, 7, 7], [27, 17, 39, 27]]
     np.testing.assert_allclose(bounding_box(lab[0] == 1), [0, 0, 37, 24])
 
@@ -97,7 +97,7 @@ def test_mask_prompt_is_logits_limited_to_the_box_and_taken_from_probabilities()
     probs = np.zeros((1, 1, 30, 40), np.float32)
     probs[0, 0, 10:20, 5:15] = 0.9
     probs[0, 0, 0:3, 30:40] = 0.9  # outside the component's box: must not leak into the prompt
-    (p,) = prompts_for_slices(lab, [1], "box+mask", prob_slices=probs, margin=1, mask_logit=6.0)
+    (p,) = prompts_for_slices(lab, [1], "box+mask", prob_slices=probs, margin=1, margin_unit="px", mask_logit=6.0)
     m = p.prompt.mask
     assert m.shape == (30, 40)
     np.testing.assert_allclose(m[15, 10], np.log(0.9 / 0.1), rtol=1e-5)

@@ -104,3 +104,23 @@ def test_each_refine_field_has_one_spelling_on_the_command_line_in_records_and_t
         assert field in fields and option in (field, f"no_{field}"), (option, field)
     env = {f"AUTOSAM_{name.upper()}": "2" for name in ("positive_points", "negative_points", "min_size")}
     assert sam_settings.from_environment(env) == {"positive_points": 2, "negative_points": 2, "min_size": 2}
+
+
+def test_a_margin_without_a_unit_is_in_mm_everywhere():
+    """One default unit for box margins: the prompts, the oracle, refine's config and the oracle verb agree."""
+    import dataclasses
+    import inspect
+
+    from autosam.cli import _parsers, build_parser
+    from autosam.oracle import oracle_prompts, segment_case_from_labels
+    from autosam.pipelines.oracle import OracleJob, oracle_folder
+    from autosam.prompts import PromptOptions, prompts_for_slices
+    from autosam.refine import RefineConfig
+
+    defaults = [inspect.signature(f).parameters["margin_unit"].default
+                for f in (prompts_for_slices, oracle_prompts, segment_case_from_labels, oracle_folder)]
+    defaults += [{f.name: f.default for f in dataclasses.fields(c)}["margin_unit"]
+                 for c in (PromptOptions, RefineConfig, OracleJob)]
+    verbs = [a.default.unit for p in _parsers(build_parser()) for a in p._actions
+             if a.dest == "margin" and a.default.unit != "box"]  # finetune's noise is a fraction of the box
+    assert set(defaults) == {"mm"} and set(verbs) == {"mm"} and len(verbs) >= 4

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("-l", "--labels", required=True, help="reference label folder (<case><file_ending>)")
     p.add_argument("-o", "--output", required=True, help="output folder (nnU-Net prediction layout)")
     add_dataset_arguments(p, what=" (default: the one beside the image folder, or beside the label folder)")
-    add_margin_argument(p, default=Margin(0.0, "px"))
+    add_margin_argument(p, default=Margin(0.0, "mm"))
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     add_sam_arguments(p)
     add_parallel_arguments(p)

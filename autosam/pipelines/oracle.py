@@ -21,7 +21,7 @@ class OracleJob(CaseJob):
     make_predictor: Callable[[], Any]
     axis: Optional[int] = None
     margin: float = 0.0
-    margin_unit: str = "px"
+    margin_unit: str = "mm"
     rw: Optional[Type] = None
     _sam: Any = field(default=None, init=False, repr=False)
 
@@ -37,7 +37,7 @@ class OracleJob(CaseJob):
 
 def oracle_folder(images, labels, output, info: io.DatasetInfo, make_predictor, axis=None,
                   margin: float = 0.0, overwrite=False, run_args=None,
-                  parallel: Optional[Parallel] = None, margin_unit: str = "px") -> list[str]:
+                  parallel: Optional[Parallel] = None, margin_unit: str = "mm") -> list[str]:
     """Run the oracle on every case of ``images``; returns the cases written. ``make_predictor()`` is called once
     per process, when the first pending case has been read; ``margin`` in ``margin_unit`` (px, mm or box);
     ``parallel`` (:class:`~autosam.runner.Parallel`) splits the cases into parts or runs them on Ray workers."""
