@@ -1,4 +1,4 @@
-"""Prompts from label maps: boxes (margins in mm by default, px or a fraction of the box), points, mask prompts, gaps between slices."""
+"""Prompts from label maps: boxes (margins in mm, px or box fractions), points, mask prompts, gaps between slices."""
 from __future__ import annotations
 
 import numpy as np
