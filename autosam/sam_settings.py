@@ -141,11 +141,11 @@ def resolve(plans_folder: Optional[str | os.PathLike] = None, env: Optional[dict
 def check(settings: dict) -> dict:
     """Validate names and files (paths made absolute); returns ``settings``. Does not load any weights."""
     from autosam.errors import AutosamError
-    from autosam.sam import sam_registry
+    from autosam.sam import backends
 
-    if settings["sam"] not in sam_registry:
+    if settings["sam"] not in backends():
         raise AutosamError(f"unknown SAM backend {settings['sam']!r} (AUTOSAM_SAM); choose one of "
-                           + ", ".join(sorted(sam_registry)))
+                           + ", ".join(backends()))
     for key in ("checkpoint", "adapter"):
         if settings.get(key):
             path = Path(os.path.expanduser(str(settings[key]))).resolve()

@@ -37,6 +37,33 @@ def litemedsam():
     return build_sam("litemedsam")
 
 
+def build_tiny_sam(checkpoint=None):
+    """A tiny SAM for plumbing tests (runner, cache, wiring): a two-layer convolution as its image encoder (256 px
+    canvases to 64 x 64 x 256 embeddings) and segment-anything's prompt encoder and mask decoder, seeded random
+    weights. Its masks mean nothing; what it shows is that slices, embeddings and prompts travel as they should."""
+    import torch
+    from torch import nn
+
+    from autosam.sam.registry import SamModel, _prompt_parts
+
+    generator = torch.random.fork_rng()
+    with generator:
+        torch.manual_seed(0)
+        encoder = nn.Sequential(nn.Conv2d(3, 32, 4, 4), nn.GELU(), nn.Conv2d(32, 256, 1))
+        prompt_encoder, mask_decoder = _prompt_parts(256, 64)
+        model = SamModel("tiny", encoder, prompt_encoder, mask_decoder, image_size=256)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_sam():
+    """The tiny backend, registered as ``tiny`` (``build_sam("tiny")``, ``--sam tiny`` in this process)."""
+    from autosam.sam import build_sam, register_backend
+
+    register_backend("tiny", build_tiny_sam)
+    return build_sam("tiny")
+
+
 @pytest.fixture(scope="session")
 def predictor(litemedsam):
     from autosam.sam import SamPredictor

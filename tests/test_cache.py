@@ -1,5 +1,5 @@
 """The embedding cache (autosam.sam.cache): real LiteMedSAM embeddings, reuse across predictors and processes, and
-repair of a folder left damaged or out of step."""
+repair of a folder left damaged or out of step (plumbing: the tiny backend of conftest.py)."""
 from __future__ import annotations
 
 import json
@@ -36,6 +36,13 @@ def slices() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def uncached(litemedsam, slices) -> torch.Tensor:
     plain = SamPredictor(litemedsam, device="cpu")
+    plain.set_slices(slices)
+    return plain.embeddings.clone()
+
+
+@pytest.fixture(scope="module")
+def tiny_uncached(tiny_sam, slices) -> torch.Tensor:
+    plain = SamPredictor(tiny_sam, device="cpu")
     plain.set_slices(slices)
     return plain.embeddings.clone()
 
@@ -109,11 +116,10 @@ def test_a_second_predictor_and_a_second_process_encode_nothing(tmp_path, liteme
     assert np.array_equal(np.load(tmp_path / "out.npy"), uncached.numpy())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated shard", "truncated index", "shard overwritten after loading"])
-def test_a_damaged_cache_file_is_dropped_with_one_notice(damage, tmp_path, litemedsam, slices, uncached, capsys):
+def test_a_damaged_cache_file_is_dropped_with_one_notice(damage, tmp_path, tiny_sam, slices, tiny_uncached, capsys):
     folder = tmp_path / "cache"
-    filled(folder, litemedsam, slices)
+    filled(folder, tiny_sam, slices)
     capsys.readouterr()
     (shard,) = shards(folder)
     if damage == "truncated shard":
@@ -123,38 +129,37 @@ def test_a_damaged_cache_file_is_dropped_with_one_notice(damage, tmp_path, litem
     cache = EmbeddingCache(folder)
     if damage == "shard overwritten after loading":  # same size, garbage header: found when first read
         shard.write_bytes(b"\0" * shard.stat().st_size)
-    predictor = CachingPredictor(litemedsam, device="cpu", cache=cache)
+    predictor = CachingPredictor(tiny_sam, device="cpu", cache=cache)
     predictor.set_slices(slices)
     assert len(notices(capsys.readouterr().err)) == 1
-    assert cache.stats.encoded == 2 and torch.equal(predictor.embeddings, uncached)
-    assert filled(folder, litemedsam, slices).cache.stats.encoded == 0  # rebuilt: the next run finds everything
+    assert cache.stats.encoded == 2 and torch.equal(predictor.embeddings, tiny_uncached)
+    assert filled(folder, tiny_sam, slices).cache.stats.encoded == 0  # rebuilt: the next run finds everything
     assert not notices(capsys.readouterr().err)
 
 
-@pytest.mark.slow
-def test_a_missing_or_stale_index_is_rebuilt(tmp_path, litemedsam, slices, uncached, capsys):
+def test_a_missing_or_stale_index_is_rebuilt(tmp_path, tiny_sam, slices, tiny_uncached, capsys):
     folder = tmp_path / "cache"
-    filled(folder, litemedsam, slices[:1])
+    filled(folder, tiny_sam, slices[:1])
     old_index = (folder / INDEX).read_bytes()
-    filled(folder, litemedsam, slices[1:])
+    filled(folder, tiny_sam, slices[1:])
     assert len(shards(folder)) == 2
     capsys.readouterr()
 
     (folder / INDEX).write_bytes(old_index)  # out of step: the index of before the second shard
-    predictor = filled(folder, litemedsam, slices)
+    predictor = filled(folder, tiny_sam, slices)
     assert len(notices(capsys.readouterr().err)) == 1
-    assert predictor.cache.stats.encoded == 1 and torch.equal(predictor.embeddings, uncached)
+    assert predictor.cache.stats.encoded == 1 and torch.equal(predictor.embeddings, tiny_uncached)
 
     for shard in shards(folder)[:1]:  # the index names a shard that is gone
         shard.unlink()
-    predictor = filled(folder, litemedsam, slices)
+    predictor = filled(folder, tiny_sam, slices)
     assert len(notices(capsys.readouterr().err)) == 1
-    assert predictor.cache.stats.encoded == 1 and torch.equal(predictor.embeddings, uncached)
+    assert predictor.cache.stats.encoded == 1 and torch.equal(predictor.embeddings, tiny_uncached)
 
     (folder / INDEX).unlink()  # no index at all: the shards cannot be trusted
-    predictor = filled(folder, litemedsam, slices)
+    predictor = filled(folder, tiny_sam, slices)
     assert len(notices(capsys.readouterr().err)) == 1
-    assert predictor.cache.stats.encoded == 2 and torch.equal(predictor.embeddings, uncached)
+    assert predictor.cache.stats.encoded == 2 and torch.equal(predictor.embeddings, tiny_uncached)
     assert len(shards(folder)) == 1 and json.loads((folder / INDEX).read_text())["entries"]
 
 

@@ -124,3 +124,13 @@ def test_a_margin_without_a_unit_is_in_mm_everywhere():
     verbs = [a.default.unit for p in _parsers(build_parser()) for a in p._actions
              if a.dest == "margin" and a.default.unit != "box"]  # finetune's noise is a fraction of the box
     assert set(defaults) == {"mm"} and set(verbs) == {"mm"} and len(verbs) >= 4
+
+
+def test_a_registered_backend_is_built_by_name_and_offered_on_the_command_line(tiny_sam):
+    """register_backend (conftest's tiny backend): build_sam, SamSpec and every verb's --sam know it."""
+    from autosam.cli import _parsers, build_parser
+    from autosam.sam import backends
+
+    assert "tiny" in backends() and SamSpec("tiny").build().name == "tiny"
+    choices = [a.choices for p in _parsers(build_parser()) for a in p._actions if a.dest == "sam" and a.choices]
+    assert choices and all("tiny" in c and "litemedsam" in c for c in choices)

