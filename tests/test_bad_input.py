@@ -622,24 +622,15 @@ def _(root):
     return ["tune", "--prompter", "hc18", "-d", _dataset(root / "d", HC18, ["801_HC"]), "--device", "cpu"]
 
 
-@case("segment: an RGB PNG export where dataset.json lists one channel", "801_HC_0000.png", "3 channel(s)")
-def _(root):
-    from PIL import Image
+for _mode, _kind in (("RGB", "an RGB"), ("P", "a palette")):  # common exports where dataset.json lists one channel
+    @case(f"segment: {_kind} PNG export", "801_HC_0000.png", "3 channel(s)")
+    def _(root, mode=_mode):
+        from PIL import Image
 
-    d = _dataset(root / "d", HC18, ["801_HC"])
-    image = d / "imagesTr" / "801_HC_0000.png"
-    Image.open(image).convert("RGB").save(image)
-    return _segment(d / "imagesTr", root.parent / "out", "hc18", "--no-sam")
-
-
-@case("segment: a palette PNG export", "801_HC_0000.png", "channel(s)")
-def _(root):
-    from PIL import Image
-
-    d = _dataset(root / "d", HC18, ["801_HC"])
-    image = d / "imagesTr" / "801_HC_0000.png"
-    Image.open(image).convert("P").save(image)
-    return _segment(d / "imagesTr", root.parent / "out", "hc18", "--no-sam")
+        d = _dataset(root / "d", HC18, ["801_HC"])
+        image = d / "imagesTr" / "801_HC_0000.png"
+        Image.open(image).convert(mode).save(image)
+        return _segment(d / "imagesTr", root.parent / "out", "hc18", "--no-sam")
 
 
 @case("oracle: a 4D NIfTI image", "hippocampus_148_0000.nii.gz", "2 channel(s)")
