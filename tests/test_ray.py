@@ -155,7 +155,8 @@ def test_failed_cases_are_listed_one_line_each_with_exit_1(local_ray, tmp_path, 
                  *extra])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("autosam segment:")]
     assert code == 1
-    assert err[0].startswith("autosam segment: case 800_HC failed: cannot read image") and len(err) == 2
+    assert err[0].startswith("autosam segment: case 800_HC failed: ") and len(err) == 2
+    assert err[0].endswith("800_HC_0000.png: not a PNG file")  # found by the preflight, before anything ran
     assert "1 case(s) failed, 2 written" in err[1]
     assert sorted(p.name for p in out.glob("*.png")) == ["719_HC.png", "801_HC.png"]
 

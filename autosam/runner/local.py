@@ -190,7 +190,10 @@ class CaseRunner:
         todo = self.pending(self.select(list(cases)))
         if not todo:
             return []
-        self.preflight(todo, cases, inputs or {})
+        refused = self.preflight(todo, cases, inputs or {})  # with keep_going: the cases that cannot be read
+        everything, todo = todo, [c for c in todo if c not in refused]
+        if not todo:
+            raise CasesFailed(refused, [])
         if prepare is not None:
             prepare()
         if isinstance(process, CaseJob):
@@ -216,26 +219,39 @@ class CaseRunner:
             for folder in created:  # a run refused before its first case leaves no folder behind
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
+        failures = {**refused, **failures}
         if failures:
-            raise CasesFailed(failures, [c for c in todo if c not in failures])
+            raise CasesFailed({c: failures[c] for c in everything if c in failures},
+                              [c for c in todo if c not in failures])
         return todo
 
     def preflight(self, todo: Sequence[str], cases: Mapping[str, Sequence[str | os.PathLike]],
-                  inputs: Mapping[str, Sequence[str | os.PathLike]]) -> None:
+                  inputs: Mapping[str, Sequence[str | os.PathLike]]) -> dict[str, str]:
         """Before anything is written: every file the run will read (each pending case's images and its ``inputs``,
         e.g. labels or coarse maps) is there, not empty and read to their end (:func:`check_file`), and a
-        case's image files hold the channels dataset.json lists, as far as their headers say."""
+        case's image files hold the channels dataset.json lists, as far as their headers say. The first bad case
+        ends the run (one line), unless it keeps going (``--keep-going``, Ray): then the bad cases are returned,
+        with their reasons, to be listed at the end beside the others' failures."""
+        keep_going, refused = self.parallel.keep_going or self.distributed, {}
         for case_id in progress(todo, "checking inputs", disable=self.quiet or len(todo) < 20):
-            channels = [check_file(path) for path in cases[case_id]]
-            if None not in channels and sum(channels) != self.info.num_channels:
-                odd = next((p for p, n in zip(cases[case_id], channels) if n != 1), cases[case_id][0])
-                raise AutosamError(f"{odd}: the image holds {sum(channels)} channel(s) where dataset.json lists "
-                                   f"{self.info.num_channels} ({', '.join(self.info.channel_names)}); "
-                                   "save one channel per file (an RGB or palette PNG as greyscale, a 4D volume "
-                                   "as one file per channel)")
-            for path in inputs.get(case_id, ()):
-                if path is not None:
-                    check_file(path)
+            try:
+                self._check_case(cases[case_id], inputs.get(case_id, ()))
+            except AutosamError as e:
+                if not keep_going:
+                    raise
+                refused[case_id] = failure_reason(e)
+        return refused
+
+    def _check_case(self, files: Sequence[str | os.PathLike], inputs: Sequence[str | os.PathLike]) -> None:
+        channels = [check_file(path) for path in files]
+        if None not in channels and sum(channels) != self.info.num_channels:
+            odd = next((p for p, n in zip(files, channels) if n != 1), files[0])
+            raise AutosamError(f"{odd}: the image holds {sum(channels)} channel(s) where dataset.json lists "
+                               f"{self.info.num_channels} ({', '.join(self.info.channel_names)}); save one channel "
+                               "per file (an RGB or palette PNG as greyscale, a 4D volume as one file per channel)")
+        for path in inputs:
+            if path is not None:
+                check_file(path)
 
     def _run_here(self, todo: list[str], cases: Mapping[str, Sequence[str | os.PathLike]],
                   process: Callable[[io.Case], CaseOutput], rw: Type) -> dict[str, str]:
