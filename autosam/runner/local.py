@@ -208,8 +208,9 @@ class CaseRunner:
                 locks.append(FolderLock(folder, self.desc, part=part))
                 locks[-1].acquire()
             rw = self.rw_class or io.reader_writer(self.info.file_ending)
-            if self.distributed:  # the workers write the cases: the folder files come first
+            if self.distributed:  # the workers write the cases: the folder files come first, here, once
                 self._prepare_folders()
+                self._prepared = True  # set before the runner travels, so no worker clears another's temporaries
                 failures = run_on_ray(self, {c: [str(f) for f in cases[c]] for c in todo}, process, rw)
             else:  # the folder files (the run record among them) once the first case is written
                 failures = self._run_here(todo, cases, process, rw)
