@@ -22,10 +22,10 @@ _OUTPUT = 1 << 22  # most decompressed bytes held at a time
 _INT16 = np.iinfo(np.int16)
 
 
-def check_complete(path: str | os.PathLike) -> None:
+def check_complete(path: str | os.PathLike) -> bytes:
     """Raise ``<file>: truncated or corrupt (...)`` if a gzip-compressed file's stream ends early or fails its CRC or
     size check, or if a NIfTI (compressed or not) holds fewer bytes than its header's ``vox_offset`` plus the data's
-    size. Other files pass unread."""
+    size. Other files pass unread. Returns the first (decompressed) bytes read, the header of a NIfTI."""
     path = Path(path)
     name = path.name.lower()
     if name.endswith(".gz"):
@@ -35,12 +35,13 @@ def check_complete(path: str | os.PathLike) -> None:
             head = f.read(540)
         size = path.stat().st_size
     else:
-        return
+        return b""
     if name.endswith((".nii", ".nii.gz")):
         need = _nifti_length(head)
         if need is not None and size < need:
             raise AutosamError(f"{path}: truncated or corrupt (its NIfTI header promises {need} bytes, the "
                                f"{'decompressed ' if name.endswith('.gz') else ''}file holds {size})")
+    return head
 
 
 #: channels of a PNG by its colour type: grey, RGB, palette (read as RGB), grey + alpha, RGBA
@@ -53,22 +54,31 @@ def check_file(path: str | os.PathLike) -> Optional[int]:
     says, and a PNG's chunks all carry their CRC, its image data inflates to its end and it ends with its end chunk.
 
     Returns the channels the header says the file holds (a PNG's colour type; a NIfTI's 4th or 5th dimension), or
-    None for other formats."""
+    None for other formats. A file checked before in this process, unchanged since (size and modification time),
+    is not read again: the preflight's check serves the read that follows."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        stat = path.stat()
     except OSError as e:
         raise AutosamError(f"{path}: cannot read ({e.strerror})") from None
-    if size == 0:
+    if stat.st_size == 0:
         raise AutosamError(f"{path}: empty file")
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _checked:
+        _checked[key] = _check_content(path)
+    return _checked[key]
+
+
+#: files found sound in this process: (real path, size, modification time) -> channels
+_checked: dict[tuple, Optional[int]] = {}
+
+
+def _check_content(path: Path) -> Optional[int]:
     name = path.name.lower()
     if name.endswith(".png"):
         return _check_png(path)
-    check_complete(path)
-    if name.endswith((".nii", ".nii.gz")):
-        head = _gunzip(path)[0] if name.endswith(".gz") else path.open("rb").read(540)
-        return _nifti_channels(head)
-    return None
+    head = check_complete(path)
+    return _nifti_channels(head) if name.endswith((".nii", ".nii.gz")) else None
 
 
 def _check_png(path: Path) -> Optional[int]:

@@ -303,3 +303,23 @@ def test_the_preflight_check_refuses_empty_cut_and_flipped_files(tmp_path):
         broken.write_bytes(bytes(data))
         with pytest.raises(AutosamError, match=message):
             check_file(broken)
+
+
+def test_a_file_checked_once_is_not_read_again_until_it_changes(tmp_path, monkeypatch):
+    """The preflight's check serves the read that follows: one decompression per unchanged file and process."""
+    import os
+
+    from autosam import integrity
+
+    image = tmp_path / "x_0000.nii.gz"
+    shutil.copy(sample_dataset("hippocampus") / "imagesTr" / "hippocampus_148_0000.nii.gz", image)
+    reads = []
+    real = integrity._gunzip
+    monkeypatch.setattr(integrity, "_gunzip", lambda p: reads.append(p) or real(p))
+    assert integrity.check_file(image) == integrity.check_file(image) == 1 and len(reads) == 1
+    io.read_case("x", [image])
+    assert len(reads) == 1
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # changed since: checked again
+    integrity.check_file(image)
+    assert len(reads) == 2
