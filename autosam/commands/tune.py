@@ -40,9 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ..prompter.infer import WEIGHTS_ROOT, resolve_prompter
     from ..prompter.tuning import tune_prompter
     from ..sam import resolve_device
-    from ..tune import check_sign_test
 
-    check_sign_test(args.sign_test)
     dataset = options.dataset_folder(args)
     output = Path(args.output) if args.output else (Path(args.adapter) / "autosam_sam.json" if args.adapter else None)
     if output is not None and output.is_dir():
@@ -52,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
                            "a copy of its folder, or give -o FILE")
     prompter = Prompter.load(args.prompter, device=str(resolve_device(args.device)))
     result = tune_prompter(prompter, dataset, predictor_maker(args, caching=True), cases=args.cases,
-                           max_cases=args.max_cases, min_gain=args.min_gain, sam=args.sam, checkpoint=args.checkpoint, adapter=args.adapter,
-                           output=output, sign_test=args.sign_test)
+                           max_cases=args.max_cases, min_gain=args.min_gain, sam=args.sam,
+                           checkpoint=args.checkpoint, adapter=args.adapter, output=output, sign_test=args.sign_test)
     if result is None:
         return 1
     for name, mean in result.ranking()[:5]:
