@@ -14,7 +14,7 @@ from .progress import clear_bars
 from .settings import bind_bounds
 
 #: Verb modules under autosam.commands, in the order ``--help`` lists them.
-VERBS = ["demo", "oracle", "predict", "refine", "evaluate", "finetune", "train-prompter", "tune", "segment", "study",
+VERBS = ["demo", "oracle", "fit", "predict", "refine", "evaluate", "finetune", "train-prompter", "tune", "segment", "study",
          "report",
          "nnunet-env"]
 

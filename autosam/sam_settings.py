@@ -23,7 +23,7 @@ SETTINGS_FILE = "autosam_sam.json"
 #: Keys of a settings record besides the refine config.
 MODEL_KEYS = ("sam", "checkpoint", "adapter")
 #: Recorded for information only, and dropped on reading.
-INFO_KEYS = ("runtime", "recorded_by", "source")
+INFO_KEYS = ("runtime", "recorded_by", "source", "fit")
 
 
 def _refine_fields() -> dict:
@@ -191,8 +191,9 @@ def build_predictor(settings: dict, run: dict):
 
 
 def record(settings: dict, folder: str | os.PathLike, run: Optional[dict] = None, by: str = "",
-           name: str = SETTINGS_FILE) -> Path:
-    """Write ``autosam_sam.json`` (or ``name``: settings, plus the runtime options for information) into ``folder``."""
+           name: str = SETTINGS_FILE, extra: Optional[dict] = None) -> Path:
+    """Write ``autosam_sam.json`` (or ``name``: settings, plus the runtime options and ``extra``, e.g. fit's
+    section, for information) into ``folder``."""
     from autosam import __version__
     from autosam.io import write_json
 
@@ -204,29 +205,42 @@ def record(settings: dict, folder: str | os.PathLike, run: Optional[dict] = None
     if settings.get("tuning"):
         data["tuning"] = settings["tuning"]
     data["runtime"] = run or {}
+    data.update(extra or {})
     data["recorded_by"] = f"{by} (autosam {__version__})".strip()
     write_json(data, path)
     return path
 
 
 def recorded_files(model_folder: str | os.PathLike, folds: Sequence) -> list[Path]:
-    """The folds' ``fold_X/autosam_sam.json`` files that exist, in the order of ``folds``."""
+    """The settings files prediction reads: ``MODEL/autosam_sam.json`` (``autosam fit``'s choice) when there,
+    else the folds' ``fold_X/autosam_sam.json`` that exist, in the order of ``folds``."""
+    fitted = Path(model_folder) / SETTINGS_FILE
+    if fitted.is_file():
+        return [fitted]
     paths = (Path(model_folder) / f"fold_{fold}" / SETTINGS_FILE for fold in folds)
     return [path for path in paths if path.is_file()]
 
 
+def _read_record(path: Path) -> dict:
+    """Defaults updated by one record; its relative ``adapter``/``checkpoint`` are relative to its folder."""
+    settings = default_settings()
+    _merge(settings, read_json(path), str(path))
+    for key in ("checkpoint", "adapter"):
+        value = settings.get(key)
+        if value and not Path(os.path.expanduser(str(value))).is_absolute():
+            settings[key] = str(path.parent / value)
+    return settings
+
+
 def load_recorded(model_folder: str | os.PathLike, folds: Sequence) -> Optional[dict]:
-    """The settings recorded in ``model_folder/fold_X/autosam_sam.json`` for the given folds (first one found).
+    """The settings prediction with ``model_folder`` uses: ``autosam fit``'s record, else the ones the trainer's
+    validation recorded in the folds (:func:`recorded_files`); None when there is none.
 
     Raises if two folds recorded different settings (one prediction must use one set of settings).
     """
     from autosam.errors import AutosamError
 
-    found: dict[str, dict] = {}
-    for path in recorded_files(model_folder, folds):
-        settings = default_settings()
-        _merge(settings, read_json(path), str(path))
-        found[str(path)] = settings
+    found = {str(path): _read_record(path) for path in recorded_files(model_folder, folds)}
     if not found:
         return None
     first_path, first = next(iter(found.items()))
@@ -239,10 +253,9 @@ def load_recorded(model_folder: str | os.PathLike, folds: Sequence) -> Optional[
 
 
 def load_file(path: str | os.PathLike) -> dict:
-    """Defaults updated by one recorded settings file (``autosam_sam.json`` of a prompter, adapter or fold), checked."""
-    settings = default_settings()
-    _merge(settings, read_json(Path(path)), str(path))
-    return check(settings)
+    """Defaults updated by one recorded settings file (``autosam_sam.json`` of a prompter, adapter, fold or
+    model), checked."""
+    return check(_read_record(Path(path)))
 
 
 def from_tuning(result, sam: str = "litemedsam", checkpoint: Optional[str] = None,

@@ -161,6 +161,14 @@ def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("b
     return out
 
 
+def grid(max_objects: int = 0, small: bool = False) -> list[Candidate]:
+    """The grid fit, the study and the trainer score: :func:`candidates` with an object limit (0: the default
+    pair); ``small`` leaves out the box hypotheses (three boxes per object) and the three-plane candidates (each
+    case encoded along every axis), a quarter of the decoder calls and a third of the encoder's."""
+    limits = {"max_objects": (max_objects,)} if max_objects else {}
+    return candidates(**limits, **({"levers": ((False, 0),), "planes": False} if small else {}))
+
+
 def case_dice(seg: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> float:
     """Mean over labels of Dice (labels empty in both left out; NaN if all are)."""
     return finite_mean(dice_per_label(seg, ref, labels))

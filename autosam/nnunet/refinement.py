@@ -82,18 +82,19 @@ def drop_probabilities(folder: str | os.PathLike, cases: list[str]) -> None:
 
 # -- nnUNetv2_predict -------------------------------------------------------------------------------------------
 def prediction_settings(model_folder: str, folds: list) -> dict:
-    """The SAM settings recorded at validation in the fold folders of ``model_folder``, else the ``AUTOSAM_*``
-    environment / defaults (one line on stderr either way when something is not used)."""
+    """The SAM settings ``autosam fit`` recorded in ``model_folder``, else those recorded at validation in its fold
+    folders, else the ``AUTOSAM_*`` environment / defaults (one line on stderr either way when something is not
+    used)."""
     settings = autosam_settings.load_recorded(model_folder, folds)
     if settings is None:
         settings = autosam_settings.resolve()
-        print(f"autosam: no {autosam_settings.SETTINGS_FILE} in the fold folders of {model_folder}; "
+        print(f"autosam: no {autosam_settings.SETTINGS_FILE} in {model_folder} or its fold folders; "
               f"using the AUTOSAM_* environment / defaults", file=sys.stderr)
     else:
         ignored = sorted(set(autosam_settings.from_environment()))
         if ignored:
-            print(f"autosam: AUTOSAM_* setting(s) {', '.join(ignored)} ignored: prediction uses the settings "
-                  f"recorded at validation ({autosam_settings.SETTINGS_FILE})", file=sys.stderr)
+            print(f"autosam: AUTOSAM_* setting(s) {', '.join(ignored)} ignored: prediction uses the recorded "
+                  f"settings ({autosam_settings.recorded_files(model_folder, folds)[0]})", file=sys.stderr)
     return settings
 
 

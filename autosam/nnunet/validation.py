@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Callable, Type
+from typing import Callable, Optional, Type
 
 from .. import io
 from .. import sam_settings as autosam_settings
@@ -31,6 +31,9 @@ def tune_validation(unrefined: str, settings: dict, run: dict, preprocessed: str
     plans_file = os.path.join(preprocessed, autosam_settings.SETTINGS_FILE)
     if os.environ.get("AUTOSAM_TUNE", "1").strip() == "0" or explicit or os.path.isfile(plans_file):
         return settings
+    fitted = fitted_settings(os.path.dirname(os.path.abspath(dataset_json)), unrefined, log)
+    if fitted is not None:
+        return fitted
     info = io.load_dataset_json(dataset_json)
     items = _tune_cases(unrefined, int(os.environ.get("AUTOSAM_TUNE_CASES", MAX_CASES)), preprocessed, raw_images,
                         info, rw_class)
@@ -40,6 +43,21 @@ def tune_validation(unrefined: str, settings: dict, run: dict, preprocessed: str
         f"{result.mean(result.best.name):.4f}; nnU-Net alone {result.mean('no SAM'):.4f})")
     return {**autosam_settings.from_tuning(result, settings["sam"], settings.get("checkpoint"),
                                            settings.get("adapter"))}
+
+
+def fitted_settings(model_folder: str, unrefined: str, log: Callable[[str], None]) -> Optional[dict]:
+    """``autosam fit``'s choice (``MODEL/autosam_sam.json``) for this fold's validation, with the fold's own
+    adapter where the adapted SAM won (the final adapter trained on this fold's cases too); None: no fit."""
+    path = os.path.join(model_folder, autosam_settings.SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    settings = autosam_settings.load_file(path)
+    fold = os.path.basename(os.path.dirname(os.path.abspath(unrefined)))[len("fold_"):]
+    adapters = ((autosam_settings.read_json(path).get("fit") or {}).get("adapted") or {}).get("fold_adapters") or {}
+    if settings.get("adapter") and fold in adapters:
+        settings["adapter"] = os.path.join(model_folder, adapters[fold])
+    log(f"autosam: using autosam fit's choice ({path}): {autosam_settings.describe(settings)}")
+    return autosam_settings.check(settings)
 
 
 def _tune_cases(unrefined: str, limit: int, preprocessed: str, raw_images: Callable[[], dict[str, list[str]]],

@@ -7,7 +7,7 @@ from typing import Optional
 from ..adapt.data import auto_prompts
 from ..errors import AutosamError
 from ..nnunet.train import Schedule
-from ..tune import candidates, check_sign_test
+from ..tune import check_sign_test, grid
 from .methods import DEFAULT_METHODS, parse_method
 
 #: Whose cross-fitted maps prompt the adapter (``--adapt-source``).
@@ -81,11 +81,8 @@ class StudyOptions:
                 raise AutosamError(f"train size {s!r}: give a whole number >= 2 or 'all'")
 
     def grid(self) -> list:
-        """The candidates every tuning of the study scores: :func:`autosam.tune.candidates`, with the options' object
-        limit; ``small_grid`` leaves out the box hypotheses (three boxes per object) and the three-plane candidates
-        (each case encoded along every axis), a quarter of the decoder calls and a third of the encoder's."""
-        limits = {"max_objects": (self.max_objects,)} if self.max_objects else {}
-        return candidates(**limits, **({"levers": ((False, 0),), "planes": False} if self.small_grid else {}))
+        """The candidates every tuning of the study scores (:func:`autosam.tune.grid`; ``small_grid``: ``--quick``)."""
+        return grid(self.max_objects, self.small_grid)
 
     def schedule(self) -> Schedule:
         """The schedule of every nnU-Net the study trains (the run's and the fold nnU-Nets)."""

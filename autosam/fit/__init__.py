@@ -1,0 +1,13 @@
+"""``autosam fit``: nnU-Net's own cross-validation chooses and adapts SAM, as ``nnUNetv2_find_best_configuration``
+chooses a configuration.
+
+Lives here: :class:`FitOptions` (what fit compares), :mod:`.scores` (a fold's grid scored with frozen or adapted
+SAM, kept for a rerun), :mod:`.adapters` (one adapter per fold on the maps outside it, and the final one) and
+:mod:`.run` (the stages, the choice, the record ``MODEL/autosam_sam.json`` and the table). May import
+:mod:`autosam.nnunet.folds`, :mod:`autosam.tune`, :mod:`autosam.adapt`, :mod:`autosam.sam_settings` and below;
+commands and the study import it, never the reverse.
+"""
+from .options import FIT_DIR, FitOptions
+from .run import fit
+
+__all__ = ["FIT_DIR", "FitOptions", "fit"]

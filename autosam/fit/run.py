@@ -1,0 +1,120 @@
+"""The stages of ``autosam fit`` (module :mod:`autosam.fit`): frozen SAM scored on every fold's maps, fold adapters
+trained and scored, the choice by the project's rule, the final adapter, and the record ``MODEL/autosam_sam.json``
+that ``autosam predict``, the ``nnUNetv2_predict`` hook and the trainer's validation read."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .. import sam_settings
+from ..nnunet.folds import CrossValidation, read_cross_validation
+from ..progress import notice, progress
+from ..runner.locks import FolderLock
+from ..sam.cache import EmbeddingCache
+from ..settings import Runtime, SamSpec
+from ..tune import NO_SAM, TuneResult, combine
+from . import adapters as ad
+from .estimate import cost_per_case, describe_plan
+from .options import ADAPTER_DIR, FIT_DIR, FitOptions
+from .scores import SCORES_DIR, chosen_cases, score_fold, score_key
+
+FROZEN, ADAPTED = "frozen SAM", "adapted SAM (fold adapters)"
+
+
+def preflight(cv: CrossValidation, opts: FitOptions, sam: SamSpec) -> None:
+    """Every kept adapter matches the options (one line otherwise); nothing is written."""
+    if opts.frozen:
+        return
+    work = cv.model / FIT_DIR
+    for fold in cv.folds:
+        ad.check_kept(ad.fold_folder(work, fold), ad.wanted(opts, sam, ad.outside(cv, fold)))
+    ad.check_kept(cv.model / ADAPTER_DIR, ad.wanted(opts, sam, cv.cases))
+
+
+def _score_all(cv: CrossValidation, picked: dict, opts: FitOptions, sam: SamSpec, runtime: Runtime,
+               cache: EmbeddingCache, adapted: bool, log=notice) -> tuple[TuneResult, dict]:
+    """Every fold's picked cases scored with frozen SAM, or each with its fold's adapter (trained here)."""
+    work, grid = cv.model / FIT_DIR, opts.grid()
+    parts, fold_adapters = [], {}
+    model = None if adapted else sam.build()
+    for fold in progress([f for f, c in picked.items() if c], "fit: " + ("adapted" if adapted else "frozen"),
+                         unit="fold"):
+        adapter = None
+        if adapted:
+            maps = ad.link_maps(cv, work)
+            adapter = ad.train_adapter(cv, ad.fold_folder(work, fold), ad.outside(cv, fold), opts, sam, runtime,
+                                       maps, work / "embedding_cache", log)
+            fold_adapters[fold] = str(adapter.relative_to(cv.model))
+        spec = SamSpec(sam.name, sam.checkpoint, str(adapter) if adapter else None)
+        predictor = spec.predictor(runtime, cache=cache, model=model)
+        key = score_key(grid, picked[fold], spec.to_record() | {"adapter": None}, adapter, opts.min_gain)
+        path = work / SCORES_DIR / f"{'adapted' if adapted else 'frozen'}_fold_{fold}.json"
+        parts.append(score_fold(cv, fold, picked[fold], predictor, grid, path, key, opts.sign_test))
+    return combine(parts, opts.min_gain, opts.sign_test), fold_adapters
+
+
+def _summary(result: TuneResult) -> dict:
+    best = result.best.name
+    return {"chosen": best, "chosen_mean_dice": round(result.mean(best), 5),
+            "no_sam_mean_dice": round(result.mean(NO_SAM), 5), "best_sam": result.best_sam()}
+
+
+def _fit_section(cv: CrossValidation, picked: dict, opts: FitOptions, frozen: TuneResult,
+                 adapted: Optional[TuneResult], fold_adapters: dict, result: TuneResult, choice: str) -> dict:
+    best = result.best.name
+    return {"model": str(cv.model), "folds": cv.folds, "scored_cases": {f: c for f, c in picked.items() if c},
+            "options": opts.to_record(), "frozen": _summary(frozen),
+            "adapted": None if adapted is None else {**_summary(adapted), "fold_adapters": fold_adapters},
+            "choice": choice,
+            "per_case": {c: {"chosen": round(a, 5), "no_sam": round(b, 5)}
+                         for c, a, b in zip(result.cases, result.scores[best], result.scores[NO_SAM])}}
+
+
+def _table(section: dict, result: TuneResult, cost: float, record: Path) -> str:
+    rows = [("nnU-Net alone (no SAM)", section["frozen"]["no_sam_mean_dice"], "")]
+    for name, key in (("best frozen SAM", "frozen"), ("best adapted SAM", "adapted")):
+        best = (section[key] or {}).get("best_sam")
+        rows.append((name, best["mean_dice"], best["name"]) if best else (name, None, "not run"))
+    lines = [f"cross-validation Dice on {len(result.cases)} case(s) of {len(section['scored_cases'])} fold(s) "
+             "(the cases the choice was made on):"]
+    lines += [f"  {n:<24} {('%.4f' % d) if d is not None else '   -  '}  {what}" for n, d, what in rows]
+    lines.append(f"  chosen: {section['choice']}: {result.best.name}, {result.mean(result.best.name):.4f}; "
+                 f"SAM costs {cost:.1f} s per case at prediction time")
+    lines.append(f"  record: {record}")
+    return "\n".join(lines)
+
+
+def fit(model_folder, opts: FitOptions = FitOptions(), sam: SamSpec = SamSpec(), runtime: Runtime = Runtime(),
+        folds: Optional[Sequence[str]] = None, dry_run: bool = False, log=notice) -> Optional[Path]:
+    """Choose (and adapt) SAM on the model's cross-validation; returns the record written (None: ``dry_run``)."""
+    opts.check()
+    cv = read_cross_validation(model_folder, folds)
+    sam_settings.check({**sam_settings.default_settings(), **sam.to_record()})
+    picked = chosen_cases(cv, opts.max_cases)
+    preflight(cv, opts, sam)
+    if dry_run:
+        print(describe_plan(cv, picked, opts, runtime))
+        return None
+    work = cv.model / FIT_DIR
+    work.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    with FolderLock(work, "fit"):
+        cache = EmbeddingCache(work / "embedding_cache")
+        frozen, _ = _score_all(cv, picked, opts, sam, runtime, cache, adapted=False, log=log)
+        adapted, fold_adapters = (None, {}) if opts.frozen else _score_all(
+            cv, picked, opts, sam, runtime, cache, adapted=True, log=log)
+        results = [(frozen, FROZEN)] + ([(adapted, ADAPTED)] if adapted else [])
+        result, kind = max(results, key=lambda r: r[0].mean(r[0].best.name))  # ties: frozen
+        choice = kind if result.best.use_sam else NO_SAM
+        adapter = None
+        if choice == ADAPTED:
+            adapter = ad.train_adapter(cv, cv.model / ADAPTER_DIR, cv.cases, opts, sam, runtime,
+                                       ad.link_maps(cv, work), work / "embedding_cache", log)
+        section = _fit_section(cv, picked, opts, frozen, adapted, fold_adapters, result, choice)
+        cost = cost_per_case(cv, result, sam, adapter, runtime) if result.best.use_sam else 0.0
+        section.update(cost_per_case_s=round(cost, 2), seconds=round(time.perf_counter() - start, 1))
+        settings = sam_settings.from_tuning(result, sam.name, sam.checkpoint, ADAPTER_DIR if adapter else None)
+        path = sam_settings.record(settings, cv.model, runtime.to_record(), by="autosam fit", extra={"fit": section})
+    print(_table(section, result, cost, path))
+    return path
