@@ -82,7 +82,7 @@ BOUNDS: dict[str, Bound] = {
     "weight": UNIT, "min_iou": UNIT, "min_agreement": UNIT,
     # evaluation, tuning and the study
     "tolerance_mm": NON_NEGATIVE, "min_gain": NON_NEGATIVE, "sign_test": Bound(float, 0.0, 1.0, open_low=True),
-    "tune_cases": COUNT, "max_cases": COUNT, "seeds": POSITIVE_INT,
+    "tune_cases": COUNT, "max_cases": COUNT, "repeats": POSITIVE_INT,
     "test_fraction": Bound(float, 0.0, 1.0, open_low=True, open_high=True),
     "prompter_epochs": POSITIVE_INT, "prompter_iterations": POSITIVE_INT, "adapt_epochs": POSITIVE_INT,
     "adapt_iterations": COUNT, "adapt_folds": FOLDS, "nnunet_epochs": POSITIVE_INT,

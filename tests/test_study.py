@@ -4,10 +4,16 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from autosam.cli import main
-from autosam.study import DEFAULT_METHODS, describe, parse_method
+from autosam.errors import AutosamError
+from autosam.nnunet.train import Schedule
+from autosam.sample import sample_dataset
+from autosam.study import (DEFAULT_METHODS, STATS_FIELDS, StudyOptions, check_plan, compare, describe,
+                           hierarchical_ci, make_plan, pair, parse_method, wilcoxon_p, wins_losses_ties, write_reports)
+from autosam.tune import TIE
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +43,11 @@ def test_quick_study_writes_every_method_and_its_outputs(quick_study):
     assert plan["runs"][0]["cases"] == sorted(set(plan["runs"][0]["cases"]) & set(plan["runs"][1]["cases"]))
     summary = (quick_study / "summary.md").read_text()
     assert all(f"| {m} |" in summary for m in DEFAULT_METHODS)
+    assert {(r["repeat"], r["seed"]) for r in rows} == {("0", "0")}  # one repeat, seeded 0
+    assert "## Against `nnunet`" in summary and "95% CI" in summary and "| nnunet | 1 x 1 |" in summary
+    stats = list(csv.DictReader((quick_study / "stats.csv").open()))
+    assert {s["method"] for s in stats} == set(DEFAULT_METHODS) - {"nnunet"}
+    assert len(stats) == 2 * (len(DEFAULT_METHODS) - 1)  # two sizes
     assert (quick_study / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -53,6 +64,7 @@ def test_quick_study_rerun_resumes_without_training(quick_study, capsys):
     assert {r["method"] for r in rows} == {"prompter", variant}
     assert (quick_study / "predictions" / "n4_s0" / "prompter+sam-adapted@replace+rebox").is_dir()
     assert f"| {variant} |" in out and "replace fusion, rebox" in out
+    assert "`nnunet` (--baseline) was not run; the baseline here is `prompter`" in out
 
 
 def test_quick_study_refuses_an_adapter_trained_on_other_prompts(quick_study, capsys):
@@ -209,3 +221,125 @@ def test_a_study_resumes_from_another_spelling_of_its_dataset_only(tmp_path):
         check_plan(study, {**same, "dataset": str(tmp_path / "b" / "Dataset1")})
     with pytest.raises(AutosamError, match="study of other test cases"):
         check_plan(study, {**same, "test": ["c2"]})
+
+
+# --- repeats and paired statistics (fast: no SAM, no nnU-Net) ----------------------------------------------------
+
+
+def _scores(shift: float, repeats: int = 3, cases: int = 15, seed: int = 0) -> tuple[dict, dict]:
+    """A baseline with a wide spread between cases, and a method ``shift`` better on every case (small noise)."""
+    rng = np.random.default_rng(seed)
+    base = {(r, f"c{r}_{i}"): rng.uniform(0.4, 0.95) for r in range(repeats) for i in range(cases)}
+    return {k: v + shift + rng.normal(0, 0.005) for k, v in base.items()}, base
+
+
+def test_paired_bootstrap_ci_holds_a_known_shift_and_pairs_by_key():
+    """A +0.03 shift: the CI holds it and excludes 0, and is as narrow as pairing makes it (unpaired, the cases'
+    spread would make it several times wider); pairs follow the keys, not the order they were given in."""
+    values, base = _scores(0.03)
+    shuffled = dict(reversed(list(base.items())))
+    s = compare(values, shuffled)
+    assert s["ci_low"] < 0.03 < s["ci_high"] and s["ci_low"] > 0
+    assert s["ci_high"] - s["ci_low"] < 0.01  # unpaired (or paired by position): about 0.1 wide
+    assert s["cases"] == 45 and s["repeats"] == 3 and s["wins"] == 45 and s["p"] < 1e-6
+    assert compare(values, base) == s  # a fixed seed: the same interval again
+    # the bootstrap resamples repeats, then cases: repeats that disagree widen the interval
+    assert hierarchical_ci([np.zeros(10), np.ones(10)]) == (0.0, 1.0)
+    assert hierarchical_ci([np.full(10, 0.5), np.full(10, 0.5)]) == (0.5, 0.5)
+
+
+def test_pairing_refuses_unequal_case_sets():
+    """Unequal (repeat, case) sets are never compared: one line, whichever key is missing."""
+    values, base = _scores(0.03)
+    for a, b in (({k: v for k, v in values.items() if k != (0, "c0_0")}, base),
+                 (values, {(9 if k == (1, "c1_0") else k[0], k[1]): v for k, v in base.items()})):
+        with pytest.raises(AutosamError, match=r"cannot pair .* in only one of them") as e:
+            compare(a, b)
+        assert "\n" not in str(e.value)
+        with pytest.raises(AutosamError):
+            pair(b, a)
+
+
+def test_wins_losses_ties_and_wilcoxon():
+    assert wins_losses_ties([0.002, -0.002, 0.001, -0.001, 0.0, 0.0011]) == (2, 1, 3)  # ties: |diff| <= TIE
+    assert TIE == 0.001
+    assert wilcoxon_p([0.0] * 5) == 1.0  # every difference zero: n/a in summary.md
+    assert wilcoxon_p([0.01 * (i + 1) for i in range(10)]) == pytest.approx(2 / 2 ** 10)  # exact, two-sided
+    assert 0.5 < wilcoxon_p([0.01, -0.02, 0.03, -0.04, 0.05, -0.06]) <= 1.0
+
+
+def test_plan_repeats_draw_new_splits_subsets_and_seeds(tmp_path):
+    """Each repeat draws its own test split (unless --test-cases), training subsets and seeds (nnU-Net's too);
+    one repeat is the plan of a study made before repeats (names, cases, seeds, nnU-Net seed 1)."""
+    dataset = sample_dataset("hippocampus")
+    plan = make_plan(dataset, StudyOptions(train_sizes=["2", "3"], test_fraction=0.4, repeats=3))
+    runs = plan["runs"]
+    assert [r["name"] for r in runs] == ["n2_s0", "n3_s0", "n2_s1", "n3_s1", "n2_s2", "n3_s2"]
+    assert [r["seed"] for r in runs] == [r["repeat"] for r in runs] == [0, 0, 1, 1, 2, 2]
+    assert plan["test"] == runs[0]["test"] and len({tuple(r["test"]) for r in runs}) == 3
+    assert len({tuple(r["cases"]) for r in runs if r["size"] == 3}) == 3
+    for r in runs:
+        assert not set(r["cases"]) & set(r["test"])
+    opts = StudyOptions()
+    assert [opts.schedule(r["seed"]).seed for r in runs[::2]] == [1, 2, 3] and Schedule().seed == 1
+    fixed = make_plan(dataset, StudyOptions(train_sizes=["3"], test_cases=["hippocampus_221"], repeats=3))
+    assert {tuple(r["test"]) for r in fixed["runs"]} == {("hippocampus_221",)}
+    assert len({tuple(r["cases"]) for r in fixed["runs"]}) > 1
+    one = make_plan(dataset, StudyOptions(train_sizes=["2", "3"], test_fraction=0.4))
+    assert one["runs"] == runs[:2] and one["test"] == plan["test"]
+
+
+def test_a_study_made_with_several_seeds_is_refused(tmp_path):
+    """A study of the older --seeds layout (one test split, one nnU-Net seed) is refused in one line; a kept
+    repeat whose test cases differ is refused too."""
+    plan = make_plan(sample_dataset("hippocampus"), StudyOptions(train_sizes=["2"], repeats=2))
+    (tmp_path / "plan.json").write_text(json.dumps({**plan, "runs": [
+        {k: v for k, v in r.items() if k not in ("repeat", "test")} for r in plan["runs"]]}))
+    with pytest.raises(AutosamError, match="made with --seeds before --repeats"):
+        check_plan(tmp_path, plan)
+    (tmp_path / "plan.json").write_text(json.dumps({**plan, "runs": [plan["runs"][0], {**plan["runs"][1],
+                                                                                       "test": ["x"]}]}))
+    with pytest.raises(AutosamError, match=r"other test cases \(repeat 1\)"):
+        check_plan(tmp_path, plan)
+    assert check_plan(tmp_path, {**plan, "runs": plan["runs"][:1]})["runs"] == plan["runs"][:1]
+
+
+def _rows(methods: dict, repeats: int = 2, cases: int = 6) -> list[dict]:
+    rng = np.random.default_rng(1)
+    rows = []
+    for r in range(repeats):
+        for i in range(cases):
+            base = rng.uniform(0.5, 0.9)
+            for m, shift in methods.items():
+                rows += [{"method": m, "train_size": 4, "repeat": r, "seed": r, "case": f"c{r}{i}", "label": label,
+                          "dice": base + shift, "nsd": 0.5, "hd95": 2.0, "seconds": 1.0} for label in ("a", "b")]
+    return rows
+
+
+def test_summary_and_stats_csv_compare_every_method_with_the_baseline(tmp_path):
+    tests = [[f"c{r}{i}" for i in range(6)] for r in range(2)]
+    plan = {"dataset": "D", "test": tests[0], "runs": [{"repeat": r, "test": tests[r]} for r in range(2)]}
+    rows = _rows({"prompter": -0.05, "nnunet": 0.0, "nnunet+tuned": 0.0})
+    rows = [r for r in rows if not (r["method"] == "prompter" and r["case"] == "c15")]  # pairs: shared keys only
+    write_reports(tmp_path, rows, plan, ["prompter", "nnunet", "nnunet+tuned"], "nnunet", "t")
+    summary = (tmp_path / "summary.md").read_text()
+    assert "6 test cases x 2 repeats (a new split in each)" in summary and "## Against `nnunet`" in summary
+    assert "| prompter | 11 (2 repeats) | " in summary and "| -0.050 | [-0.050, -0.050] | 0/11/0 |" in summary
+    assert "| nnunet+tuned | 6 x 2 | " in summary and "| 0/0/12 | n/a |" in summary
+    stats = list(csv.DictReader((tmp_path / "stats.csv").open()))
+    assert tuple(stats[0]) == STATS_FIELDS and [s["method"] for s in stats] == ["prompter", "nnunet+tuned"]
+    assert stats[0]["cases"] == "11" and float(stats[0]["diff"]) == pytest.approx(-0.05) and stats[1]["p"] == "1"
+    assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    write_reports(tmp_path, [r for r in rows if r["method"] != "nnunet"], plan, ["prompter", "nnunet+tuned"],
+                  "nnunet", "t")  # the baseline was not run: the first method run, said so
+    summary = (tmp_path / "summary.md").read_text()
+    assert "`nnunet` (--baseline) was not run; the baseline here is `prompter`" in summary
+    assert "## Against `prompter`" in summary
+
+
+def test_dry_run_with_repeats_and_the_older_seeds_name(tmp_path, capsys):
+    for option in ("--repeats", "--seeds"):
+        assert main(["study", "--quick", "-o", str(tmp_path / "s"), "--dry-run", option, "2"]) == 0
+        out = capsys.readouterr().out
+        assert "run n4_s1: 4 training case(s), repeat 1's own 1 test case(s)" in out
+    assert not (tmp_path / "s").exists()

@@ -1,4 +1,4 @@
-"""``autosam study``: every method on the same held-out test cases, for several training sizes and seeds."""
+"""``autosam study``: every method on the same held-out test cases, for several training sizes and repeats."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +14,7 @@ from ..study import (ADAPT_SOURCES, DEFAULT_METHODS, LEVERS, METHODS, VARIABLE, 
 from . import options
 
 HELP = ("compare SAM pipelines with the prompter alone and nnU-Net on your dataset, for several numbers of "
-        "training cases (results.csv, summary.md, learning_curve.png)")
+        "training cases and repeats (results.csv, stats.csv, summary.md, learning_curve.png)")
 
 
 def add_parser(sub) -> None:
@@ -33,12 +33,19 @@ def add_parser(sub) -> None:
     options.add_exclude_argument(p, what="cases never used (not trained, tuned or tested on)")
     p.add_argument("--train-sizes", nargs="+", default=d.train_sizes,
                    help="training cases per run, nested subsets ('all': every non-test case; default 5 10 20 all)")
-    p.add_argument("--seeds", type=int, default=d.seeds, help=f"subsets drawn per size (default {d.seeds})")
+    p.add_argument("--repeats", "--seeds", type=int, default=d.repeats, metavar="K", dest="repeats",
+                   help="repeats, each with its own test split by subject (the same test cases with --test-cases), "
+                        "training subsets and seeds for every model, nnU-Net included (default %(default)s; "
+                        "--seeds is its older name)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
                    help="methods to score (default all but nnunet+tuned, which trains --adapt-folds more nnU-Nets, "
                    "and with --adapt-source nnunet as many adapters): " + ", ".join(METHODS) + "; a variant of "
                    + ", ".join(VARIABLE) + " adds /FUSION[+LEVER...] with levers " + ", ".join(LEVERS)
                    + " (e.g. prompter+sam-adapted/replace+rebox)")
+    p.add_argument("--baseline", default=d.baseline, metavar="METHOD",
+                   help="the method every other is compared with, pair by pair, in summary.md and stats.csv (mean "
+                        "difference, 95%% bootstrap CI, wins/losses/ties, Wilcoxon p; default %(default)s, else the "
+                        "first method run)")
     p.add_argument("--adapt", default=d.adapt, choices=("decoder", "lora", "desam", "none"),
                    help="SAM adaptation for the '-adapted' methods and the tuned default (default decoder)")
     add_schedule_arguments(p.add_argument_group("schedules (CPU-sized defaults; on a GPU raise them)"), d)
@@ -95,7 +102,8 @@ def add_schedule_arguments(s, d: StudyOptions) -> None:
 
 
 #: command-line option -> StudyOptions field
-FIELDS = {"test_fraction": "test_fraction", "train_sizes": "train_sizes", "seeds": "seeds", "methods": "methods",
+FIELDS = {"test_fraction": "test_fraction", "train_sizes": "train_sizes", "repeats": "repeats", "methods": "methods",
+          "baseline": "baseline",
           "prompter_epochs": "prompter_epochs", "prompter_iterations": "prompter_iterations",
           "adapt_epochs": "adapt_epochs", "adapt_iterations": "adapt_iterations", "adapt_folds": "adapt_folds",
           "adapt_prompt": "adapt_prompt", "adapt_source": "adapt_source", "adapt_planes": "adapt_planes",
@@ -148,14 +156,15 @@ def run(args: argparse.Namespace) -> int:
     with options.exclusive_output(args.output, {"dataset": dataset}):
         run_study(dataset, args.output, opts, plan=plan)
     print((Path(args.output) / "summary.md").read_text())
-    print(f"wrote {Path(args.output) / 'results.csv'}, summary.md and learning_curve.png")
+    print(f"wrote {Path(args.output) / 'results.csv'}, stats.csv, summary.md and learning_curve.png")
     return 0
 
 
 def print_plan(plan: dict, info, opts) -> None:
     print(f"test cases: {len(plan['test'])} ({', '.join(plan['test'][:5])}{' ...' if len(plan['test']) > 5 else ''})")
     for r in plan["runs"]:
-        print(f"run {r['name']}: {r['size']} training case(s)")
+        own = f", repeat {r['repeat']}'s own {len(r['test'])} test case(s)" if r["test"] != plan["test"] else ""
+        print(f"run {r['name']}: {r['size']} training case(s){own}")
     print("methods: " + ", ".join(opts.methods))
     steps = estimate_seconds(plan, info, 35.0 if info.file_ending != ".png" else 1.0, opts.device.startswith("cuda"))
     for step, seconds in steps.items():

@@ -49,6 +49,18 @@ class StudyFolder:
                     link.symlink_to(f.resolve())
         return folder
 
+    def test_images(self, run: dict) -> Path:
+        """The folder of links to the run's test images: ``test_images`` for repeat 0's test cases (and every
+        repeat's, with ``--test-cases``), ``test_images_r<repeat>`` for a repeat's own split (linked here)."""
+        if run["test"] == self.plan["test"]:
+            return self.images
+        return self.link_images(run["test"], self.folder / f"test_images_r{run['repeat']}")
+
+    def oracle_run(self, run: dict) -> dict:
+        """``run`` as the label-box methods see it: their predictions do not depend on the training cases, so
+        they are made once per test set (``predictions/oracle``; ``oracle_r<repeat>`` for a repeat's own split)."""
+        return {**run, "name": "oracle" if run["test"] == self.plan["test"] else f"oracle_r{run['repeat']}"}
+
     def link_test_images(self) -> None:
         self.link_images(self.plan["test"], self.images)
 
@@ -74,8 +86,8 @@ class StudyFolder:
         return sorted(set(self.files) - set(run["cases"]))
 
     def score(self, method: str, run: dict, folder: Path, seconds: float) -> list[dict]:
-        return score_folder(folder, self.labels, self.info, self.plan["test"], method, run,
-                            seconds / max(1, len(self.plan["test"])))
+        return score_folder(folder, self.labels, self.info, run["test"], method, run,
+                            seconds / max(1, len(run["test"])))
 
     # -- where a run keeps its models -------------------------------------------------------------------------
     def adapter_folder(self, run: dict, fold: Optional[dict] = None) -> Path:

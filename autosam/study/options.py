@@ -20,13 +20,14 @@ class StudyOptions:
     set the (short) schedules; ``nnunet_*`` go to :class:`autosam.nnunet.train.Schedule`."""
 
     train_sizes: list = field(default_factory=lambda: ["5", "10", "20", "all"])
-    seeds: int = 1
+    repeats: int = 1  # repeats: each its own test split (unless test_cases), training subsets and model seeds
     test_fraction: float = 0.2
     test_cases: Optional[list] = None
     subject_pattern: Optional[str] = None
     exclude: list = field(default_factory=list)
     split_seed: int = 0
     methods: list = field(default_factory=lambda: list(DEFAULT_METHODS))
+    baseline: str = "nnunet"  # the method every other is compared with in summary.md and stats.csv
     adapt: Optional[str] = "decoder"
     prompter_epochs: int = 12
     prompter_iterations: int = 50
@@ -64,8 +65,15 @@ class StudyOptions:
             raise AutosamError(f"unknown --adapt-source {self.adapt_source!r}; choose {' or '.join(ADAPT_SOURCES)}")
         if self.adapt_folds < 2:
             raise AutosamError(f"--adapt-folds must be >= 2, got {self.adapt_folds}")
-        if self.seeds < 1:
-            raise AutosamError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.repeats < 1:
+            raise AutosamError(f"--repeats must be >= 1, got {self.repeats}")
+        if (self.uses("nnunet") or self.needs_nnunet_folds()) and self.repeats * len(self.train_sizes) > 99:
+            raise AutosamError(f"--repeats {self.repeats} x {len(self.train_sizes)} train size(s) is more than the 99 "
+                               "runs whose nnU-Nets get a dataset id (900 + run)")
+        try:
+            parse_method(self.baseline)
+        except AutosamError as e:
+            raise AutosamError(f"--baseline: {e}") from None
         if self.nnunet_spacing is not None:  # nnunet_train's own check, before anything is written
             try:
                 Schedule(spacing=self.nnunet_spacing)
@@ -84,9 +92,12 @@ class StudyOptions:
         """The candidates every tuning of the study scores (:func:`autosam.tune.grid`; ``small_grid``: ``--quick``)."""
         return grid(self.max_objects, self.small_grid)
 
-    def schedule(self) -> Schedule:
-        """The schedule of every nnU-Net the study trains (the run's and the fold nnU-Nets)."""
-        kwargs = {"epochs": self.nnunet_epochs, "iterations": self.nnunet_iterations, "device": self.device}
+    def schedule(self, seed: int = 0) -> Schedule:
+        """The schedule of every nnU-Net a run with model seed ``seed`` trains (the run's and the fold nnU-Nets):
+        nnU-Net is seeded with ``seed + 1`` (its seeds start at 1; autosam's short trainers use it, nnU-Net's own
+        trainer does not)."""
+        kwargs = {"epochs": self.nnunet_epochs, "iterations": self.nnunet_iterations, "device": self.device,
+                  "seed": seed + 1}
         if self.nnunet_trainer:
             kwargs["trainer"] = self.nnunet_trainer
         if self.nnunet_configuration:
@@ -129,7 +140,7 @@ class StudyOptions:
 
 def quick_options() -> StudyOptions:
     """``--quick``: the bundled hippocampus sample end to end in a few minutes (a smoke test, not a result)."""
-    return StudyOptions(train_sizes=["3", "4"], seeds=1, test_cases=None, test_fraction=0.2, prompter_epochs=4,
+    return StudyOptions(train_sizes=["3", "4"], repeats=1, test_cases=None, test_fraction=0.2, prompter_epochs=4,
                         prompter_iterations=10, adapt_epochs=1, adapt_iterations=10, adapt_folds=2, tune_cases=1,
                         max_objects=1, small_grid=True, nnunet_configuration="2d", nnunet_epochs=1,
                         nnunet_iterations=3)

@@ -1,5 +1,5 @@
-"""A study's plan (test cases, and per size and seed the nested training subsets), the check that a resumed study
-keeps its dataset and test cases, and the rough time estimate of ``--dry-run``."""
+"""A study's plan (per repeat its test cases, and per size the nested training subsets), the check that a resumed
+study keeps its dataset and test cases, and the rough time estimate of ``--dry-run``."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,11 @@ from .options import StudyOptions
 
 
 def make_plan(dataset: Path, opts: StudyOptions) -> dict:
-    """Test cases, and per size and seed the nested training subsets (a subject's cases stay together)."""
+    """Per repeat its test cases and, per size, the nested training subset (a subject's cases stay together).
+
+    Repeat ``r`` draws its test split by subject with ``split_seed + r`` (``--test-cases``: the same test cases in
+    every repeat), its subset order with ``1000 + r``, and seeds its models with ``r`` (nnU-Net with ``r + 1``). Run
+    ``n<size>_s<r>``; ``plan["test"]`` is repeat 0's test cases, each run carries its own (``test``)."""
     info = io.load_dataset_json(dataset)
     cases = sorted(io.list_cases(dataset / "imagesTr", info.file_ending, info.num_channels))
     io.label_files(dataset / "labelsTr", cases, info.file_ending)
@@ -26,22 +30,29 @@ def make_plan(dataset: Path, opts: StudyOptions) -> dict:
         missing = [c for c in opts.test_cases if c not in cases]
         if missing:
             raise AutosamError(f"test case {missing[0]} is not in {dataset / 'imagesTr'}")
-        test = sorted(opts.test_cases)
-    else:
-        test = split_by_subject(cases, opts.test_fraction, opts.split_seed, opts.subject_pattern)["val"]
-    test_subjects = {subject_of(c, opts.subject_pattern) for c in test}
-    pool = [c for c in cases if subject_of(c, opts.subject_pattern) not in test_subjects]
-    sizes = [len(pool) if str(s) == "all" else int(s) for s in opts.train_sizes]
-    too_big = [s for s in sizes if s > len(pool)]
-    if too_big:
-        raise AutosamError(f"train size {too_big[0]} is larger than the {len(pool)} case(s) left after the "
-                           f"{len(test)} test case(s) of {dataset}")
-    runs = []
-    for seed in range(opts.seeds):
-        order = _subject_order(pool, opts.subject_pattern, seed)
+    runs, tests = [], []
+    for repeat in range(opts.repeats):
+        test = _test_cases(cases, opts, repeat)
+        tests.append(test)
+        test_subjects = {subject_of(c, opts.subject_pattern) for c in test}
+        pool = [c for c in cases if subject_of(c, opts.subject_pattern) not in test_subjects]
+        sizes = [len(pool) if str(s) == "all" else int(s) for s in opts.train_sizes]
+        too_big = [s for s in sizes if s > len(pool)]
+        if too_big:
+            raise AutosamError(f"train size {too_big[0]} is larger than the {len(pool)} case(s) left after the "
+                               f"{len(test)} test case(s) of {dataset}" + (f" (repeat {repeat})" if repeat else ""))
+        order = _subject_order(pool, opts.subject_pattern, repeat)
         for size in sorted(set(sizes)):
-            runs.append({"name": f"n{size}_s{seed}", "size": size, "seed": seed, "cases": _take(order, size)})
-    return {"dataset": str(dataset), "test": test, "runs": runs, "options": asdict(opts)}
+            runs.append({"name": f"n{size}_s{repeat}", "size": size, "seed": repeat, "cases": _take(order, size),
+                         "repeat": repeat, "test": test})
+    return {"dataset": str(dataset), "test": tests[0], "runs": runs, "options": asdict(opts)}
+
+
+def _test_cases(cases: Sequence[str], opts: StudyOptions, repeat: int) -> list[str]:
+    """A repeat's test cases: ``--test-cases``, else its own split by subject (seed ``split_seed + repeat``)."""
+    if opts.test_cases is not None:
+        return sorted(opts.test_cases)
+    return split_by_subject(cases, opts.test_fraction, opts.split_seed + repeat, opts.subject_pattern)["val"]
 
 
 def _subject_order(pool: Sequence[str], pattern: Optional[str], seed: int) -> list[list[str]]:
@@ -63,7 +74,9 @@ def _take(order: list[list[str]], size: int) -> list[str]:
 
 
 def check_plan(study: Path, plan: dict) -> dict:
-    """A new study's plan, or the stored one when it matches (same dataset and test cases; new runs added)."""
+    """A new study's plan, or the stored one when it matches (same dataset, and each kept run's test cases; new runs
+    added). A study made with several ``--seeds`` before ``--repeats`` (one test split and one nnU-Net seed for
+    every seed) is refused."""
     path = study / "plan.json"
     if not path.is_file():
         return plan
@@ -76,6 +89,14 @@ def check_plan(study: Path, plan: dict) -> dict:
                            "folder")
     if old.get("test") != plan["test"]:
         raise AutosamError(f"{study} holds a study of other test cases; use another study folder")
+    kept = {r.get("name"): r for r in old.get("runs", []) if isinstance(r, dict)}
+    if any("repeat" not in r and r.get("seed", 0) != 0 for r in kept.values()):
+        raise AutosamError(f"{study} holds a study made with --seeds before --repeats (one test split and one "
+                           "nnU-Net seed for every seed); use another study folder")
+    for run in plan["runs"]:
+        if run["name"] in kept and kept[run["name"]].get("test", old["test"]) != run["test"]:
+            raise AutosamError(f"{study} holds a study of other test cases (repeat {run['repeat']}); use another "
+                               "study folder")
     return plan
 
 
@@ -93,7 +114,8 @@ def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, g
     o = plan["options"]
     opts = StudyOptions(**o)
     sam = (0.006 if gpu else 0.6) * slices_per_case
-    n_test = len(plan["test"])
+    n_test = sum(len(r["test"]) for r in plan["runs"]) / max(1, len(plan["runs"]))  # test cases per run
+    distinct = len({c for r in plan["runs"] for c in r["test"]}) or len(plan["test"])
     methods = o["methods"]
     adapts = opts.adapts()
     from_nnunet = adapts and opts.adapt_source == "nnunet"
@@ -117,5 +139,5 @@ def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, g
         steps["tuning nnU-Net's default (nnunet+tuned)"] = sum(
             min(o["tune_cases"] or len(r["cases"]), len(r["cases"])) for r in plan["runs"]) * sam * (
             4 if slices_per_case > 1 else 2)
-    steps["SAM encoder (test cases, cached once)"] = n_test * sam
+    steps["SAM encoder (test cases, cached once)"] = distinct * sam
     return steps

@@ -13,7 +13,8 @@ from ..sam_settings import load_file, read_json
 from .methods import parse_method, table_order
 from .options import StudyOptions
 from .plan import check_plan, make_plan
-from .results import learning_curve, summary_markdown, timed, write_results
+from .results import timed, write_results
+from .summary import describe_tests, write_reports
 from .steps import ModelSteps
 
 
@@ -30,18 +31,19 @@ class Study(ModelSteps):
         adapter = models.get("adapter") if base.endswith("-adapted") else None
         sam = (lambda: self.predictor(adapter))
         config = self.config(variant)
+        images = self.test_images(run)
         if method in ("tuned", "nnunet+tuned"):
             config, sam = self._tuned_config(models.get("tuned" if method == "tuned" else "nnunet_tuned"))
         kwargs = {"run_args": {"verb": "study", "method": method}, "quiet": True}
         if method.startswith("sam-oracle"):
-            step = lambda: oracle_folder(self.images, self.labels, out, self.info, sam, run_args=kwargs["run_args"])
+            step = lambda: oracle_folder(images, self.labels, out, self.info, sam, run_args=kwargs["run_args"])
         elif method.startswith("nnunet+"):
             if config is None:  # "no SAM" won: nnU-Net's own predictions
                 return models["nnunet"]
-            step = lambda: refine_folder(self.images, models["nnunet"][0], out, self.info, sam, config, **kwargs)
+            step = lambda: refine_folder(images, models["nnunet"][0], out, self.info, sam, config, **kwargs)
         else:
             prompter = Prompter.load(models["prompter"], device=self.opts.device)
-            step = lambda: segment_folder(self.images, out, prompter, self.info, sam,
+            step = lambda: segment_folder(images, out, prompter, self.info, sam,
                                           None if method == "prompter" else config, **kwargs)
         return out, timed(step, self._time_file(run, method))
 
@@ -80,8 +82,8 @@ class Study(ModelSteps):
                 models["adapter"] = self.train_adapter(run, models.get("prompter"), index)
         rows = []
         for method in o.methods:
-            # frozen SAM with label boxes does not depend on the training cases: one folder for all runs
-            folder, seconds = self.predict(method, {"name": "oracle"} if method == "sam-oracle" else run, models)
+            # frozen SAM with label boxes does not depend on the training cases: one folder per test set
+            folder, seconds = self.predict(method, self.oracle_run(run) if method == "sam-oracle" else run, models)
             rows += self.score(method, run, folder, seconds)
         return rows
 
@@ -106,10 +108,7 @@ def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_r
     for index, run in enumerate(plan["runs"]):
         rows += study.run(run, index)
         write_results(folder, rows)
-    methods = table_order(opts.methods)
-    with io.atomic_output(folder / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(rows, plan, methods))
-    learning_curve(rows, methods, folder / "learning_curve.png", f"{info.raw.get('name', dataset.name)}: "
-                   f"{len(plan['test'])} test cases")
+    write_reports(folder, rows, plan, table_order(opts.methods), opts.baseline,
+                  f"{info.raw.get('name', dataset.name)}: {describe_tests(plan)}")
     plan["results"] = rows
     return plan

@@ -82,10 +82,10 @@ class ModelSteps(KeptModels):
     def nnunet(self, run: dict, index: int) -> tuple[Path, float]:
         """nnU-Net trained on the run's subset (its own commands) and its test predictions (with probabilities)."""
         out = self.folder / "predictions" / run["name"] / "nnunet"
-        schedule = self.opts.schedule()
+        schedule = self.opts.schedule(run["seed"])
         log(f"study {run['name']}: nnU-Net on {len(run['cases'])} case(s)")
         model = train_nnunet(self.dataset, run["cases"], self.folder / "nnunet", 900 + index, schedule)
-        seconds = timed(lambda: predict_nnunet(model, self.images, out, schedule, save_probabilities=True),
+        seconds = timed(lambda: predict_nnunet(model, self.test_images(run), out, schedule, save_probabilities=True),
                         self._time_file(run, "nnunet"))
         return out, seconds
 
@@ -99,7 +99,7 @@ class ModelSteps(KeptModels):
         out = root / "predictions"
         if self.kept_folds(run) is not None:
             return out
-        schedule = o.schedule()
+        schedule = o.schedule(run["seed"])
         held = self._held_out(run)
         folds = []
         for i, part in enumerate(held):
