@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def nnunet_study(tmp_path_factory):
     (``nnunet+tuned``); what the tests read is kept before a test reruns the study in the same folder."""
     folder = tmp_path_factory.mktemp("nnsrc") / "tuned"
     assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
-                 "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned"]) == 0
+                 "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned", "nnunet-folds", "nnunet+prompter"]) == 0
     run = json.loads((folder / "plan.json").read_text())["runs"][0]
     return {"folder": folder, "run": run, "rows": list(csv.DictReader((folder / "results.csv").open())),
             "adapter_trained": (folder / "models" / run["name"] / "adapter" / "adapter.pt").is_file(),
@@ -112,29 +113,30 @@ def nnunet_study(tmp_path_factory):
 
 
 def test_quick_study_tunes_nnunets_default_on_its_cross_fitted_maps(nnunet_study, capsys):
-    """``nnunet+tuned``: nnU-Net's SAM default is chosen on the fold nnU-Nets' maps of the training cases; the
-    adapted SAM is scored there only through fold adapters that never trained on the case scored, and the choice is
-    never below nnU-Net alone on those cases."""
+    """``nnunet+tuned`` is nnU-Net's cross-validation, then ``autosam fit``: the default is chosen on the folds'
+    maps of the training cases; the adapted SAM is scored there only through fold adapters that never trained on
+    the case scored, and the choice is never below nnU-Net alone on those cases."""
     folder, run = nnunet_study["folder"], nnunet_study["run"]
     folds_dir = folder / "models" / run["name"] / "nnunet_folds"
-    folds = json.loads((folds_dir / "predictions" / "folds.json").read_text())["folds"]
-    record = json.loads((folds_dir / "autosam_sam.json").read_text())
-    tuning = record["tuning"]
+    kept_folds = json.loads((folds_dir / "predictions" / "folds.json").read_text())
+    folds, model = kept_folds["folds"], Path(kept_folds["model"])
+    record = json.loads((model / "autosam_sam.json").read_text())
+    tuning, fitted = record["tuning"], record["fit"]
     tuned_on = tuning["validation_cases"]
+    assert record["recorded_by"].startswith("autosam fit")
     assert len(tuned_on) == 2 and set(tuned_on) <= set(run["cases"])
     assert tuning["chosen_mean_dice"] >= tuning["no_sam_mean_dice"]  # never below nnU-Net alone on validation
-    compared = tuning["compared"]  # the winner is the better of frozen and adapted SAM's winners
-    assert set(compared) == {"frozen SAM", "adapted SAM (fold adapters)"}
-    assert tuning["chosen_mean_dice"] == pytest.approx(max(c["chosen_mean_dice"] for c in compared.values()), abs=1e-5)
-    if record["adapter"]:  # an adapted winner is the run's adapter, trained on every case
-        assert record["adapter"] == str(folder / "models" / run["name"] / "adapter")
-    # no other method uses the run's adapter, so it is trained only when the tuning chose the adapted SAM
-    assert nnunet_study["adapter_trained"] == bool(record["adapter"])
+    # the winner is the better of frozen and adapted SAM's winners
+    assert tuning["chosen_mean_dice"] == pytest.approx(
+        max(fitted[k]["chosen_mean_dice"] for k in ("frozen", "adapted")), abs=1e-5)
+    if record["adapter"]:  # an adapted winner is fit's final adapter, trained on every case
+        assert record["adapter"] == "autosam_adapter" and (model / "autosam_adapter" / "adapter.pt").is_file()
+    assert not nnunet_study["adapter_trained"]  # no other method uses a run adapter: none is trained
     # one case from each fold, each scored with its own fold's adapter, which left that fold's cases out
-    assert len(tuning["fold_adapters"]) == len(folds) == 2
-    for fold in folds:
-        adapter = folds_dir / fold["folder"] / "adapter"
-        assert str(adapter) in tuning["fold_adapters"]
+    adapters = fitted["adapted"]["fold_adapters"]
+    assert len(adapters) == len(folds) == 2
+    for i, fold in enumerate(folds):
+        adapter = model / adapters[str(i)]
         assert len(set(tuned_on) & set(fold["predicted"])) == 1
         split = json.loads((adapter / "split.json").read_text())
         assert split["train"] and not set(split["train"]) & set(fold["predicted"])
@@ -146,18 +148,34 @@ def test_quick_study_tunes_nnunets_default_on_its_cross_fitted_maps(nnunet_study
         assert dice["nnunet+tuned"] == dice["nnunet"]
     assert "| nnunet+tuned |" in nnunet_study["summary"]
     # a rerun with other options is refused, before anything is written, in one line that names the kept file
-    kept = [folds_dir / "autosam_sam.json", folds_dir / "predictions" / "folds.json", folder / "results.csv"]
+    kept = [model / "autosam_sam.json", folds_dir / "predictions" / "folds.json", folder / "results.csv"]
     before = [p.stat().st_mtime_ns for p in kept]
     args = ["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
-            "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned"]
-    for extra, message in ((["--tune-cases", "3"], "was tuned on 2 case(s), not the 3 that --tune-cases 3 gives"),
-                           (["--max-objects", "0"], "was tuned with --max-objects 1, not 0"),
-                           (["--adapt", "none"], "compared frozen and adapted SAM, but these options adapt none"),
+            "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned", "nnunet-folds", "nnunet+prompter"]
+    for extra, message in ((["--tune-cases", "3"], "with another max_cases (2, now 3)"),
+                           (["--adapt-epochs", "2"], "trained with another adapt_epochs (1, now 2)"),
                            (["--adapt-folds", "3"], "left out other cases than --adapt-folds 3 does now")):
         assert main(args + extra) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert message in err[-1] and str(folds_dir) in err[-1], (extra, err)
     assert [p.stat().st_mtime_ns for p in kept] == before
+
+
+def test_quick_study_scores_the_sam_free_controls(nnunet_study):
+    """``nnunet-folds`` (nnU-Net's cross-validation folds ensembled) and ``nnunet+prompter`` (the two models'
+    probabilities averaged, nnU-Net's weight chosen on the prompter's validation cases, never on a test case) are
+    scored on the same test cases as nnU-Net, and compared with it in summary.md."""
+    folder, run, rows = nnunet_study["folder"], nnunet_study["run"], nnunet_study["rows"]
+    cases = {m: sorted(r["case"] for r in rows if r["method"] == m) for m in ("nnunet", "nnunet-folds",
+                                                                             "nnunet+prompter")}
+    assert cases["nnunet-folds"] == cases["nnunet+prompter"] == cases["nnunet"] == sorted(run["test"] * 2)
+    blend = json.loads((folder / "models" / run["name"] / "nnunet_prompter.json").read_text())
+    assert blend["weight"] in (0.0, 0.25, 0.5, 0.75, 1.0) and set(blend["cases"]) <= set(run["cases"])
+    assert not set(blend["cases"]) & set(run["test"])
+    log = (folder / "predictions" / run["name"] / "nnunet-folds" / "nnunet_predict.log").read_text()
+    assert "-f 0 1 " in log  # both folds ensembled
+    for method in ("nnunet-folds", "nnunet+prompter"):
+        assert f"| {method} |" in nnunet_study["summary"]
 
 
 def test_quick_study_adapts_on_nnunets_cross_fitted_maps(nnunet_study, capsys):
@@ -177,10 +195,9 @@ def test_quick_study_adapts_on_nnunets_cross_fitted_maps(nnunet_study, capsys):
     for fold in record["folds"]:
         assert not set(fold["trained_on"]) & set(fold["predicted"])
         assert sorted(fold["trained_on"] + fold["predicted"]) == sorted(run["cases"])
-        # nnU-Net's own record of what that fold model trained on
-        schedules = list((models / "nnunet_folds" / fold["folder"]).glob("nnUNet_results/*/*/fold_all/"
-                                                                          "autosam_schedule.json"))
-        assert len(schedules) == 1 and json.loads(schedules[0].read_text())["cases"] == fold["trained_on"]
+        # nnU-Net's own record of the fold: its cross-validation validates it on the cases it predicted
+        schedule = json.loads((Path(record["model"]) / fold["folder"] / "autosam_schedule.json").read_text())
+        assert schedule["val"] == fold["predicted"] and schedule["cases"] == sorted(run["cases"])
         predicted += fold["predicted"]
     assert sorted(predicted) == sorted(run["cases"])
     prompts = json.loads((models / "adapter" / "prompts_from.json").read_text())

@@ -60,9 +60,10 @@ def output_options(args: argparse.Namespace) -> dict:
     return {"save_probabilities": args.save_probabilities, "overwrite": args.overwrite, "overlays": args.overlays}
 
 
-def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--ray``, ``--workers``, ``--cpus-per-worker``, ``--gpus-per-worker``, ``--num-parts``, ``--part-id`` and
-    ``--keep-going``; read them back with :func:`parallel_from_args`."""
+def add_parallel_arguments(parser: argparse.ArgumentParser, parts: bool = True) -> None:
+    """``--ray``, ``--workers``, ``--cpus-per-worker``, ``--gpus-per-worker`` and (``parts``: for verbs that loop
+    over cases) ``--num-parts``, ``--part-id`` and ``--keep-going``; read them back with
+    :func:`parallel_from_args`."""
     g = parser.add_argument_group("many processes, GPUs and nodes")
     g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run the cases as Ray tasks on workers that load the models once each: on a new local Ray "
@@ -77,6 +78,8 @@ def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="GPUs per worker, fractions allowed (0.5: two workers share a GPU); default 0: workers run "
                         "on the CPU")
+    if not parts:
+        return
     g.add_argument("--num-parts", type=int, default=1, metavar="N",
                    help="split the cases into N parts as nnU-Net does (e.g. Slurm array jobs, no Ray needed) and "
                         "run part --part-id; parts may write the same output folder at the same time")
@@ -91,8 +94,8 @@ def parallel_from_args(args: argparse.Namespace):
     from ..runner import NO_RAY, Parallel, ray_available
 
     parallel = Parallel(ray=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                        gpus_per_worker=args.gpus_per_worker, num_parts=args.num_parts, part_id=args.part_id,
-                        keep_going=args.keep_going)
+                        gpus_per_worker=args.gpus_per_worker, num_parts=getattr(args, "num_parts", 1),
+                        part_id=getattr(args, "part_id", 0), keep_going=getattr(args, "keep_going", False))
     parallel.check()
     if parallel.distributed:
         if not ray_available():

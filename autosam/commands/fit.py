@@ -5,7 +5,7 @@ import argparse
 
 from ..fit import FitOptions, fit
 from ..settings import Runtime, SamSpec
-from .common import add_sam_arguments
+from .common import add_parallel_arguments, add_sam_arguments, parallel_from_args
 
 HELP = "choose (and adapt) SAM on a trained nnU-Net model's cross-validation, recorded for predict"
 
@@ -41,6 +41,7 @@ def add_parser(sub) -> None:
                    help="steps per epoch (default 0: one pass over the samples)")
     a.add_argument("--seed", type=int, default=d.seed, help="adapter training seed (default 0)")
     add_sam_arguments(p, adapter=False, axis=False)
+    add_parallel_arguments(p, parts=False)  # each fold's scoring is one Ray task
     p.add_argument("--dry-run", action="store_true", help="print the plan and a rough time, write nothing")
     p.set_defaults(run=run)
 
@@ -64,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
                       max_objects=args.max_objects, small_grid=args.small_grid, adapt=args.adapt,
                       adapt_epochs=args.adapt_epochs, adapt_iterations=args.adapt_iterations, seed=args.seed)
     fit(model_folder(args), opts, SamSpec.from_args(args), Runtime.from_args(args), folds=args.folds,
-        dry_run=args.dry_run)
+        dry_run=args.dry_run, parallel=parallel_from_args(args))
     return 0

@@ -3,6 +3,7 @@ trained and scored, the choice by the project's rule, the final adapter, and the
 that ``autosam predict``, the ``nnUNetv2_predict`` hook and the trainer's validation read."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -11,13 +12,13 @@ from .. import sam_settings
 from ..nnunet.folds import CrossValidation, read_cross_validation
 from ..progress import notice, progress
 from ..runner.locks import FolderLock
-from ..sam.cache import EmbeddingCache
+from ..runner.parallel import Parallel
 from ..settings import Runtime, SamSpec
 from ..tune import NO_SAM, TuneResult, combine
 from . import adapters as ad
 from .estimate import cost_per_case, describe_plan
 from .options import ADAPTER_DIR, FIT_DIR, FitOptions
-from .scores import SCORES_DIR, chosen_cases, score_fold, score_key
+from .scores import CACHE_DIR, SCORES_DIR, ScoreJob, chosen_cases, run_jobs, score_key
 
 FROZEN, ADAPTED = "frozen SAM", "adapted SAM (fold adapters)"
 
@@ -33,24 +34,27 @@ def preflight(cv: CrossValidation, opts: FitOptions, sam: SamSpec) -> None:
 
 
 def _score_all(cv: CrossValidation, picked: dict, opts: FitOptions, sam: SamSpec, runtime: Runtime,
-               cache: EmbeddingCache, adapted: bool, log=notice) -> tuple[TuneResult, dict]:
-    """Every fold's picked cases scored with frozen SAM, or each with its fold's adapter (trained here)."""
+               adapted: bool, parallel: Optional[Parallel], log=notice) -> tuple[TuneResult, dict]:
+    """Every fold's picked cases scored with frozen SAM, or each with its fold's adapter (trained here first); a
+    fold's scoring is one job (:func:`autosam.fit.scores.score_job`), run here or as a Ray task."""
     work, grid = cv.model / FIT_DIR, opts.grid()
-    parts, fold_adapters = [], {}
-    model = None if adapted else sam.build()
-    for fold in progress([f for f, c in picked.items() if c], "fit: " + ("adapted" if adapted else "frozen"),
-                         unit="fold"):
-        adapter = None
-        if adapted:
-            maps = ad.link_maps(cv, work)
+    folds = [f for f, c in picked.items() if c]
+    fold_adapters = {}
+    if adapted:
+        maps = ad.link_maps(cv, work)
+        for fold in progress(folds, "fit: fold adapters", unit="fold"):
             adapter = ad.train_adapter(cv, ad.fold_folder(work, fold), ad.outside(cv, fold), opts, sam, runtime,
-                                       maps, work / "embedding_cache", log)
+                                       maps, work / CACHE_DIR, log)
             fold_adapters[fold] = str(adapter.relative_to(cv.model))
+    jobs = []
+    for fold in folds:
+        adapter = cv.model / fold_adapters[fold] if adapted else None
         spec = SamSpec(sam.name, sam.checkpoint, str(adapter) if adapter else None)
-        predictor = spec.predictor(runtime, cache=cache, model=model)
-        key = score_key(grid, picked[fold], spec.to_record() | {"adapter": None}, adapter, opts.min_gain)
+        key = score_key(grid, picked[fold], sam.to_record(), adapter, opts.min_gain)
         path = work / SCORES_DIR / f"{'adapted' if adapted else 'frozen'}_fold_{fold}.json"
-        parts.append(score_fold(cv, fold, picked[fold], predictor, grid, path, key, opts.sign_test))
+        jobs.append(ScoreJob(cv, fold, picked[fold], spec, runtime, work / CACHE_DIR, grid, path, key,
+                             opts.sign_test))
+    parts = run_jobs(jobs, parallel, "fit: " + ("adapted" if adapted else "frozen"))
     return combine(parts, opts.min_gain, opts.sign_test), fold_adapters
 
 
@@ -86,10 +90,13 @@ def _table(section: dict, result: TuneResult, cost: float, record: Path) -> str:
 
 
 def fit(model_folder, opts: FitOptions = FitOptions(), sam: SamSpec = SamSpec(), runtime: Runtime = Runtime(),
-        folds: Optional[Sequence[str]] = None, dry_run: bool = False, log=notice) -> Optional[Path]:
-    """Choose (and adapt) SAM on the model's cross-validation; returns the record written (None: ``dry_run``)."""
+        folds: Optional[Sequence[str]] = None, dry_run: bool = False, log=notice, raw_root=None,
+        preprocessed_root=None, parallel: Optional[Parallel] = None) -> Optional[Path]:
+    """Choose (and adapt) SAM on the model's cross-validation; returns the record written (None: ``dry_run``).
+    ``raw_root`` / ``preprocessed_root``: nnU-Net's folders (default: its environment variables); ``parallel``
+    with Ray: each fold's scoring is a Ray task."""
     opts.check()
-    cv = read_cross_validation(model_folder, folds)
+    cv = read_cross_validation(model_folder, folds, raw_root, preprocessed_root)
     sam_settings.check({**sam_settings.default_settings(), **sam.to_record()})
     picked = chosen_cases(cv, opts.max_cases)
     preflight(cv, opts, sam)
@@ -100,21 +107,21 @@ def fit(model_folder, opts: FitOptions = FitOptions(), sam: SamSpec = SamSpec(),
     work.mkdir(exist_ok=True)
     start = time.perf_counter()
     with FolderLock(work, "fit"):
-        cache = EmbeddingCache(work / "embedding_cache")
-        frozen, _ = _score_all(cv, picked, opts, sam, runtime, cache, adapted=False, log=log)
+        frozen, _ = _score_all(cv, picked, opts, sam, runtime, False, parallel, log)
         adapted, fold_adapters = (None, {}) if opts.frozen else _score_all(
-            cv, picked, opts, sam, runtime, cache, adapted=True, log=log)
+            cv, picked, opts, sam, runtime, True, parallel, log)
         results = [(frozen, FROZEN)] + ([(adapted, ADAPTED)] if adapted else [])
         result, kind = max(results, key=lambda r: r[0].mean(r[0].best.name))  # ties: frozen
         choice = kind if result.best.use_sam else NO_SAM
         adapter = None
         if choice == ADAPTED:
             adapter = ad.train_adapter(cv, cv.model / ADAPTER_DIR, cv.cases, opts, sam, runtime,
-                                       ad.link_maps(cv, work), work / "embedding_cache", log)
+                                       ad.link_maps(cv, work), work / CACHE_DIR, log)
         section = _fit_section(cv, picked, opts, frozen, adapted, fold_adapters, result, choice)
         cost = cost_per_case(cv, result, sam, adapter, runtime) if result.best.use_sam else 0.0
         section.update(cost_per_case_s=round(cost, 2), seconds=round(time.perf_counter() - start, 1))
         settings = sam_settings.from_tuning(result, sam.name, sam.checkpoint, ADAPTER_DIR if adapter else None)
         path = sam_settings.record(settings, cv.model, runtime.to_record(), by="autosam fit", extra={"fit": section})
+        shutil.rmtree(work / CACHE_DIR, ignore_errors=True)  # gigabytes; the scores are kept
     print(_table(section, result, cost, path))
     return path

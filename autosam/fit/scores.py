@@ -4,14 +4,21 @@ options scores nothing again."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from .. import io
 from ..nnunet.folds import CrossValidation
+from ..progress import progress
+from ..runner.parallel import Parallel
+from ..sam.cache import EmbeddingCache
+from ..settings import Runtime, SamSpec
 from ..tune import Candidate, TuneCase, TuneResult, choose, coarse_items, tune
 
 SCORES_DIR = "scores"
+#: The embedding cache every scoring and adapter of one fit shares (removed when fit finishes).
+CACHE_DIR = "embedding_cache"
 
 
 def chosen_cases(cv: CrossValidation, max_cases: int) -> dict[str, list[str]]:
@@ -48,26 +55,64 @@ def score_key(grid: Sequence[Candidate], cases: Sequence[str], sam: dict, adapte
             "min_gain": min_gain}
 
 
-def scored(path: Path, key: dict, grid: Sequence[Candidate], compute: Callable[[], TuneResult],
-           sign_test: Optional[float] = None) -> TuneResult:
-    """The kept result at ``path`` when it was scored with ``key``; else ``compute()``, kept atomically."""
+def kept_result(path: Path, key: dict, grid: Sequence[Candidate], sign_test: Optional[float]
+                ) -> Optional[TuneResult]:
+    """The result kept at ``path`` when it was scored with ``key`` (None: none, or made with other options)."""
     by_name = {c.name: c for c in grid}
     try:
         kept = json.loads(path.read_text())
     except (OSError, ValueError):
-        kept = None
-    if isinstance(kept, dict) and kept.get("key") == key and set(kept.get("scores", {})) <= set(by_name):
-        scores = {n: [float(v) for v in values] for n, values in kept["scores"].items()}
-        return TuneResult(cases=kept["cases"], scores=scores, candidates=by_name,
-                          best=choose(scores, by_name, key["min_gain"], sign_test), min_gain=key["min_gain"],
-                          sign_test=sign_test)
-    result = compute()
-    io.write_json({"key": key, "cases": result.cases, "scores": result.scores}, path)
-    return result
+        return None
+    if not (isinstance(kept, dict) and kept.get("key") == key and set(kept.get("scores", {})) <= set(by_name)):
+        return None
+    scores = {n: [float(v) for v in values] for n, values in kept["scores"].items()}
+    return TuneResult(cases=kept["cases"], scores=scores, candidates=by_name,
+                      best=choose(scores, by_name, key["min_gain"], sign_test), min_gain=key["min_gain"],
+                      sign_test=sign_test)
 
 
-def score_fold(cv: CrossValidation, fold: str, cases: Sequence[str], predictor, grid: Sequence[Candidate],
-               path: Path, key: dict, sign_test: Optional[float]) -> TuneResult:
-    """Fold ``fold``'s ``cases`` scored on the grid with ``predictor`` (kept at ``path``)."""
-    return scored(path, key, grid, lambda: tune(predictor, fold_items(cv, fold, cases), cv.info, grid,
-                                                min_gain=key["min_gain"], sign_test=sign_test), sign_test)
+@dataclass
+class ScoreJob:
+    """One fold's scoring, plain data (it travels to a Ray worker): the grid on ``cases`` with ``spec``'s SAM."""
+
+    cv: CrossValidation
+    fold: str
+    cases: list
+    spec: SamSpec
+    runtime: Runtime
+    cache: Path
+    grid: list
+    path: Path
+    key: dict
+    sign_test: Optional[float]
+
+    def kept(self) -> Optional[TuneResult]:
+        return kept_result(self.path, self.key, self.grid, self.sign_test)
+
+    def __call__(self) -> TuneResult:
+        """Score (or read back) the fold; the predictor encodes each slice once in the fit's shared cache."""
+        kept = self.kept()
+        if kept is not None:
+            return kept
+        predictor = self.spec.predictor(self.runtime, cache=EmbeddingCache(self.cache))
+        result = tune(predictor, fold_items(self.cv, self.fold, self.cases), self.cv.info, self.grid,
+                      min_gain=self.key["min_gain"], sign_test=self.sign_test)
+        io.write_json({"key": self.key, "cases": result.cases, "scores": result.scores}, self.path)
+        return result
+
+
+def run_jobs(jobs: Sequence[ScoreJob], parallel: Optional[Parallel], desc: str) -> list[TuneResult]:
+    """Every job's result, in order: kept ones read back, the others run here or, with ``parallel`` Ray, as Ray
+    tasks (``--cpus-per-worker`` / ``--gpus-per-worker`` each)."""
+    if parallel is None or not parallel.distributed or all(j.kept() is not None for j in jobs):
+        return [job() for job in progress(list(jobs), desc, unit="fold")]
+    from ..runner.distributed import ray_session
+
+    with ray_session(parallel) as ray:
+        task = ray.remote(num_cpus=parallel.cpus_per_worker, num_gpus=parallel.gpus_per_worker)(_call)
+        futures = [task.remote(job) for job in jobs]
+        return [ray.get(f) for f in progress(futures, desc, unit="fold")]
+
+
+def _call(job: ScoreJob) -> TuneResult:
+    return job()

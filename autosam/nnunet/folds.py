@@ -78,10 +78,9 @@ def _fold_folders(model: Path, folds: Optional[Sequence[str]]) -> list[str]:
     return numbered
 
 
-def _expected_cases(model: Path, fold: str, validation: Path) -> Optional[list[str]]:
-    """The cases fold ``fold`` validated: ``splits_final.json`` (``$nnUNet_preprocessed``), else the fold's
-    ``summary.json``; None when neither says."""
-    pre = os.environ.get("nnUNet_preprocessed")
+def _expected_cases(model: Path, fold: str, validation: Path, pre: Optional[str]) -> Optional[list[str]]:
+    """The cases fold ``fold`` validated: ``splits_final.json`` (in ``pre``, nnU-Net's preprocessed folder), else
+    the fold's ``summary.json``; None when neither says."""
     split = Path(pre) / model.parent.name / "splits_final.json" if pre else None
     if split is not None and split.is_file():
         try:
@@ -98,7 +97,7 @@ def _expected_cases(model: Path, fold: str, validation: Path) -> Optional[list[s
     return None
 
 
-def _fold_maps(cv: CrossValidation, fold: str) -> None:
+def _fold_maps(cv: CrossValidation, fold: str, pre: Optional[str]) -> None:
     """Each validation case of ``fold`` with its map and ``.npz``; a missing one is one line naming the command."""
     folder = cv.model / f"fold_{fold}"
     validation = folder / UNREFINED if (folder / UNREFINED).is_dir() else folder / "validation"
@@ -107,7 +106,7 @@ def _fold_maps(cv: CrossValidation, fold: str) -> None:
         raise AutosamError(f"{validation} not found: fold {fold} has no validation; run {cv.train_command(fold)}")
     found = sorted(f.name[: -len(ending)] for f in validation.iterdir()
                    if f.name.endswith(ending) and not f.name.startswith("."))
-    expected = _expected_cases(cv.model, fold, validation) or found
+    expected = _expected_cases(cv.model, fold, validation, pre) or found
     if not expected:
         raise AutosamError(f"{validation}: no validation cases; run {cv.train_command(fold)}")
     for case in expected:
@@ -138,17 +137,21 @@ def _raw_cases(cv: CrossValidation) -> None:
     cv.labels = io.label_files(cv.raw / "labelsTr", cv.cases, cv.info.file_ending)
 
 
-def read_cross_validation(model_folder: str | os.PathLike, folds: Optional[Sequence[str]] = None) -> CrossValidation:
-    """The model's cross-validation (module doc), every file checked to exist; reads no image."""
+def read_cross_validation(model_folder: str | os.PathLike, folds: Optional[Sequence[str]] = None,
+                          raw_root: Optional[str | os.PathLike] = None,
+                          preprocessed_root: Optional[str | os.PathLike] = None) -> CrossValidation:
+    """The model's cross-validation (module doc), every file checked to exist; reads no image. ``raw_root`` /
+    ``preprocessed_root``: nnU-Net's folders (default ``$nnUNet_raw`` / ``$nnUNet_preprocessed``)."""
     model = check_model_folder(model_folder)
     info = io.load_dataset_json(model)  # region-based labels: one line (io)
-    raw_root = os.environ.get("nnUNet_raw")
+    raw_root = raw_root or os.environ.get("nnUNet_raw")
+    pre = str(preprocessed_root or os.environ.get("nnUNet_preprocessed") or "") or None
     if not raw_root:
         raise AutosamError("nnUNet_raw is not set: fit reads the raw training images and labels of the "
                            f"cross-validated cases from $nnUNet_raw/{model.parent.name}")
     cv = CrossValidation(model.resolve(), info, Path(raw_root) / model.parent.name, {}, {})
     for fold in _fold_folders(model, folds):
-        _fold_maps(cv, fold)
+        _fold_maps(cv, fold, pre)
     _raw_cases(cv)
     return cv
 

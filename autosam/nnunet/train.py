@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -230,49 +230,78 @@ def _preprocess(work: Path, dataset_id: int, conf: str, env: dict, schedule: Sch
         (folder / marker).write_text("done\n")
 
 
-def _check_val_cases(cases: Sequence[str], val_cases: Sequence[str], fold: str) -> None:
-    """Validation cases need fold 0 and must be some, not all, of the training cases."""
-    if val_cases and fold != "0":
-        raise AutosamError(f"validation cases need fold 0 (a split file with one fold), not fold {fold}")
-    unknown = sorted(set(val_cases) - set(cases))
-    if val_cases and (unknown or len(set(val_cases)) == len(cases)):
-        raise AutosamError(f"validation cases must be some of the training cases (not {unknown or 'all'})")
+def _check_split(cases: Sequence[str], split: Sequence[Sequence[str]], fold: str) -> list[str]:
+    """The validation cases of ``fold`` in ``split`` (held-out cases per fold: some, not all, of the cases, no case
+    in two folds); none without a split."""
+    if not split:
+        return []
+    if not fold.isdigit() or int(fold) >= len(split):
+        raise AutosamError(f"a split of {len(split)} fold(s) has no fold {fold}")
+    held = [c for part in split for c in part]
+    unknown = sorted(set(held) - set(cases))
+    if unknown or len(set(held)) != len(held) or any(len(set(p)) in (0, len(cases)) for p in split):
+        raise AutosamError(f"validation cases must be some of the training cases, each in one fold "
+                           f"(not {unknown or 'these'})")
+    return sorted(split[int(fold)])
 
 
-def _write_split(work: Path, raw: Path, cases: Sequence[str], val_cases: Sequence[str]) -> None:
-    """nnU-Net's splits_final.json with one fold (0): ``val_cases`` validate, the other cases train."""
-    split = [{"train": [c for c in cases if c not in val_cases], "val": list(val_cases)}]
-    io.write_json(split, work / "nnUNet_preprocessed" / raw.name / "splits_final.json")
+def _write_split(work: Path, raw: Path, cases: Sequence[str], split: Sequence[Sequence[str]]) -> None:
+    """nnU-Net's splits_final.json: fold k validates ``split[k]`` and trains on the other cases."""
+    folds = [{"train": [c for c in cases if c not in part], "val": sorted(part)} for part in split]
+    path = work / "nnUNet_preprocessed" / raw.name / "splits_final.json"
+    if not path.is_file() or json.loads(path.read_text()) != folds:
+        io.write_json(folds, path)
+
+
+def _done(fold_dir: Path, npz: bool) -> bool:
+    """A finished fold (with its validation probabilities when ``npz``)."""
+    if not (fold_dir / "checkpoint_final.pth").is_file():
+        return False
+    return not npz or any((fold_dir / "validation").glob("*.npz"))
 
 
 def train_nnunet(source: str | os.PathLike, cases: Sequence[str], work: str | os.PathLike, dataset_id: int,
                  schedule: Schedule, log: Callable[[str], None] = notice, name: str = "AutosamSubset",
-                 val_cases: Sequence[str] = ()) -> Path:
+                 split: Sequence[Sequence[str]] = (), npz: bool = False) -> Path:
     """Plan, preprocess and train nnU-Net on ``cases`` of the raw dataset ``source``; return the model folder
-    ``work/nnUNet_results/DatasetXXX_name/Trainer__nnUNetPlans__configuration``. ``val_cases`` (with fold 0):
-    nnU-Net's validation set, else nnU-Net's own splits. A finished fold is not retrained."""
+    ``work/nnUNet_results/DatasetXXX_name/Trainer__nnUNetPlans__configuration``. ``split``: the validation cases of
+    each fold (``schedule.fold`` is one of them), else nnU-Net's own splits; ``npz``: the fold's validation keeps
+    its probabilities (``--npz``). A finished fold is not retrained."""
     work = Path(work).resolve()
-    _check_val_cases(cases, val_cases, schedule.fold)
+    val_cases = _check_split(cases, split, schedule.fold)
     raw = make_raw_dataset(source, cases, work / "nnUNet_raw", dataset_id, name)
     conf = schedule.configuration or default_configuration(raw)
     model = work / "nnUNet_results" / raw.name / f"{schedule.trainer}__{schedule.plans}__{conf}"
     fold_dir = model / f"fold_{schedule.fold}"
     schedule = Schedule(**{**asdict(schedule), "configuration": conf})
     record = _record(fold_dir, schedule, cases, val_cases)
-    if (fold_dir / "checkpoint_final.pth").is_file():
+    if _done(fold_dir, npz):
         return model
     env = nnunet_env(work, schedule)
     _preprocess(work, dataset_id, conf, env, schedule, log)
-    if val_cases:
-        _write_split(work, raw, cases, val_cases)
+    if split:
+        _write_split(work, raw, cases, split)
     cmd = ["nnUNetv2_train", str(dataset_id), conf, schedule.fold, "-tr", schedule.trainer, "-p", schedule.plans,
-           "-device", schedule.device]
-    if (fold_dir / "checkpoint_latest.pth").is_file():
+           "-device", schedule.device] + ["--npz"] * npz
+    if (fold_dir / "checkpoint_final.pth").is_file():
+        cmd.append("--val")  # trained, but its validation lacks the probabilities
+    elif (fold_dir / "checkpoint_latest.pth").is_file():
         cmd.append("--c")
     if schedule.device == "cpu":
         env["nnUNet_n_proc_DA"] = "0"  # augmentation in the training process: no cores beyond ``threads``
     seconds = run_logged(cmd, env, work / "logs" / f"train_{dataset_id}_{conf}_fold_{schedule.fold}.log", log)
     io.write_json({**record, "train_s": record.get("train_s", 0.0) + seconds}, fold_dir / "autosam_schedule.json")
+    return model
+
+
+def train_cross_validation(source: str | os.PathLike, cases: Sequence[str], work: str | os.PathLike,
+                           dataset_id: int, schedule: Schedule, split: Sequence[Sequence[str]],
+                           log: Callable[[str], None] = notice, name: str = "AutosamSubset") -> Path:
+    """nnU-Net's cross-validation on ``cases``: fold k trained on the cases outside ``split[k]`` and validated on
+    them with probabilities (``--npz``), the maps ``autosam fit`` reads; returns the model folder."""
+    model = None
+    for k in range(len(split)):
+        model = train_nnunet(source, cases, work, dataset_id, replace(schedule, fold=str(k)), log, name, split, True)
     return model
 
 
@@ -285,17 +314,20 @@ def _outputs(model_folder: Path, images: Path, out: Path, probabilities: bool) -
 
 def predict_nnunet(model_folder: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
                    schedule: Schedule, save_probabilities: bool = False, disable_tta: bool = False,
-                   log: Callable[[str], None] = notice) -> Path:
+                   log: Callable[[str], None] = notice, folds: Optional[Sequence[str]] = None) -> Path:
     """Segment every case of ``images`` into ``out`` with nnUNetv2_predict_from_modelfolder (fold
-    ``schedule.fold``); cases already written are kept, and nothing runs when all are there. Returns ``out``."""
+    ``schedule.fold``, or the ensemble of ``folds``); cases already written are kept, and nothing runs when all are
+    there. Returns ``out``."""
     model, images, out = Path(model_folder), Path(images), Path(out)
-    if not (model / f"fold_{schedule.fold}" / "checkpoint_final.pth").is_file():
-        raise AutosamError(f"{model}: fold_{schedule.fold}/checkpoint_final.pth not found; train first")
+    folds = [str(f) for f in folds] if folds else [schedule.fold]
+    for fold in folds:
+        if not (model / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+            raise AutosamError(f"{model}: fold_{fold}/checkpoint_final.pth not found; train first")
     if all(f.is_file() for f in _outputs(model, images, out, save_probabilities)):
         return out
     n = str(schedule.threads)
     cmd = ["nnUNetv2_predict_from_modelfolder", "-i", str(images), "-o", str(out), "-m", str(model),
-           "-f", schedule.fold, "-device", schedule.device, "-npp", n, "-nps", n, "--continue_prediction",
+           "-f", *folds, "-device", schedule.device, "-npp", n, "-nps", n, "--continue_prediction",
            "--disable_progress_bar"]
     cmd += ["--save_probabilities"] * save_probabilities + ["--disable_tta"] * disable_tta
     env = nnunet_env(None, schedule)

@@ -1,6 +1,6 @@
-"""The checks of a run's kept models against the options, done before anything is written: the adapter (and the
-fold adapters), the fold nnU-Nets, and the tuned records (the prompter's, frozen and adapted, and nnU-Net's). A
-kept model made with other options is refused in one line that names its file, so a study never mixes them."""
+"""The checks of a run's kept models against the options, done before anything is written: the adapter, nnU-Net's
+cross-validation, the prompter's tuned records and ``autosam fit``'s kept adapters. A kept model made with other
+options is refused in one line that names its file, so a study never mixes them."""
 from __future__ import annotations
 
 import json
@@ -9,17 +9,20 @@ from typing import Optional
 
 from ..adapt.config import CONFIG_NAME, read_config
 from ..errors import AutosamError
+from ..fit.run import preflight
+from ..nnunet.folds import read_cross_validation
 from ..sam_settings import SETTINGS_FILE, read_json
+from ..settings import SamSpec
 from .folder import NNUNET_FOLDS, WHOSE, StudyFolder
 
 
 class KeptModels(StudyFolder):
     """A study folder whose kept models are read, and refused when other options made them."""
 
-    def kept_adapter(self, run: dict, fold: Optional[dict] = None):
-        """The config of the run's kept adapter (of ``fold``; None: none yet); one trained on other prompts or on
+    def kept_adapter(self, run: dict):
+        """The config of the run's kept adapter (None: none yet); one trained on other prompts or on
         another source's maps than the options ask is refused in one line, so a study never mixes adapters."""
-        folder = self.adapter_folder(run, fold)
+        folder = self.adapter_folder(run)
         if not (folder / CONFIG_NAME).is_file():
             return None
         kept, o = read_config(folder), self.opts
@@ -50,44 +53,17 @@ class KeptModels(StudyFolder):
         if not path.is_file():
             return None
         try:
-            folds = json.loads(path.read_text())["folds"]
-            held = [sorted(f["predicted"]) for f in folds]
+            record = json.loads(path.read_text())
+            folds, held = record["folds"], [sorted(f["predicted"]) for f in record["folds"]]
+            record["model"]  # made by nnU-Net's own cross-validation (older studies trained one nnU-Net per fold)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise AutosamError(f"{path}: cannot read the fold nnU-Nets' record ({e}); use another study folder"
-                               ) from None
+            raise AutosamError(f"{path}: cannot read the fold nnU-Nets' record ({e}; an older autosam trained one "
+                               "nnU-Net per fold); use another study folder") from None
         if held != self._held_out(run):
             raise AutosamError(f"{path}: these {len(folds)} fold nnU-Net(s) left out other cases than "
                                f"--adapt-folds {self.opts.adapt_folds} does now; use another study folder or "
                                f"give --adapt-folds {len(folds)}")
         return folds
-
-    def kept_tuning(self, run: dict, folds: list[dict]) -> Optional[Path]:
-        """The run's kept record of nnU-Net's tuned default (None: none yet); one tuned on other cases, with other
-        SAMs or another object limit than the options ask is refused in one line."""
-        path = self._folds_root(run) / SETTINGS_FILE
-        if not path.is_file():
-            return None
-        try:
-            tuning = json.loads(path.read_text())["tuning"]
-            cases = set(tuning["validation_cases"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise AutosamError(f"{path}: cannot read this tuning record ({e}); delete it to tune again") from None
-        o, want = self.opts, self._tune_cases(folds)
-        adapted = o.fold_adapters()
-        problem = None
-        if cases != set(want):
-            problem = f"was tuned on {len(cases)} case(s), not the {len(want)} that --tune-cases {o.tune_cases} gives"
-        elif bool(tuning.get("fold_adapters")) != adapted:
-            problem = ("compared frozen and adapted SAM, but these options adapt none" if not adapted else
-                       "scored frozen SAM only, but these options adapt SAM on nnU-Net's maps")
-        elif tuning.get("options", {}).get("max_objects", o.max_objects) != o.max_objects:
-            problem = f"was tuned with --max-objects {tuning['options']['max_objects']}, not {o.max_objects}"
-        elif tuning.get("sign_test") != o.sign_test:
-            problem = self._rule_problem(tuning.get("sign_test"))
-        if problem:
-            raise AutosamError(f"{path}: this tuned default {problem}; delete it to tune again or use another "
-                               "study folder")
-        return path
 
     def _rule_problem(self, kept: Optional[float]) -> str:
         had = f"--sign-test {kept}" if kept is not None else "no sign test"
@@ -106,7 +82,7 @@ class KeptModels(StudyFolder):
 
     def check_kept(self, run: dict) -> None:
         """Refuse, in one line and before anything is written, the run's kept models made with other options: its
-        adapter, the fold nnU-Nets, their adapters and nnU-Net's tuned default."""
+        adapter, nnU-Net's cross-validation and fit's adapters."""
         o = self.opts
         if o.adapts():
             self.kept_adapter(run)
@@ -116,10 +92,21 @@ class KeptModels(StudyFolder):
                 if path.is_file():
                     self.check_rule(path)
         folds = self.kept_folds(run) if o.needs_nnunet_folds() else None
-        if folds is None:
+        if folds is not None and "nnunet+tuned" in o.methods:  # fit's kept adapters of other options
+            root = self._folds_root(run)
+            cv = read_cross_validation(self.cv_model(run), raw_root=root / "nnUNet_raw",
+                                       preprocessed_root=root / "nnUNet_preprocessed")
+            preflight(cv, self.fit_options(run), SamSpec())
+            self.kept_fit(cv.model / SETTINGS_FILE, self.fit_options(run).to_record())
+
+    @staticmethod
+    def kept_fit(path: Path, want: dict) -> None:
+        """Refuse fit's kept record when it was made with other options (its choice feeds kept predictions)."""
+        if not path.is_file():
             return
-        if o.fold_adapters():
-            for fold in folds:
-                self.kept_adapter(run, fold)
-        if "nnunet+tuned" in o.methods:
-            self.kept_tuning(run, folds)
+        have = (read_json(path).get("fit") or {}).get("options") or {}
+        differ = [k for k in want if have.get(k) != want[k]]
+        if differ:
+            k = differ[0]
+            raise AutosamError(f"{path}: autosam fit chose nnU-Net's default with another {k} ({have.get(k)!r}, now "
+                               f"{want[k]!r}); use another study folder")

@@ -4,12 +4,13 @@ the log."""
 from __future__ import annotations
 
 import functools
-import itertools
+import json
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .. import io
 from ..adapt.crossfit import fold_assignment
+from ..fit import FitOptions
 from ..refine import RefineConfig
 from ..sam.cache import EmbeddingCache
 from ..settings import Runtime, SamSpec
@@ -90,9 +91,8 @@ class StudyFolder:
                             seconds / max(1, len(run["test"])))
 
     # -- where a run keeps its models -------------------------------------------------------------------------
-    def adapter_folder(self, run: dict, fold: Optional[dict] = None) -> Path:
-        models = self.folder / "models" / run["name"]
-        return models / "nnunet_folds" / fold["folder"] / "adapter" if fold else models / "adapter"
+    def adapter_folder(self, run: dict) -> Path:
+        return self.folder / "models" / run["name"] / "adapter"
 
     def _folds_root(self, run: dict) -> Path:
         return self.folder / "models" / run["name"] / "nnunet_folds"
@@ -100,11 +100,18 @@ class StudyFolder:
     def _held_out(self, run: dict) -> list[list[str]]:
         return fold_assignment(run["cases"], self.opts.adapt_folds, run["seed"], self.opts.subject_pattern)
 
-    def _tune_cases(self, folds: list[dict]) -> list[str]:
-        """The cases nnU-Net's default is tuned on: the folds' cases in turn, so that a ``--tune-cases`` limit
-        takes from every fold."""
-        order = [c for group in itertools.zip_longest(*(f["predicted"] for f in folds)) for c in group if c]
-        return order[: self.opts.tune_cases or None]
+    def cv_model(self, run: dict) -> Path:
+        """The model folder of the run's nnU-Net cross-validation (``folds.json``, once made)."""
+        return Path(json.loads((self._folds_root(run) / "predictions" / NNUNET_FOLDS).read_text())["model"])
+
+    def fit_options(self, run: dict) -> FitOptions:
+        """What ``autosam fit`` compares for ``nnunet+tuned``: at most ``--tune-cases`` maps, the study's grid and
+        rule, and fold adapters (the study's adapter options) when the study adapts SAM on nnU-Net's maps."""
+        o = self.opts
+        return FitOptions(frozen=not o.fold_adapters(), max_cases=o.tune_cases, sign_test=o.sign_test,
+                          max_objects=o.max_objects, small_grid=o.small_grid, adapt=o.adapt or "decoder",
+                          adapt_epochs=o.adapt_epochs, adapt_iterations=o.adapt_iterations,
+                          adapt_prompt=o.adapt_prompt, adapt_planes=o.adapt_planes, seed=run["seed"])
 
     def _time_file(self, run: dict, method: str) -> Path:
         return self.folder / "predictions" / run["name"] / "seconds" / f"{method.replace('/', '@')}.json"

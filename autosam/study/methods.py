@@ -9,10 +9,13 @@ from ..fusion import fusion_strategies
 
 #: Every method the study can score, in table order; "-adapted" ones need an adapter (``--adapt``).
 METHODS = ("sam-oracle", "sam-oracle-adapted", "prompter", "prompter+sam", "prompter+sam-adapted", "tuned",
-           "nnunet", "nnunet+sam", "nnunet+sam-adapted", "nnunet+tuned")
-#: What a study scores unless ``--methods`` says otherwise: every method but ``nnunet+tuned``, which trains
-#: ``--adapt-folds`` more nnU-Nets (and adapters) per run.
-DEFAULT_METHODS = tuple(m for m in METHODS if m != "nnunet+tuned")
+           "nnunet", "nnunet+sam", "nnunet+sam-adapted", "nnunet+tuned", "nnunet-folds", "nnunet+prompter")
+#: Methods that need nnU-Net's cross-validation (``--adapt-folds`` more nnU-Nets per run).
+CROSS_VALIDATED = ("nnunet+tuned", "nnunet-folds", "nnunet+prompter")
+#: The SAM-free controls a SAM method is judged against (with ``nnunet`` itself).
+CONTROLS = ("nnunet", "nnunet-folds", "nnunet+prompter")
+#: What a study scores unless ``--methods`` says otherwise: every method but those of :data:`CROSS_VALIDATED`.
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in CROSS_VALIDATED)
 DESCRIPTIONS = {
     "sam-oracle": "frozen SAM, boxes from the reference labels (a ceiling, not automatic)",
     "sam-oracle-adapted": "adapted SAM, boxes from the reference labels (a ceiling, not automatic)",
@@ -25,6 +28,9 @@ DESCRIPTIONS = {
     "nnunet+sam-adapted": "nnU-Net -> adapted SAM, built-in default",
     "nnunet+tuned": "nnU-Net -> the default tuned on nnU-Net's cross-fitted maps of the training cases (frozen SAM, "
                     "and with --adapt-source nnunet the adapted one through fold adapters; may be no SAM)",
+    "nnunet-folds": "control, no SAM: the ensemble of nnU-Net's cross-validation folds",
+    "nnunet+prompter": "control, no SAM: nnU-Net's probabilities averaged with the prompter's (weight chosen on the "
+                       "prompter's validation cases)",
 }
 #: Levers a method variant can switch on (``METHOD/FUSION+LEVER+...``), as :class:`RefineConfig` fields.
 LEVERS = {"hypotheses": {"box_hypotheses": True}, "rebox": {"rebox": 1}, "largest": {"max_objects": 1},

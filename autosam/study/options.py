@@ -8,7 +8,7 @@ from ..adapt.data import auto_prompts
 from ..errors import AutosamError
 from ..nnunet.train import Schedule
 from ..tune import check_sign_test, grid
-from .methods import DEFAULT_METHODS, parse_method
+from .methods import CROSS_VALIDATED, DEFAULT_METHODS, parse_method
 
 #: Whose cross-fitted maps prompt the adapter (``--adapt-source``).
 ADAPT_SOURCES = ("prompter", "nnunet")
@@ -119,13 +119,13 @@ class StudyOptions:
         return bool(self.adapt) and (self.uses_adapted() or tunes)
 
     def defers_adapter(self) -> bool:
-        """Only nnU-Net's tuned default could use the run's adapter (no adapted method, no prompter ``tuned``): it
-        is trained after that tuning, and only if the tuning chose the adapted SAM."""
+        """Only nnU-Net's tuned default could use an adapter (no adapted method, no prompter ``tuned``): the run
+        trains none; ``autosam fit`` trains its own, and keeps the final one only if the adapted SAM won."""
         return self.adapts() and not self.uses_adapted() and "tuned" not in self.methods
 
     def needs_nnunet_folds(self) -> bool:
         """Fold nnU-Nets predict the run's cases: they prompt the adapter, or nnU-Net's default is tuned on them."""
-        return (self.adapts() and self.adapt_source == "nnunet") or "nnunet+tuned" in self.methods
+        return (self.adapts() and self.adapt_source == "nnunet") or bool(set(CROSS_VALIDATED) & set(self.methods))
 
     def fold_adapters(self) -> bool:
         """nnU-Net's tuned default also tries the adapted SAM, through one adapter per fold (each left its fold's
@@ -134,7 +134,7 @@ class StudyOptions:
 
     def needs_prompter(self) -> bool:
         """A prompter is trained: a prompter method, the tuned default, or the prompter's maps prompt the adapter."""
-        prompted = any(m.startswith("prompter") or m == "tuned" for m in self.methods)
+        prompted = any(m.startswith("prompter") or m in ("tuned", "nnunet+prompter") for m in self.methods)
         return prompted or (self.adapts() and self.adapt_source == "prompter")
 
 

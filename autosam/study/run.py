@@ -9,7 +9,7 @@ from .. import io
 from ..pipelines import oracle_folder, refine_folder, segment_folder
 from ..prompter import Prompter
 from ..refine import RefineConfig
-from ..sam_settings import load_file, read_json
+from ..sam_settings import load_file
 from .methods import parse_method, table_order
 from .options import StudyOptions
 from .plan import check_plan, make_plan
@@ -27,6 +27,8 @@ class Study(ModelSteps):
         out = self.folder / "predictions" / run["name"] / method.replace("/", "@")
         if method == "nnunet":
             return models["nnunet"]
+        if method in ("nnunet-folds", "nnunet+prompter"):
+            return out, timed(lambda: self.control(method, run, models, out), self._time_file(run, method))
         base, variant = parse_method(method)
         adapter = models.get("adapter") if base.endswith("-adapted") else None
         sam = (lambda: self.predictor(adapter))
@@ -47,11 +49,6 @@ class Study(ModelSteps):
                                           None if method == "prompter" else config, **kwargs)
         return out, timed(step, self._time_file(run, method))
 
-    @staticmethod
-    def _tuned_adapter(record: Path) -> bool:
-        """The tuned record names an adapter (the run's, which may not be trained yet)."""
-        return bool(read_json(record).get("adapter"))
-
     def _tuned_config(self, record: Optional[Path]):
         """The tuned record's configuration (None: no SAM) and its predictor factory (built-in default when
         nothing could be tuned)."""
@@ -68,18 +65,16 @@ class Study(ModelSteps):
         models: dict = {}
         if o.needs_prompter():
             models["prompter"] = self.train_prompter(run)
-        deferred = o.defers_adapter()
-        if o.adapts() and not deferred:
+        if o.adapts() and not o.defers_adapter():
             models["adapter"] = self.train_adapter(run, models.get("prompter"), index)
         if "tuned" in o.methods:
             models["tuned"] = self.tune(models["prompter"], models.get("adapter"))
         if o.uses("nnunet"):
             models["nnunet"] = self.nnunet(run, index)
-        if "nnunet+tuned" in o.methods:
-            adapter = self.adapter_folder(run) if deferred else models.get("adapter")
-            models["nnunet_tuned"] = self.tune_nnunet(run, index, adapter, models.get("prompter"))
-            if deferred and self._tuned_adapter(models["nnunet_tuned"]):
-                models["adapter"] = self.train_adapter(run, models.get("prompter"), index)
+        if o.needs_nnunet_folds():
+            self.nnunet_folds(run, index)
+        if "nnunet+tuned" in o.methods:  # nnU-Net's cross-validation, then autosam fit
+            models["nnunet_tuned"] = self.tune_nnunet(run, index)
         rows = []
         for method in o.methods:
             # frozen SAM with label boxes does not depend on the training cases: one folder per test set

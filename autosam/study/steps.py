@@ -8,13 +8,15 @@ from typing import Optional
 
 from .. import io
 from ..adapt.train import finetune
-from ..nnunet.train import predict_nnunet, train_nnunet
+from ..fit import fit
+from ..nnunet.train import predict_nnunet, train_cross_validation, train_nnunet
 from ..prompter import Prompter
 from ..prompter.train import TrainOptions, train_prompter
 from ..prompter.tuning import tune_prompter, validation_cases
-from ..sam_settings import SETTINGS_FILE, from_tuning, read_json, record
-from ..tune import TuneResult, coarse_items, combine, tune as tune_candidates
+from ..sam_settings import SETTINGS_FILE, read_json
+from ..settings import Runtime, SamSpec
 from .checks import KeptModels
+from .controls import blend_folder, blend_weight
 from ..progress import notice as log
 from .folder import NNUNET_FOLDS, WHOSE
 from .results import timed
@@ -51,16 +53,14 @@ class ModelSteps(KeptModels):
                     best, best_score = path, score
         return best
 
-    def train_adapter(self, run: dict, prompter_dir: Optional[Path], index: int, fold: Optional[dict] = None
-                      ) -> Path:
+    def train_adapter(self, run: dict, prompter_dir: Optional[Path], index: int) -> Path:
         """The run's SAM adapter, trained on the cross-fitted maps of ``--adapt-source``: the prompter's (fold
         prompters) or nnU-Net's (fold nnU-Nets, :meth:`nnunet_folds`). The prompter's validation cases, on which
-        the default is tuned, are left out whenever the run has a prompter. ``fold`` (a fold of ``folds.json``):
-        the same adapter without that fold's predicted cases, in the fold's folder. Frozen-encoder adapters read
-        and store their slices' embeddings in the study's one cache."""
-        folder = self.adapter_folder(run, fold)
+        the default is tuned, are left out whenever the run has a prompter. Frozen-encoder adapters read and store
+        their slices' embeddings in the study's one cache."""
+        folder = self.adapter_folder(run)
         o = self.opts
-        kept = self.kept_adapter(run, fold)
+        kept = self.kept_adapter(run)
         started = kept is not None
         if started and kept.epoch >= o.adapt_epochs:
             return folder
@@ -69,11 +69,9 @@ class ModelSteps(KeptModels):
             prompts_from = f"coarse:{self.nnunet_folds(run, index)}"
         else:
             prompts_from = f"prompter:{prompter_dir}"
-        left_out = list(fold["predicted"]) if fold else []
-        log(f"study {run['name']}: adapting SAM ({o.adapt}) on {WHOSE[o.adapt_source]} cross-fitted prompts"
-            + (f", without {fold['folder']}'s {len(left_out)} case(s)" if fold else ""))
+        log(f"study {run['name']}: adapting SAM ({o.adapt}) on {WHOSE[o.adapt_source]} cross-fitted prompts")
         finetune(self.dataset, folder, base="litemedsam", method=o.adapt, epochs=o.adapt_epochs, val_fraction=0.0,
-                 iterations_per_epoch=o.adapt_iterations, exclude=self.others(run) + held_out + left_out,
+                 iterations_per_epoch=o.adapt_iterations, exclude=self.others(run) + held_out,
                  subject_pattern=o.subject_pattern, seed=run["seed"], device=o.device, resume=started,
                  prompts_from=prompts_from, folds=o.adapt_folds, auto_prompt=o.adapt_prompt, planes=o.adapt_planes,
                  cache_dir=self.folder / "embedding_cache")
@@ -90,88 +88,62 @@ class ModelSteps(KeptModels):
         return out, seconds
 
     def nnunet_folds(self, run: dict, index: int) -> Path:
-        """nnU-Net's cross-fitted maps of the run's cases: ``--adapt-folds`` nnU-Nets (the study's schedule), each
-        trained on the other folds' cases and predicting its own fold's (label maps and probabilities) into one
-        folder, ``models/<run>/nnunet_folds/predictions``; which fold trained on and predicted which cases is
-        recorded in ``folds.json`` there, once all are made, and kept ones are reused."""
-        o = self.opts
+        """nnU-Net's cross-fitted maps of the run's cases: nnU-Net's own cross-validation with ``--adapt-folds``
+        folds (the study's schedule, ``--npz``), each fold trained on the other folds' cases and validating its own;
+        the maps are linked into one folder, ``models/<run>/nnunet_folds/predictions``, with ``folds.json``
+        (which fold trained on and predicted which cases, and the model folder ``autosam fit`` reads)."""
         root = self._folds_root(run)
         out = root / "predictions"
         if self.kept_folds(run) is not None:
             return out
-        schedule = o.schedule(run["seed"])
         held = self._held_out(run)
+        log(f"study {run['name']}: nnU-Net's {len(held)}-fold cross-validation on {len(run['cases'])} case(s)")
+        model = train_cross_validation(self.dataset, run["cases"], root, 900 + index, self.opts.schedule(run["seed"]),
+                                       held)
+        out.mkdir(parents=True, exist_ok=True)
         folds = []
         for i, part in enumerate(held):
-            train = [c for c in run["cases"] if c not in part]
-            images = self.link_images(part, root / f"fold_{i}" / "images")
-            log(f"study {run['name']}: nnU-Net fold {i + 1}/{len(held)} on {len(train)} case(s), "
-                f"predicting its {len(part)} held-out case(s)")
-            model = train_nnunet(self.dataset, train, root / f"fold_{i}", 900 + index, schedule)
-            predict_nnunet(model, images, out, schedule, save_probabilities=True)
-            folds.append({"folder": f"fold_{i}", "trained_on": sorted(train), "predicted": sorted(part)})
-        io.write_json({"cases": sorted(run["cases"]), "subject_pattern": o.subject_pattern, "folds": folds},
-                      out / NNUNET_FOLDS)
+            for case in part:
+                for suffix in (self.info.file_ending, ".npz"):
+                    link = out / f"{case}{suffix}"
+                    if not link.is_symlink():
+                        link.symlink_to(model / f"fold_{i}" / "validation" / f"{case}{suffix}")
+            folds.append({"folder": f"fold_{i}", "trained_on": sorted(c for c in run["cases"] if c not in part),
+                          "predicted": sorted(part)})
+        io.write_json({"cases": sorted(run["cases"]), "subject_pattern": self.opts.subject_pattern,
+                       "model": str(model), "folds": folds}, out / NNUNET_FOLDS)
         return out
 
-    def tune_nnunet(self, run: dict, index: int, adapter: Optional[Path], prompter_dir: Optional[Path]) -> Path:
-        """nnU-Net's SAM default, tuned as the nnU-Net trainer's validation tunes it but on the fold nnU-Nets'
-        cross-fitted maps of the run's cases (at most ``--tune-cases``): with frozen SAM, and with
-        :meth:`fold_adapters` the adapted SAM, each fold's cases scored with the adapter that left them out. The
-        better of the two winners (each "no SAM" unless SAM gained) is recorded in ``nnunet_folds/autosam_sam.json``;
-        an adapted winner names the run's adapter, trained on every case, as nnU-Net's own test predictions come
-        from the model trained on every case."""
-        o = self.opts
-        maps = self.nnunet_folds(run, index)
-        folds = self.kept_folds(run)
-        kept = self.kept_tuning(run, folds)
-        if kept is not None:
-            return kept
-        path = maps.parent / SETTINGS_FILE
-        chosen = self._tune_cases(folds)
-        references = io.label_files(self.labels, chosen, self.info.file_ending)
-        items = dict(zip(chosen, coarse_items(chosen, self.files, references, maps, self.info)))
-        grid = o.grid()
-        log(f"study {run['name']}: tuning nnU-Net's SAM default on {len(items)} cross-fitted map(s), frozen SAM")
-        frozen = tune_candidates(self.predictor(), list(items.values()), self.info, grid, sign_test=o.sign_test)
-        results, names = [(frozen, None)], []
-        if o.fold_adapters():
-            adapted, names = self._tune_fold_adapters(run, index, prompter_dir, folds, items, grid)
-            results.append((adapted, adapter))
-        result, chosen_adapter = max(results, key=lambda r: r[0].mean(r[0].best.name))  # ties: frozen
-        result.base["compared"] = self._compared(results)
-        if names:  # whichever won, the fold adapters the adapted SAM was scored with
-            result.base["fold_adapters"] = names
-        result.base["options"] = {"tune_cases": o.tune_cases, "max_objects": o.max_objects}
-        settings = from_tuning(result, adapter=str(chosen_adapter) if chosen_adapter and result.best.use_sam else None)
-        record(settings, path.parent, by="autosam study (nnU-Net's cross-fitted maps)")
-        log(f"study {run['name']}: nnU-Net's tuned default: {result.best.name}"
-            + (" (adapted SAM)" if settings["adapter"] else "") + f", mean Dice {result.mean(result.best.name):.4f} "
-            f"against nnU-Net alone {result.mean('no SAM'):.4f} on the folds' maps")
-        return path
+    def tune_nnunet(self, run: dict, index: int) -> Path:
+        """nnU-Net's SAM default: nnU-Net's cross-validation, then ``autosam fit`` on it (at most ``--tune-cases``
+        maps; fold adapters unless the options adapt nothing on nnU-Net's maps), as a user would run it. Returns
+        fit's record, ``MODEL/autosam_sam.json``, whose adapter (if the adapted SAM won) trained on every map."""
+        self.nnunet_folds(run, index)
+        root = self._folds_root(run)
+        log(f"study {run['name']}: autosam fit on nnU-Net's cross-validation")
+        return fit(self.cv_model(run), self.fit_options(run), SamSpec(), Runtime(self.opts.device, self.opts.engine),
+                   raw_root=root / "nnUNet_raw", preprocessed_root=root / "nnUNet_preprocessed")
 
-    def _tune_fold_adapters(self, run: dict, index: int, prompter_dir: Optional[Path], folds: list[dict],
-                            items: dict, grid: list) -> tuple[TuneResult, list[str]]:
-        """The adapted SAM's tuning on nnU-Net's maps: each fold's cases of ``items`` scored with that fold's
-        adapter (trained here if need be), combined; and the fold adapters it used."""
-        parts, names = [], []
-        for fold in folds:
-            cases = [c for c in items if c in fold["predicted"]]
-            if cases:
-                fold_adapter = self.train_adapter(run, prompter_dir, index, fold)
-                log(f"study {run['name']}: tuning on {fold['folder']}'s {len(cases)} case(s), its adapter")
-                parts.append(tune_candidates(self.predictor(fold_adapter), [items[c] for c in cases], self.info, grid))
-                names.append(str(fold_adapter))
-        return combine(parts, sign_test=self.opts.sign_test), names
+    def control(self, method: str, run: dict, models: dict, out: Path) -> Path:
+        """A SAM-free control's predictions of the run's test cases (:mod:`.controls`)."""
+        images = self.test_images(run)
+        if method == "nnunet-folds":
+            folds = [str(i) for i in range(len(self.kept_folds(run)))]
+            return predict_nnunet(self.cv_model(run), images, out, self.opts.schedule(run["seed"]), folds=folds)
+        prompter = Prompter.load(models["prompter"], device=self.opts.device)
+        sam = self.predictor().model if prompter.mode == "embedding" else None
+        return blend_folder(images, models["nnunet"][0], out, prompter, sam, self.blend(run, prompter, sam),
+                            self.info)
 
-    def _compared(self, results: list[tuple[TuneResult, Optional[Path]]]) -> dict:
-        """What frozen and adapted SAM's tunings each chose (and, with a sign test, what the mean alone would
-        have), for the tuned record."""
-        compared = {}
-        for r, a in results:
-            entry = compared["adapted SAM (fold adapters)" if a else "frozen SAM"] = {
-                "chosen": r.best.name, "chosen_mean_dice": round(r.mean(r.best.name), 5)}
-            if self.opts.sign_test is not None:  # and what the mean alone would have chosen
-                mean_rule = r.mean_rule().name
-                entry.update(without_sign_test=mean_rule, without_sign_test_mean_dice=round(r.mean(mean_rule), 5))
-        return compared
+    def blend(self, run: dict, prompter: Prompter, sam) -> float:
+        """nnU-Net's weight for ``nnunet+prompter``, chosen once per run (kept in ``nnunet_prompter.json``)."""
+        path = self.folder / "models" / run["name"] / "nnunet_prompter.json"
+        if path.is_file():
+            return float(read_json(path)["weight"])
+        cases = validation_cases(prompter)
+        weight, means = blend_weight(prompter, sam, cases, self.files, self.labels,
+                                     self._folds_root(run) / "predictions", self.info)
+        io.write_json({"weight": weight, "mean_dice": means, "cases": cases}, path)
+        log(f"study {run['name']}: nnunet+prompter: nnU-Net's weight {weight} (mean Dice by weight on the "
+            f"prompter's {len(cases)} validation case(s): {means})")
+        return weight
