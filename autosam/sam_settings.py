@@ -171,14 +171,18 @@ def refine_config(settings: dict):
 
 
 def runtime(default_device: str, env: Optional[dict] = None) -> dict:
-    """Device and batch size for SAM: ``AUTOSAM_DEVICE`` / ``AUTOSAM_BATCH_SIZE`` or the given defaults."""
+    """Device and batch size for SAM: ``AUTOSAM_DEVICE`` / ``AUTOSAM_BATCH_SIZE`` or the given defaults (the batch
+    size parsed and checked through :data:`autosam.settings.BOUNDS`, as ``--batch-size`` is)."""
     from autosam.errors import AutosamError
+    from autosam.settings import BOUNDS
 
     env = os.environ if env is None else env
     batch = env.get("AUTOSAM_BATCH_SIZE", "").strip() or "16"
-    if not batch.isdigit() or int(batch) < 1:
-        raise AutosamError(f"environment variable AUTOSAM_BATCH_SIZE={batch!r}: expected a positive integer")
-    return {"device": env.get("AUTOSAM_DEVICE", "").strip() or default_device, "batch_size": int(batch)}
+    try:
+        size = BOUNDS["batch_size"].parse(batch)
+    except ValueError as e:
+        raise AutosamError(f"environment variable AUTOSAM_BATCH_SIZE={batch!r}: {e}") from None
+    return {"device": env.get("AUTOSAM_DEVICE", "").strip() or default_device, "batch_size": size}
 
 
 def build_predictor(settings: dict, run: dict):

@@ -28,6 +28,24 @@ def write_slab(image: Path, label: Path, image_out: Path, label_out: Path, n_sli
 CV_TRAINER = "nnUNetTrainerAutoSAM_Short"
 
 
+def slab_sample(dst: Path, n_slices: int) -> list[str]:
+    """The bundled hippocampus sample as a raw dataset in ``dst``, every case cut to ``n_slices`` slices through its
+    labels (:func:`write_slab`: less SAM work on CPU). Returns the case ids."""
+    import shutil
+
+    from autosam.sample import sample_dataset
+
+    src = sample_dataset("hippocampus")
+    (dst / "imagesTr").mkdir(parents=True)
+    (dst / "labelsTr").mkdir()
+    shutil.copy(src / "dataset.json", dst / "dataset.json")
+    cases = sorted(f.name[: -len(".nii.gz")] for f in (src / "labelsTr").iterdir())
+    for case in cases:
+        write_slab(src / "imagesTr" / f"{case}_0000.nii.gz", src / "labelsTr" / f"{case}.nii.gz",
+                   dst / "imagesTr" / f"{case}_0000.nii.gz", dst / "labelsTr" / f"{case}.nii.gz", n_slices)
+    return cases
+
+
 def make_cv_model(root: Path, venv_bin: Path, env: dict, slices: int = 8) -> dict:
     """A tiny 2-fold nnU-Net 2d model with its cross-validation (``--npz``) on slabs of the bundled hippocampus
     sample: ``nnUNet_raw/Dataset902_HippoCV`` (``slices`` slices per case), a split of two folds of three cases,
@@ -35,19 +53,9 @@ def make_cv_model(root: Path, venv_bin: Path, env: dict, slices: int = 8) -> dic
     refines with fixed settings (no tuning) and keeps nnU-Net's own maps in ``validation_unrefined``. Returns
     ``root``, ``env``, ``raw``, ``model`` and ``folds`` (fold -> validation cases)."""
     import json
-    import shutil
 
-    from autosam.sample import sample_dataset
-
-    source = sample_dataset("hippocampus")
     raw = root / "nnUNet_raw" / "Dataset902_HippoCV"
-    (raw / "imagesTr").mkdir(parents=True)
-    (raw / "labelsTr").mkdir()
-    shutil.copy(source / "dataset.json", raw / "dataset.json")
-    cases = sorted(f.name[: -len(".nii.gz")] for f in (source / "labelsTr").iterdir())
-    for c in cases:
-        write_slab(source / "imagesTr" / f"{c}_0000.nii.gz", source / "labelsTr" / f"{c}.nii.gz",
-                   raw / "imagesTr" / f"{c}_0000.nii.gz", raw / "labelsTr" / f"{c}.nii.gz", slices)
+    cases = slab_sample(raw, slices)
     run_cmd(venv_bin, env, "nnUNetv2_plan_and_preprocess", "-d", "902", "-c", "2d", "-np", "1", "-npfp", "1")
     folds = {"0": cases[::2], "1": cases[1::2]}
     split = [{"train": [c for c in cases if c not in v], "val": v} for v in folds.values()]

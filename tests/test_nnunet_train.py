@@ -49,6 +49,17 @@ def test_raw_dataset_is_idempotent_and_refuses_other_cases(tmp_path):
     assert Schedule(spacing=(999, 3, 3)).plans == "nnUNetPlans_spacing_999x3x3" and Schedule().plans == "nnUNetPlans"
 
 
+def test_a_cross_validation_split_is_checked_before_anything_is_written(tmp_path):
+    split = [CASES[:2], CASES[2:4]]
+    for bad, fold, message in (([CASES[:2], CASES[1:3]], "0", "each in one fold"),
+                               ([CASES[:2], ["hippocampus_999"]], "1", "hippocampus_999"),
+                               (split, "2", "has no fold 2"), (split, "all", "has no fold all")):
+        schedule = Schedule(configuration="2d", fold=fold)
+        assert message in one_line_error(lambda: train_nnunet(SOURCE, CASES[:4], tmp_path / "w", 904, schedule,
+                                                              split=bad, npz=True))
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.slow
 def test_train_predict_and_resume(tmp_path):
     work = tmp_path / "work"

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from autosam import io
-from nnunet_helpers import run_cmd, write_slab
+from nnunet_helpers import run_cmd, slab_sample
 
 TRAINER = "nnUNetTrainerAutoSAM_Short"
 
@@ -109,19 +109,9 @@ def seg(path: Path) -> np.ndarray:
 
 
 def cut_sample(dst: Path) -> list[str]:
-    """The bundled hippocampus sample as ``Dataset951_HippoCut``: every case cut to N_SLICES slices through its
+    """The bundled hippocampus sample as ``Dataset951_HippoCut``, every case cut to N_SLICES slices through its
     labels, so that SAM encodes at most N_SLICES slices per case (CPU time). Returns the case ids."""
-    from autosam.sample import sample_dataset
-
-    src = sample_dataset("hippocampus")
-    (dst / "imagesTr").mkdir(parents=True)
-    (dst / "labelsTr").mkdir()
-    shutil.copy(src / "dataset.json", dst / "dataset.json")
-    cases = sorted(f.name[: -len(".nii.gz")] for f in (src / "labelsTr").iterdir())
-    for case in cases:
-        write_slab(src / "imagesTr" / f"{case}_0000.nii.gz", src / "labelsTr" / f"{case}.nii.gz",
-                   dst / "imagesTr" / f"{case}_0000.nii.gz", dst / "labelsTr" / f"{case}.nii.gz", N_SLICES)
-    return cases
+    return slab_sample(dst, N_SLICES)
 
 
 @pytest.mark.slow

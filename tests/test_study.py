@@ -105,7 +105,8 @@ def nnunet_study(tmp_path_factory):
     (``nnunet+tuned``); what the tests read is kept before a test reruns the study in the same folder."""
     folder = tmp_path_factory.mktemp("nnsrc") / "tuned"
     assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
-                 "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned", "nnunet-folds", "nnunet+prompter"]) == 0
+                 "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned", "nnunet-folds", "nnunet+prompter",
+                 "--convergence"]) == 0
     run = json.loads((folder / "plan.json").read_text())["runs"][0]
     return {"folder": folder, "run": run, "rows": list(csv.DictReader((folder / "results.csv").open())),
             "adapter_trained": (folder / "models" / run["name"] / "adapter" / "adapter.pt").is_file(),
@@ -176,6 +177,11 @@ def test_quick_study_scores_the_sam_free_controls(nnunet_study):
     assert "-f 0 1 " in log  # both folds ensembled
     for method in ("nnunet-folds", "nnunet+prompter"):
         assert f"| {method} |" in nnunet_study["summary"]
+    # the baseline's convergence: nnU-Net's fold-0 validation Dice at the schedule E and at 2E
+    record = json.loads((folder / "models" / run["name"] / "convergence.json").read_text())
+    assert record["epochs"] == 1 and record["dice_e"] is not None and record["dice_2e"] is not None
+    assert "## baseline_convergence" in nnunet_study["summary"]
+    assert f"| 4 | 0 | 1 x 3 | {record['dice_e']:.4f} | {record['dice_2e']:.4f} |" in nnunet_study["summary"]
 
 
 def test_quick_study_adapts_on_nnunets_cross_fitted_maps(nnunet_study, capsys):
@@ -203,7 +209,7 @@ def test_quick_study_adapts_on_nnunets_cross_fitted_maps(nnunet_study, capsys):
     prompts = json.loads((models / "adapter" / "prompts_from.json").read_text())
     assert prompts["source"] == f"coarse:{models / 'nnunet_folds' / 'predictions'}"
     assert set(prompts["cases"]) <= set(run["cases"]) and prompts["cases"]
-    assert not (models / "prompter").exists()
+    # (the study folder's prompter is nnunet+prompter's, of the fixture; the adapter's prompts are nnU-Net's)
     rows = list(csv.DictReader((folder / "results.csv").open()))
     assert {r["method"] for r in rows} == {"sam-oracle-adapted"}
     assert sum(float(r["dice"]) for r in rows) / len(rows) > 0.5  # the adapter still segments with good boxes

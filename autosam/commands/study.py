@@ -97,6 +97,9 @@ def add_schedule_arguments(s, d: StudyOptions) -> None:
                         "nnUNetv2_plan_and_preprocess -overwrite_target_spacing, under their own plans name "
                         "(default: nnU-Net's own plans)")
     s.add_argument("--nnunet-epochs", type=int, default=d.nnunet_epochs, help="nnU-Net epochs (default %(default)s)")
+    s.add_argument("--convergence", action=argparse.BooleanOptionalAction, default=d.convergence,
+                   help="with the nnunet method, train fold 0 at the schedule and at twice its epochs, for "
+                        "summary.md's baseline_convergence (default on; off with --quick)")
     s.add_argument("--nnunet-iterations", type=int, default=d.nnunet_iterations,
                    help="nnU-Net iterations per epoch (default %(default)s)")
 
@@ -111,7 +114,7 @@ FIELDS = {"test_fraction": "test_fraction", "train_sizes": "train_sizes", "repea
           "nnunet_trainer": "nnunet_trainer", "nnunet_configuration": "nnunet_configuration",
           "nnunet_spacing": "nnunet_spacing",
           "nnunet_epochs": "nnunet_epochs", "nnunet_iterations": "nnunet_iterations", "device": "device",
-          "engine": "engine"}
+          "engine": "engine", "convergence": "convergence"}
 
 
 def study_options(args: argparse.Namespace):

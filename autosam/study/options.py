@@ -48,6 +48,7 @@ class StudyOptions:
     nnunet_spacing: Optional[list] = None  # nnU-Net's -overwrite_target_spacing (three numbers), None: its own
     device: str = "cpu"
     engine: str = "auto"
+    convergence: bool = True  # with nnunet: fold 0 at the schedule E and at 2E (summary.md's baseline_convergence)
 
     def check(self) -> None:
         """Refuse, in one line, options that cannot run (nothing is written yet)."""
@@ -142,5 +143,5 @@ def quick_options() -> StudyOptions:
     """``--quick``: the bundled hippocampus sample end to end in a few minutes (a smoke test, not a result)."""
     return StudyOptions(train_sizes=["3", "4"], repeats=1, test_cases=None, test_fraction=0.2, prompter_epochs=4,
                         prompter_iterations=10, adapt_epochs=1, adapt_iterations=10, adapt_folds=2, tune_cases=1,
-                        max_objects=1, small_grid=True, nnunet_configuration="2d", nnunet_epochs=1,
+                        max_objects=1, small_grid=True, convergence=False, nnunet_configuration="2d", nnunet_epochs=1,
                         nnunet_iterations=3)

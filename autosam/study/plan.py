@@ -139,5 +139,9 @@ def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, g
         steps["tuning nnU-Net's default (nnunet+tuned)"] = sum(
             min(o["tune_cases"] or len(r["cases"]), len(r["cases"])) for r in plan["runs"]) * sam * (
             4 if slices_per_case > 1 else 2)
+    if opts.convergence and "nnunet" in methods:  # fold 0 at 2E (and at E without the cross-validation), per size
+        once = len({r["size"] for r in plan["runs"]})
+        steps["nnU-Net at twice the epochs (baseline_convergence)"] = once * nnunet * (2 if opts.needs_nnunet_folds()
+                                                                                          else 3)
     steps["SAM encoder (test cases, cached once)"] = distinct * sam
     return steps

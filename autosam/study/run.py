@@ -73,6 +73,8 @@ class Study(ModelSteps):
             models["nnunet"] = self.nnunet(run, index)
         if o.needs_nnunet_folds():
             self.nnunet_folds(run, index)
+        if o.convergence and "nnunet" in o.methods and run.get("repeat", 0) == 0:  # once per size
+            self.convergence(run, index)
         if "nnunet+tuned" in o.methods:  # nnU-Net's cross-validation, then autosam fit
             models["nnunet_tuned"] = self.tune_nnunet(run, index)
         rows = []

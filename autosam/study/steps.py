@@ -17,6 +17,7 @@ from ..sam_settings import SETTINGS_FILE, read_json
 from ..settings import Runtime, SamSpec
 from .checks import KeptModels
 from .controls import blend_folder, blend_weight
+from .convergence import RECORD, measure
 from ..progress import notice as log
 from .folder import NNUNET_FOLDS, WHOSE
 from .results import timed
@@ -147,3 +148,12 @@ class ModelSteps(KeptModels):
         log(f"study {run['name']}: nnunet+prompter: nnU-Net's weight {weight} (mean Dice by weight on the "
             f"prompter's {len(cases)} validation case(s): {means})")
         return weight
+
+    def convergence(self, run: dict, index: int) -> dict:
+        """nnU-Net's fold-0 validation Dice at the study's schedule and at twice its epochs (:mod:`.convergence`):
+        fold 0 of the run's cross-validation when there is one, else trained here."""
+        models = self.folder / "models" / run["name"]
+        cv = self.cv_model(run) if self.kept_folds(run) is not None else None
+        log(f"study {run['name']}: nnU-Net's fold 0 at twice the epochs (does the baseline converge?)")
+        return measure(self.dataset, run, cv, models, 900 + index, self.opts.schedule(run["seed"]),
+                       self._held_out(run), models / RECORD)

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import io
+from .convergence import convergence_lines
 from .methods import describe
 from .results import case_values
 from .stats import RESAMPLES, SEED, compare, mean_ci
@@ -146,7 +147,8 @@ def write_reports(folder: Path, rows: list[dict], plan: dict, methods: Sequence[
     stats = comparisons(rows, methods, chosen) if chosen else []
     write_stats(folder, stats)
     with io.atomic_output(folder / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(rows, plan, methods, chosen, stats, note))
+        tmp.write_text(summary_markdown(rows, plan, methods, chosen, stats, note) + "\n"
+                       + "\n".join(convergence_lines(folder)))
     learning_curve(rows, methods, folder / "learning_curve.png", title)
 
 
