@@ -358,6 +358,28 @@ def _model(root: Path) -> Path:
     return m
 
 
+@case("fit: a folder that is not nnU-Net's", "not an nnU-Net model folder", "plans.json")
+def _(root):
+    (root / "nope").mkdir()
+    return ["fit", "-m", root / "nope", "--device", "cpu"]
+
+
+@case("fit: a fold without its validation probabilities", "--val --npz", "fold_1")
+def _(root):
+    m = _model(root)
+    for fold in ("0", "1"):
+        (m / f"fold_{fold}" / "validation").mkdir(parents=True)
+        shutil.copy(HIPPO / "labelsTr" / "hippocampus_148.nii.gz" if fold == "0" else
+                    HIPPO / "labelsTr" / "hippocampus_149.nii.gz", m / f"fold_{fold}" / "validation")
+    (m / "fold_0" / "validation" / "hippocampus_148.npz").write_bytes(b"")
+    return ["fit", "-m", m, "--device", "cpu"]
+
+
+@case("fit: a negative --max-cases", "--max-cases", ">= 0")
+def _(root):
+    return ["fit", "-m", _model(root), "--max-cases", "-1"]
+
+
 @case("predict: missing model folder", "model folder not found")
 def _(root):
     d = _dataset(root / "d")

@@ -146,12 +146,12 @@ def read_cross_validation(model_folder: str | os.PathLike, folds: Optional[Seque
     info = io.load_dataset_json(model)  # region-based labels: one line (io)
     raw_root = raw_root or os.environ.get("nnUNet_raw")
     pre = str(preprocessed_root or os.environ.get("nnUNet_preprocessed") or "") or None
+    cv = CrossValidation(model.resolve(), info, Path(raw_root or ".") / model.parent.name, {}, {})
+    for fold in _fold_folders(model, folds):
+        _fold_maps(cv, fold, pre)
     if not raw_root:
         raise AutosamError("nnUNet_raw is not set: fit reads the raw training images and labels of the "
                            f"cross-validated cases from $nnUNet_raw/{model.parent.name}")
-    cv = CrossValidation(model.resolve(), info, Path(raw_root) / model.parent.name, {}, {})
-    for fold in _fold_folders(model, folds):
-        _fold_maps(cv, fold, pre)
     _raw_cases(cv)
     return cv
 
