@@ -8,16 +8,18 @@ from ..settings import Runtime, SamSpec
 from .common import add_parallel_arguments, add_sam_arguments, parallel_from_args
 
 HELP = "choose (and adapt) SAM on a trained nnU-Net model's cross-validation, recorded for predict"
+DESCRIPTION = (
+    f"{HELP}, as nnUNetv2_find_best_configuration chooses a configuration. It reads every fold's validation "
+    "probabilities (nnUNetv2_train ... --npz) and the raw training cases ($nnUNet_raw), scores no SAM and the tuning "
+    "grid with frozen SAM and with one adapter per fold (trained on the maps outside the fold), keeps no SAM unless "
+    "SAM gains --min-gain, and writes MODEL/autosam_sam.json, which autosam predict, nnUNetv2_predict -tr "
+    "nnUNetTrainerAutoSAM and the trainer's validation read. A rerun resumes."
+)
 
 
 def add_parser(sub) -> None:
     d = FitOptions()
-    p = sub.add_parser("fit", help=HELP, description=HELP + ", as nnUNetv2_find_best_configuration chooses a "
-                       "configuration. Reads every fold's validation probabilities (nnUNetv2_train ... --npz) and the "
-                       "raw training cases ($nnUNet_raw), scores no SAM and the tuning grid with frozen SAM and with "
-                       "one adapter per fold (trained on the maps outside the fold), keeps no SAM unless SAM gains "
-                       "--min-gain, and writes MODEL/autosam_sam.json, which autosam predict, nnUNetv2_predict -tr "
-                       "nnUNetTrainerAutoSAM and the trainer's validation read. A rerun resumes.")
+    p = sub.add_parser("fit", help=HELP, description=DESCRIPTION)
     p.add_argument("-m", "--model", default=None, help="trained nnU-Net model folder (Trainer__Plans__configuration)")
     p.add_argument("-d", "--dataset", default=None, help="dataset name or id, as nnU-Net's verbs (with -c)")
     p.add_argument("-c", "--configuration", default=None, help="nnU-Net configuration (with -d)")
