@@ -36,7 +36,7 @@ def preflight(cv: CrossValidation, opts: FitOptions, sam: SamSpec) -> None:
 def _score_all(cv: CrossValidation, picked: dict, opts: FitOptions, sam: SamSpec, runtime: Runtime,
                adapted: bool, parallel: Optional[Parallel], log=notice) -> tuple[TuneResult, dict]:
     """Every fold's picked cases scored with frozen SAM, or each with its fold's adapter (trained here first); a
-    fold's scoring is one job (:func:`autosam.fit.scores.score_job`), run here or as a Ray task."""
+    fold's scoring is one :class:`~autosam.fit.scores.ScoreJob`, run here or as a Ray task."""
     work, grid = cv.model / FIT_DIR, opts.grid()
     folds = [f for f, c in picked.items() if c]
     fold_adapters = {}
