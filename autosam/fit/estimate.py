@@ -8,6 +8,7 @@ from typing import Optional
 from .. import io
 from ..nnunet.folds import CrossValidation
 from ..refine import refine_case, read_coarse
+from ..sam.predictor import resolve_device
 from ..settings import Runtime, SamSpec
 from ..tune import TuneResult
 from .options import FitOptions
@@ -19,10 +20,8 @@ SECONDS_PER_SLICE = {"cpu": 0.6, "gpu": 0.01}
 SECONDS_PER_SAMPLE = {"cpu": 0.15, "gpu": 0.005}
 
 
-def _slices(cv: CrossValidation, planes: bool) -> int:
-    """Slices one case is encoded along (the first case's shape; every axis with ``planes`` on a 3D case)."""
-    case = cv.cases[0]
-    shape = io.read_case(case, cv.images[case]).image.shape[1:]
+def _slices(shape: tuple, planes: bool) -> int:
+    """Slices a case of ``shape`` is encoded along (every axis with ``planes`` on a 3D case)."""
     if len(shape) == 2 or min(shape) == 1:
         return 1
     return sum(shape) if planes else min(shape)
@@ -33,13 +32,15 @@ def describe_plan(cv: CrossValidation, picked: dict, opts: FitOptions, runtime: 
     grid = opts.grid()
     planes = any(c.use_sam and c.config.planes for c in grid)
     n = sum(map(len, picked.values()))
-    slices = _slices(cv, planes) * n
-    kind = "cpu" if runtime.device == "cpu" or (runtime.device == "auto" and not _gpu()) else "gpu"
+    shape = io.read_case(cv.cases[0], cv.images[cv.cases[0]]).image.shape[1:]  # the first case stands for all
+    slices = _slices(shape, planes) * n
+    auto_cpu = runtime.device == "auto" and resolve_device("auto").type != "cuda"
+    kind = "cpu" if runtime.device == "cpu" or auto_cpu else "gpu"
     seconds = slices * SECONDS_PER_SLICE[kind] * 1.3  # decoder and fusions: about a third more
     lines = [f"fit {cv.model}: {len(cv.folds)} fold(s), {len(cv.cases)} cross-fitted case(s), {n} scored",
              f"  1. frozen SAM: {len(grid)} candidates on {n} case(s), about {slices} encoded slice(s)"]
     if not opts.frozen:
-        samples = _slices(cv, opts.adapt_planes) * len(cv.cases) * opts.adapt_epochs
+        samples = _slices(shape, opts.adapt_planes) * len(cv.cases) * opts.adapt_epochs
         train = samples * SECONDS_PER_SAMPLE[kind] * (len(cv.folds) - 1)
         seconds += train * 1.2 + slices * SECONDS_PER_SLICE[kind] * 0.3
         lines.append(f"  2. {len(cv.folds)} fold adapters ({opts.adapt}, {opts.adapt_epochs} epoch(s)), each scored "
@@ -48,12 +49,6 @@ def describe_plan(cv: CrossValidation, picked: dict, opts: FitOptions, runtime: 
                  f"{cv.model / 'autosam_sam.json'}")
     lines.append(f"  rough time on {kind}: {seconds / 60:.0f} min")
     return "\n".join(lines)
-
-
-def _gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def cost_per_case(cv: CrossValidation, result: TuneResult, sam: SamSpec, adapter: Optional[Path],

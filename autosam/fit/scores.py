@@ -104,14 +104,17 @@ class ScoreJob:
 def run_jobs(jobs: Sequence[ScoreJob], parallel: Optional[Parallel], desc: str) -> list[TuneResult]:
     """Every job's result, in order: kept ones read back, the others run here or, with ``parallel`` Ray, as Ray
     tasks (``--cpus-per-worker`` / ``--gpus-per-worker`` each)."""
-    if parallel is None or not parallel.distributed or all(j.kept() is not None for j in jobs):
-        return [job() for job in progress(list(jobs), desc, unit="fold")]
+    if parallel is None or not parallel.distributed:
+        return [job() for job in progress(list(jobs), desc, unit="fold")]  # each reads its kept result first
     from ..runner.distributed import ray_session
 
+    kept = [job.kept() for job in jobs]
+    if all(k is not None for k in kept):  # nothing to score: no Ray instance started
+        return kept
     with ray_session(parallel) as ray:
         task = ray.remote(num_cpus=parallel.cpus_per_worker, num_gpus=parallel.gpus_per_worker)(_call)
-        futures = [task.remote(job) for job in jobs]
-        return [ray.get(f) for f in progress(futures, desc, unit="fold")]
+        futures = [k if k is not None else task.remote(job) for job, k in zip(jobs, kept)]
+        return [f if isinstance(f, TuneResult) else ray.get(f) for f in progress(futures, desc, unit="fold")]
 
 
 def _call(job: ScoreJob) -> TuneResult:
