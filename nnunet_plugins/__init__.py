@@ -6,6 +6,6 @@ top-level module while it searches for a ``-tr`` name, so modules here import ea
 refinement and tuning they run live in :mod:`autosam.nnunet` (``refinement``, ``validation``).
 
 * ``nnUNetTrainerAutoSAM``, ``nnUNetTrainerAutoSAM_Short`` (:mod:`.autosam_trainers`): SAM refinement in the final
-  validation and in ``nnUNetv2_predict``; settings in :mod:`autosam.sam_settings`.
+  validation and in ``nnUNetv2_predict``; settings in :mod:`autosam.settings.model`.
 * ``nnUNetTrainer_autosam_Short`` (:mod:`.short_schedule`): plain nnU-Net with an environment-configured schedule.
 """

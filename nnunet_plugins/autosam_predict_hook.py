@@ -44,7 +44,6 @@ def attach_from_caller(frame: Optional[FrameType]) -> bool:
 
 def attach(predictor, model_folder: str, folds: list, trainer_name: str) -> None:
     """Wrap ``predictor.predict_from_files(_sequential)`` so that their outputs are SAM-refined."""
-    from autosam import sam_settings as autosam_settings
     from autosam.nnunet.refinement import prediction_settings
 
     settings = prediction_settings(model_folder, folds)
@@ -53,7 +52,7 @@ def attach(predictor, model_folder: str, folds: list, trainer_name: str) -> None
     for name in ("predict_from_files", "predict_from_files_sequential"):
         original = getattr(predictor, name)
         setattr(predictor, name, MethodType(_wrapper(original), predictor))
-    print(f"autosam: {trainer_name}: predictions will be refined with {autosam_settings.describe(settings)}",
+    print(f"autosam: {trainer_name}: predictions will be refined with {settings.describe()}",
           file=sys.stderr)
 
 
@@ -90,7 +89,7 @@ def _predict_and_refine(predictor, original, arguments: dict):
     if target is None:
         print("autosam: predictions returned in memory are NOT SAM-refined (give an output folder)", file=sys.stderr)
         return original(**arguments)
-    if not predictor.__dict__[_ATTACHED]["settings"].get("use_sam", True):
+    if not predictor.__dict__[_ATTACHED]["settings"].use_sam:
         print("autosam: the recorded default is 'no SAM' (tuned on the validation cases): nnU-Net's own prediction",
               file=sys.stderr)
         return original(**arguments)

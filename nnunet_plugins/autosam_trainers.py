@@ -5,7 +5,7 @@ Training is nnU-Net's, unchanged. The final validation keeps nnU-Net's own predi
 with SAM and writes the refined cases and their ``summary.json`` to ``fold_X/validation/``
 (``validation/summary_unrefined.json`` is a copy of the unrefined summary). The SAM settings used are recorded in
 ``fold_X/autosam_sam.json``; ``nnUNetv2_predict -tr nnUNetTrainerAutoSAM`` refines with them (see
-:mod:`nnunet_plugins.autosam_predict_hook`). SAM options: see :mod:`autosam.sam_settings`.
+:mod:`nnunet_plugins.autosam_predict_hook`). SAM options: see :mod:`autosam.settings.model`.
 """
 from __future__ import annotations
 
@@ -49,23 +49,23 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
         return network
 
     # -- settings --------------------------------------------------------------------------------------------
-    def _sam_settings(self) -> dict:
-        from autosam import sam_settings as autosam_settings
+    def _sam_settings(self):
+        from autosam.settings.model import Settings
 
-        return autosam_settings.resolve(self.preprocessed_dataset_folder_base)
+        return Settings.resolve(self.preprocessed_dataset_folder_base)
 
     def on_train_start(self):
         settings = self._sam_settings()  # bad AUTOSAM_* values fail now, not after training
         super().on_train_start()
         if self.local_rank == 0:
-            from autosam import sam_settings as autosam_settings
-
-            self.print_to_log_file(f"autosam: validation will refine with {autosam_settings.describe(settings)}")
+            self.print_to_log_file(f"autosam: validation will refine with {settings.describe()}")
 
     # -- validation ------------------------------------------------------------------------------------------
     def perform_actual_validation(self, save_probabilities: bool = False):
         """nnU-Net's validation (kept in ``validation_unrefined``), then SAM refinement into ``validation``."""
-        from autosam import sam_settings as autosam_settings
+        from dataclasses import replace
+
+        from autosam.settings import SETTINGS_FILE, Runtime, read_json
 
         settings = self._sam_settings() if self.local_rank == 0 else None
         super().perform_actual_validation(save_probabilities=True)
@@ -77,7 +77,7 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
             shutil.rmtree(unrefined)
         os.replace(validation, unrefined)
         os.makedirs(validation)
-        for stale in ("summary_unrefined.json", autosam_settings.SETTINGS_FILE):  # left by an earlier validation
+        for stale in ("summary_unrefined.json", SETTINGS_FILE):  # left by an earlier validation
             if os.path.isfile(os.path.join(unrefined, stale)):
                 os.remove(os.path.join(unrefined, stale))
         from autosam.io import atomic_output
@@ -85,44 +85,41 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
         with atomic_output(os.path.join(validation, "summary_unrefined.json")) as tmp:
             shutil.copyfile(os.path.join(unrefined, "summary.json"), tmp)
 
-        run = autosam_settings.runtime(str(self.device))
-        settings = self._tune(unrefined, settings, run)
-        self.print_to_log_file(f"autosam: the validation cases with {autosam_settings.describe(settings)} "
-                               f"on {run['device']}", also_print_to_console=True)
-        if settings["use_sam"]:
-            cases = self._refine_validation(unrefined, validation, settings, run, save_probabilities)
+        settings = self._tune(unrefined, replace(settings, runtime=Runtime.from_env(str(self.device))))
+        self.print_to_log_file(f"autosam: the validation cases with {settings.describe()} "
+                               f"on {settings.runtime.device}", also_print_to_console=True)
+        if settings.use_sam:
+            cases = self._refine_validation(unrefined, validation, settings, save_probabilities)
         else:
             from autosam.nnunet.validation import copy_unrefined
 
             cases = copy_unrefined(unrefined, validation, self.dataset_json["file_ending"], save_probabilities)
-        autosam_settings.record(settings, self.output_folder, run, by=f"{self.__class__.__name__} validation")
+        settings.write(self.output_folder, by=f"{self.__class__.__name__} validation", runtime=True)
         if not save_probabilities:
             from autosam.nnunet.refinement import drop_probabilities
 
             drop_probabilities(unrefined, cases)
         refined = self._summarise(validation)
         self.print_to_log_file("Mean Validation Dice, nnU-Net alone: ",
-                               autosam_settings.read_json(os.path.join(unrefined, "summary.json"))
+                               read_json(os.path.join(unrefined, "summary.json"))
                                ["foreground_mean"]["Dice"], also_print_to_console=True)
         self.print_to_log_file("Mean Validation Dice, SAM-refined: ", refined["foreground_mean"]["Dice"],
                                also_print_to_console=True)
 
-    def _tune(self, unrefined: str, settings: dict, run: dict) -> dict:
+    def _tune(self, unrefined: str, settings):
         """SAM's configuration (or no SAM) chosen on this fold's validation cases, unless set explicitly
         (:func:`autosam.nnunet.validation.tune_validation`)."""
         from autosam.nnunet.validation import tune_validation
 
-        return tune_validation(unrefined, settings, run, self.preprocessed_dataset_folder_base, self._raw_images,
+        return tune_validation(unrefined, settings, self.preprocessed_dataset_folder_base, self._raw_images,
                                os.path.join(self.output_folder_base, "dataset.json"),
                                self.plans_manager.image_reader_writer_class,
                                log=lambda msg: self.print_to_log_file(msg, also_print_to_console=True))
 
-    def _refine_validation(self, unrefined: str, validation: str, settings: dict, run: dict,
-                           save_probabilities: bool) -> list[str]:
-        from autosam import sam_settings as autosam_settings
+    def _refine_validation(self, unrefined: str, validation: str, settings, save_probabilities: bool) -> list[str]:
         from autosam.nnunet.refinement import refine_cases
 
-        sam = autosam_settings.build_predictor(settings, run)
+        sam = settings.predictor()
         return refine_cases(unrefined, validation, self._raw_images(), os.path.join(self.output_folder_base,
                              "dataset.json"), settings, sam, save_probabilities=save_probabilities,
                              log=lambda msg: self.print_to_log_file(f"autosam: {msg}"))

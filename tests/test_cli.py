@@ -115,22 +115,22 @@ def test_recorded_sam_settings_yield_to_options_given_on_the_command_line(tmp_pa
     """``autosam predict`` on a model trained by nnUNetTrainerAutoSAM: the recorded settings fill in what the
     command line left out, even where an option given equals its default."""
     from autosam.cli import build_parser, given_options
-    from autosam.commands.common import config_from_record
-    from autosam import sam_settings as autosam_settings
+    from autosam.refine import RefineConfig
+    from autosam.settings import SamSpec
+    from autosam.settings.model import Settings
 
-    recorded = autosam_settings.default_settings()
-    recorded["refine"].update(prompt="box", fusion="union", min_size=8, fusion_options={"min_iou": 0.5})
-    recorded["adapter"] = str(tmp_path / "adapter")
+    recorded = Settings(SamSpec(adapter=str(tmp_path / "adapter")),
+                        refine=RefineConfig(prompt="box", fusion="union", min_size=8, fusion_options={"min_iou": 0.5}))
     argv = ["predict", "-m", "m", "-i", "i", "-o", "o", "--fusion", "gated", "--min-agreement", "0.3",
             "--margin", "0mm"]
     args = build_parser().parse_args(argv)
     args.given = given_options(argv)
     assert {"fusion", "min_agreement", "margin"} <= args.given and not {"prompt", "adapter", "sam"} & args.given
-    config = config_from_record(args, recorded)
+    settings = recorded.merged(args)
+    config = settings.refine
     assert (config.prompt, config.fusion, config.min_size, config.margin) == ("box", "gated", 8, 0.0)
     assert config.fusion_options == {"min_iou": 0.5, "min_agreement": 0.3}
-    assert args.adapter == str(tmp_path / "adapter") and args.sam == "litemedsam"
+    assert settings.sam.adapter == str(tmp_path / "adapter") and settings.sam.name == "litemedsam"
     explicit = build_parser().parse_args(argv + ["--sam", "litemedsam", "--adapter", "other"])
     explicit.given = given_options(argv + ["--sam", "litemedsam", "--adapter", "other"])
-    config_from_record(explicit, recorded)
-    assert explicit.adapter == "other"
+    assert recorded.merged(explicit).sam.adapter == "other"

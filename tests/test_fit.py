@@ -165,8 +165,8 @@ def test_the_record_is_read_with_paths_relative_to_the_model_and_each_fold_valid
                                                                                                         monkeypatch):
     """predict and the hook read fit's adapter relative to the model folder (the folder can move); the trainer's
     validation of fold k uses fold k's adapter, which never trained on that fold's cases."""
-    from autosam import sam_settings
     from autosam.nnunet.validation import fitted_settings
+    from autosam.settings.model import load_recorded
 
     model = tmp_path / "model"
     (model / "fold_0" / "validation_unrefined").mkdir(parents=True)
@@ -179,9 +179,9 @@ def test_the_record_is_read_with_paths_relative_to_the_model_and_each_fold_valid
     (model / "autosam_sam.json").write_text(json.dumps(record))
     (model / "fold_0" / "autosam_sam.json").write_text(json.dumps({**record, "adapter": None}))  # fit's comes first
     monkeypatch.chdir(tmp_path.parent)
-    assert sam_settings.load_recorded(model, ["0"])["adapter"] == str(model / "autosam_adapter")
+    assert load_recorded(model, ["0"]).sam.adapter == str(model / "autosam_adapter")
     said = []
     fitted = fitted_settings(str(model), str(model / "fold_0" / "validation_unrefined"), said.append)
-    assert fitted["adapter"] == str(model / "autosam_fit" / "adapters" / "fold_0")
-    assert fitted["refine"]["prompt"] == "box" and "autosam fit's choice" in said[0]
+    assert fitted.sam.adapter == str(model / "autosam_fit" / "adapters" / "fold_0")
+    assert fitted.refine.prompt == "box" and "autosam fit's choice" in said[0]
     assert fitted_settings(str(tmp_path), str(model / "fold_0" / "validation_unrefined"), said.append) is None

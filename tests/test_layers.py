@@ -27,7 +27,8 @@ RANKS = {
     "autosam.fusion": 5,
     "autosam.refine": 6, "autosam.oracle": 6, "autosam.tune": 6,
     "autosam.pipelines": 6,  # folder-level pipelines: refine, oracle, segment, predict
-    "autosam.prompter": 7, "autosam.adapt": 7, "autosam.sam_settings": 7,
+    "autosam.prompter": 7, "autosam.adapt": 7,
+    "autosam.settings.model": 7, "autosam.settings.args": 7,  # build RefineConfig; the rest of settings is 2
     "autosam.nnunet.train": 7, "autosam.nnunet.refinement": 7, "autosam.nnunet.validation": 7,
     "autosam.fit": 7, "autosam.study": 7,  # the models that train, and the study that trains them
     "autosam.commands": 8, "autosam.cli": 8, "nnunet_plugins": 8,

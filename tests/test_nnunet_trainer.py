@@ -59,29 +59,30 @@ def test_import_autosam_sets_the_variable_and_stays_light():
 
 def test_settings_from_environment_are_checked(tmp_path):
     from autosam.errors import AutosamError
-    from autosam import sam_settings as autosam_settings
+    from autosam.settings import SETTINGS_FILE
+    from autosam.settings.model import Settings, load_recorded
 
-    (tmp_path / autosam_settings.SETTINGS_FILE).write_text(json.dumps({"fusion": "union", "margin": 2.0}))
-    settings = autosam_settings.resolve(tmp_path, env={"AUTOSAM_MARGIN": "3", "AUTOSAM_AXIS": "2"})
-    assert settings["refine"]["fusion"] == "union"  # from the JSON next to the plans
-    assert settings["refine"]["margin"] == 3.0 and settings["refine"]["axis"] == 2  # the environment wins
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({"fusion": "union", "margin": 2.0}))
+    settings = Settings.resolve(tmp_path, env={"AUTOSAM_MARGIN": "3", "AUTOSAM_AXIS": "2"})
+    assert settings.refine.fusion == "union"  # from the JSON next to the plans
+    assert settings.refine.margin == 3.0 and settings.refine.axis == 2  # the environment wins
     for bad in ({"AUTOSAM_PROMPT": "nonsense"}, {"AUTOSAM_MIN_SIZE": "x"}, {"AUTOSAM_SAM": "sam_vit_q"},
                 {"AUTOSAM_CHECKPOINT": str(tmp_path / "missing.pth")},
                 {"AUTOSAM_ADAPTER": str(tmp_path / "missing_adapter")}):
         with pytest.raises(AutosamError):
-            autosam_settings.resolve(None, env=bad)
+            Settings.resolve(None, env=bad)
     # an adapter for another backend is refused before any training starts, naming both backends
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base": "sam_vit_b", "method": "decoder"}))
     with pytest.raises(AutosamError, match="sam_vit_b.*litemedsam"):
-        autosam_settings.resolve(None, env={"AUTOSAM_ADAPTER": str(adapter)})
-    assert autosam_settings.resolve(None, env={"AUTOSAM_ADAPTER": str(adapter), "AUTOSAM_SAM": "sam_vit_b",
-                                               "AUTOSAM_CHECKPOINT": str(adapter / "adapter_config.json")})
+        Settings.resolve(None, env={"AUTOSAM_ADAPTER": str(adapter)})
+    assert Settings.resolve(None, env={"AUTOSAM_ADAPTER": str(adapter), "AUTOSAM_SAM": "sam_vit_b",
+                                       "AUTOSAM_CHECKPOINT": str(adapter / "adapter_config.json")})
     recorded = tmp_path / "model" / "fold_0"
-    autosam_settings.record(settings, recorded, {"device": "cpu", "batch_size": 4}, by="test")
-    assert autosam_settings.load_recorded(tmp_path / "model", [0]) == settings
-    assert autosam_settings.load_recorded(tmp_path / "model", [1]) is None
+    settings.write(recorded, by="test", runtime=True)
+    assert load_recorded(tmp_path / "model", [0]) == settings
+    assert load_recorded(tmp_path / "model", [1]) is None
 
 
 def test_region_based_datasets_are_refused():

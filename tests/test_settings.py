@@ -78,32 +78,32 @@ def test_every_numeric_option_of_every_verb_has_a_bound():
 def test_the_environment_and_records_check_through_the_same_table(tmp_path):
     import json
 
-    from autosam import sam_settings
+    from autosam.settings.model import Settings
 
     with pytest.raises(AutosamError, match="AUTOSAM_FUSION_OPTIONS: weight = 5: expected a number in"):
-        sam_settings.resolve(None, {"AUTOSAM_FUSION": "average", "AUTOSAM_FUSION_OPTIONS": '{"weight": 5}'})
+        Settings.resolve(None, {"AUTOSAM_FUSION": "average", "AUTOSAM_FUSION_OPTIONS": '{"weight": 5}'})
     with pytest.raises(AutosamError, match="AUTOSAM_MIN_SIZE: min_size = -3"):
-        sam_settings.resolve(None, {"AUTOSAM_MIN_SIZE": "-3"})
+        Settings.resolve(None, {"AUTOSAM_MIN_SIZE": "-3"})
     record = tmp_path / "autosam_sam.json"
     record.write_text(json.dumps({"refine": {"mask_logit": float("inf")}}))
     with pytest.raises(AutosamError, match=f"{record}: mask_logit = inf"):
-        sam_settings.load_file(record)
-    assert sam_settings.resolve(None, {"AUTOSAM_MIN_SIZE": "3"})["refine"]["min_size"] == 3
+        Settings.from_record(record)
+    assert Settings.resolve(None, {"AUTOSAM_MIN_SIZE": "3"}).refine.min_size == 3
 
 
 def test_each_refine_field_has_one_spelling_on_the_command_line_in_records_and_the_environment():
     """--positive-points sets positive_points, recorded as positive_points, read from AUTOSAM_POSITIVE_POINTS."""
     import dataclasses
 
-    from autosam import sam_settings
     from autosam.commands.common import REFINE_FIELDS
+    from autosam.settings.model import environment
     from autosam.refine import RefineConfig
 
     fields = {f.name for f in dataclasses.fields(RefineConfig)}
     for option, field in REFINE_FIELDS.items():
         assert field in fields and option in (field, f"no_{field}"), (option, field)
     env = {f"AUTOSAM_{name.upper()}": "2" for name in ("positive_points", "negative_points", "min_size")}
-    assert sam_settings.from_environment(env) == {"positive_points": 2, "negative_points": 2, "min_size": 2}
+    assert environment(env) == {"positive_points": 2, "negative_points": 2, "min_size": 2}
 
 
 def test_a_margin_without_a_unit_is_in_mm_everywhere():
@@ -134,3 +134,52 @@ def test_a_registered_backend_is_built_by_name_and_offered_on_the_command_line(t
     assert "tiny" in backends() and SamSpec("tiny").build().name == "tiny"
     choices = [a.choices for p in _parsers(build_parser()) for a in p._actions if a.dest == "sam" and a.choices]
     assert choices and all("tiny" in c and "litemedsam" in c for c in choices)
+
+
+def test_settings_merge_in_one_order_defaults_record_environment_command_line(tmp_path):
+    """defaults < record < environment < the options the user gave (an option left at its default does not count)."""
+    import json
+
+    from autosam.cli import build_parser, given_options
+    from autosam.settings.model import Settings, environment
+
+    record = tmp_path / "autosam_sam.json"
+    record.write_text(json.dumps({"sam": "litemedsam", "use_sam": True,
+                                  "refine": {"prompt": "box", "fusion": "union", "min_size": 8, "margin": 1.0}}))
+    recorded = Settings.from_record(record)
+    assert (recorded.refine.prompt, recorded.refine.min_size, recorded.refine.rebox) == ("box", 8, 0)  # rest: defaults
+    env = environment({"AUTOSAM_MIN_SIZE": "5", "AUTOSAM_MARGIN": "2"})
+    layered = recorded.merged(env)
+    assert (layered.refine.prompt, layered.refine.min_size, layered.refine.margin) == ("box", 5, 2.0)
+    argv = ["predict", "-m", "m", "-i", "i", "-o", "o", "--margin", "3px", "--min-size", "4", "--batch-size", "2"]
+    args = build_parser().parse_args(argv)
+    args.given = given_options(argv)
+    final = layered.merged(args)
+    assert (final.refine.prompt, final.refine.fusion) == ("box", "union")  # not given: the record's
+    assert (final.refine.margin, final.refine.margin_unit, final.refine.min_size) == (3.0, "px", 4)  # given, default
+    assert final.runtime.batch_size == 2 and final.sam.name == "litemedsam"
+    everything = Settings.from_args(args)  # every option of the command line, at its parser default where not given
+    assert (everything.refine.prompt, everything.refine.min_size, everything.refine.margin) == ("box+mask", 4, 3.0)
+
+
+def test_settings_round_trip_through_the_record_and_the_environment(tmp_path):
+    from autosam.refine import RefineConfig
+    from autosam.settings.model import Settings
+
+    settings = Settings(refine=RefineConfig(prompt="box", fusion="gated", fusion_options={"min_iou": 0.7}),
+                        tuning={"chosen": "box/gated"})
+    path = settings.write(tmp_path, by="test")
+    assert Settings.from_record(path) == settings and Settings.from_record(settings.to_record()) == settings
+    assert path.name == "autosam_sam.json" and set(settings.to_record()) == {
+        "sam", "checkpoint", "adapter", "use_sam", "refine", "tuning", "runtime"}
+    off = settings.with_sam(False)  # "no SAM" keeps the options it was recorded with; given options switch SAM on
+    assert off.refine is None and off.describe().startswith("no SAM") and off.to_record()["use_sam"] is False
+    assert Settings.from_record(off.write(tmp_path / "off")) == off and off.with_sam(True) == settings
+    env = {"AUTOSAM_SAM": "litemedsam", "AUTOSAM_PROMPT": "box", "AUTOSAM_FUSION": "gated",
+           "AUTOSAM_FUSION_OPTIONS": '{"min_iou": 0.7}', "AUTOSAM_DEVICE": "cpu", "AUTOSAM_BATCH_SIZE": "4"}
+    from_env = Settings.from_env(env)
+    assert from_env.refine == settings.refine and (from_env.runtime.device, from_env.runtime.batch_size) == ("cpu", 4)
+    with pytest.raises(AutosamError, match="AUTOSAM_BATCH_SIZE='0'"):
+        Settings.from_env({"AUTOSAM_BATCH_SIZE": "0"})
+    with pytest.raises(AutosamError, match="unknown SAM setting 'promt'"):
+        Settings.from_record({"promt": "box"})

@@ -4,17 +4,18 @@ fusion options of :class:`autosam.refine.RefineConfig` (refine, predict, segment
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
-from typing import Callable
+from typing import Callable, Optional
 
 from ..errors import AutosamError
 from ..fusion import AUTO, fusion_strategies
 from ..prompts import prompt_strategies
-from ..refine import FUSION_OPTIONS as TAKES, RefineConfig
+from ..refine import RefineConfig
 from ..sam import SamPredictor, backends
 from ..sam.engines import ENGINES
 from ..settings import Runtime, SamSpec
-from .options import Margin, add_margin_argument, resolve_margin
+from ..settings.args import FUSION_OPTIONS, REFINE_FIELDS
+from ..settings.model import Settings
+from .options import Margin, add_margin_argument
 
 
 def add_sam_arguments(parser: argparse.ArgumentParser, adapter: bool = True, axis: bool = True) -> None:
@@ -40,9 +41,11 @@ def predictor_maker(args: argparse.Namespace, caching: bool = False) -> Callable
     return SamSpec.from_args(args).maker(Runtime.from_args(args), caching=caching)
 
 
-def sam_args_record(args: argparse.Namespace) -> dict:
-    """The SAM settings of a run, for ``autosam_run.json``."""
-    return {k: getattr(args, k) for k in ("sam", "checkpoint", "adapter", "device", "engine", "batch_size", "axis")}
+def sam_args_record(args: argparse.Namespace, settings: Optional[Settings] = None) -> dict:
+    """The SAM settings of a run, for ``autosam_run.json``: those of ``settings`` (default: the command line's),
+    and the command line's ``--axis``."""
+    settings = Settings(SamSpec.from_args(args), Runtime.from_args(args)) if settings is None else settings
+    return {**settings.run_record(), "axis": getattr(args, "axis", None)}
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,8 +110,9 @@ def parallel_from_args(args: argparse.Namespace):
 
 
 def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse") -> None:
-    """The prompt and fusion options of :class:`~autosam.refine.RefineConfig` (shared by the verbs that refine with SAM);
-    read them back with :func:`config_from_args`. ``coarse`` names the coarse source in the help texts."""
+    """The prompt and fusion options of :class:`~autosam.refine.RefineConfig` (shared by the verbs that refine with
+    SAM); read them back with :meth:`autosam.settings.model.Settings.from_args`. ``coarse`` names the coarse source
+    in the help texts."""
     d = RefineConfig()
     g = parser.add_argument_group("prompts and fusion")
     g.add_argument("--prompt", default=d.prompt, choices=list(prompt_strategies),
@@ -138,74 +142,6 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
     g.add_argument("--min-iou", type=float, default=None, help="SAM's predicted IoU needed by --fusion gated (0.8)")
     g.add_argument("--min-agreement", type=float, default=None,
                    help=f"Dice with the {coarse} slice needed by --fusion gated (default 0.5)")
-
-
-#: fusion options -> the strategy that uses them, for messages (what each strategy takes, ``auto`` included:
-#: ``refine.FUSION_OPTIONS``)
-FUSION_OPTIONS = {"weight": "average", "min_iou": "gated", "min_agreement": "gated"}
-
-
-def check_applicable(args: argparse.Namespace, prompt: str, fusion: str) -> None:
-    """Refuse options given on the command line that the chosen prompt strategy or fusion would ignore."""
-    given = getattr(args, "given", None)
-    given = set(vars(args)) if given is None else given
-    for option, strategy in FUSION_OPTIONS.items():
-        if option in given and getattr(args, option) is not None and option not in TAKES.get(fusion, ()):
-            raise AutosamError(f"--{option.replace('_', '-')} applies to --fusion {strategy} only (fusion is "
-                               f"{fusion})")
-    if "axis" in given and getattr(args, "axis", None) is not None and getattr(args, "planes", False):
-        raise AutosamError("--axis does not apply with --planes (every axis is refined); give one of them")
-    for option in ("positive_points", "negative_points"):
-        if option in given and "points" not in prompt:
-            raise AutosamError(f"--{option.replace('_', '-')} applies to prompt strategies with points "
-                               f"(box+points, box+points+mask, points); the prompt strategy is {prompt}")
-
-
-def config_from_args(args: argparse.Namespace, check: bool = True) -> RefineConfig:
-    """The :class:`~autosam.refine.RefineConfig` of options added by :func:`add_refine_arguments` (and ``--axis``); ``check``
-    refuses options that the chosen strategies would ignore."""
-    if check:
-        check_applicable(args, args.prompt, args.fusion)
-    margin = resolve_margin(args)
-    options = {k: v for k, v in (("weight", args.weight), ("min_iou", args.min_iou),
-                                 ("min_agreement", args.min_agreement)) if v is not None}
-    return RefineConfig(prompt=args.prompt, fusion=args.fusion, margin=margin.value, margin_unit=margin.unit,
-                        min_size=args.min_size, axis=args.axis, fusion_options=options,
-                        positive_points=args.positive_points, negative_points=args.negative_points,
-                        fill_gaps=not args.no_fill_gaps, max_objects=args.max_objects,
-                        box_hypotheses=args.box_hypotheses, rebox=args.rebox, planes=args.planes)
-
-
-#: options of :func:`add_refine_arguments` -> the :class:`RefineConfig` field each sets
-REFINE_FIELDS = {"prompt": "prompt", "fusion": "fusion", "margin": "margin", "min_size": "min_size", "axis": "axis",
-                 "positive_points": "positive_points", "negative_points": "negative_points",
-                 "no_fill_gaps": "fill_gaps", "max_objects": "max_objects", "box_hypotheses": "box_hypotheses", "rebox": "rebox", "planes": "planes"}
-SAM_MODEL_OPTIONS = ("sam", "checkpoint", "adapter")
-
-
-def config_from_record(args: argparse.Namespace, recorded: dict) -> RefineConfig:
-    """The recorded SAM settings (``autosam_sam.json`` of an nnU-Net AutoSAM trainer: backend, checkpoint, adapter
-    and refine fields), overridden by the options the command line gave (``args.given``, set by
-    :func:`autosam.cli.main`; without it every option counts as given). Sets ``args.sam/checkpoint/adapter``."""
-    given = getattr(args, "given", None)
-    if given is None:
-        return config_from_args(args)
-    cli = asdict(config_from_args(args, check=False))
-    fields = dict(recorded["refine"])
-    for option, name in REFINE_FIELDS.items():
-        if option in given:
-            fields[name] = cli[name]
-    if "margin" in given:  # a margin carries its unit
-        fields["margin_unit"] = cli["margin_unit"]
-    check_applicable(args, fields["prompt"], fields["fusion"])
-    applicable = TAKES.get(fields["fusion"], ())
-    options = {k: v for k, v in (fields.get("fusion_options") or {}).items() if k in applicable}
-    options.update({k: getattr(args, k) for k in ("weight", "min_iou", "min_agreement") if k in given})
-    fields["fusion_options"] = options
-    for key in SAM_MODEL_OPTIONS:
-        if key not in given:
-            setattr(args, key, recorded.get(key))
-    return RefineConfig(**fields)
 
 
 def sam_overrides(args: argparse.Namespace, extra: tuple = ()) -> list[str]:

@@ -6,6 +6,7 @@ path (the shipped prompter of the same name -> SAM), printed side by side with t
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from .. import evaluation, io
@@ -80,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
         settings, source = recorded_default(prompter)
         if settings is None:  # no record: the built-in default
             default = RefineConfig(axis=args.axis)
-        elif settings["use_sam"]:
-            default = RefineConfig(**{**settings["refine"], "axis": args.axis})
+        elif settings.use_sam:
+            default = replace(settings.refine, axis=args.axis)
         else:
             default = None
         chosen = "no SAM" if default is None else f"SAM {default.prompt}/{default.fusion}"

@@ -168,14 +168,14 @@ def tune_adapter(args: argparse.Namespace, dataset: Path, cases: list[str]) -> N
     from ..prompter import Prompter
     from ..prompter.tuning import tune_prompter
     from ..sam import resolve_device
-    from ..settings import Runtime, SamSpec
-    from ..sam_settings import SETTINGS_FILE
+    from ..settings import SETTINGS_FILE, Runtime, SamSpec
 
     device = str(resolve_device(args.device))
     prompter = Prompter.load(parse_source(args.prompts_from).path, device=device)
     make = SamSpec(args.sam, args.checkpoint, args.output).maker(Runtime(device=device), caching=True)
-    tune_prompter(prompter, dataset, make, cases=cases, max_cases=0, sam=args.sam, checkpoint=args.checkpoint,
-                  adapter=str(Path(args.output).resolve()), output=Path(args.output) / SETTINGS_FILE)
+    tune_prompter(prompter, dataset, make, cases=cases, max_cases=0,
+                  sam=SamSpec(args.sam, args.checkpoint, str(Path(args.output).resolve())),
+                  output=Path(args.output) / SETTINGS_FILE)
 
 
 #: options a resumed training may change; every other one comes from the stored configuration

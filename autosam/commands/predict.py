@@ -9,11 +9,11 @@ from typing import Optional, Sequence
 from ..nnunet import inference as nnunet
 from ..errors import AutosamError
 from ..pipelines.predict import pipelined, predict_folder
-from ..refine import RefineConfig
 from ..sam.predictor import resolve_device
+from ..settings import recorded_files
+from ..settings.model import Settings, load_recorded
 from .common import (add_output_arguments, add_parallel_arguments, add_refine_arguments, add_sam_arguments,
-                     config_from_args, config_from_record, output_options, parallel_from_args, predictor_maker,
-                     sam_args_record, sam_overrides)
+                     output_options, parallel_from_args, sam_args_record, sam_overrides)
 
 #: ``--nnunet-processes`` on a GPU unless given: nnUNetv2_predict's default ``-npp``.
 GPU_PROCESSES = 3
@@ -49,17 +49,16 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def recorded_settings(model: Path, folds: Sequence[str]) -> Optional[tuple[Path, dict]]:
-    """``(file, settings)`` recorded by the nnU-Net AutoSAM trainer in the folds' ``autosam_sam.json``, or None."""
-    from autosam import sam_settings as autosam_settings
-
+def recorded_settings(model: Path, folds: Sequence[str]) -> Optional[tuple[Path, Settings]]:
+    """``(file, settings)`` recorded by the nnU-Net AutoSAM trainer in the folds' ``autosam_sam.json`` (or by
+    ``autosam fit`` in the model folder), or None."""
     try:
-        settings = autosam_settings.load_recorded(model, folds)
+        settings = load_recorded(model, folds)
     except AutosamError as e:
         raise AutosamError(f"{e}; to predict without the recorded settings, pass --ignore-recorded") from None
     if settings is None:
         return None
-    return autosam_settings.recorded_files(model, folds)[0], settings
+    return recorded_files(model, folds)[0], settings
 
 
 def nnunet_processes(args: argparse.Namespace) -> int:
@@ -71,23 +70,24 @@ def nnunet_processes(args: argparse.Namespace) -> int:
 
 
 def choose_configuration(args: argparse.Namespace, model: Path,
-                         folds: Sequence[str]) -> tuple[Optional[RefineConfig], Optional[Path]]:
-    """SAM's configuration (None: nnU-Net alone) and the settings file it was read from (None: the command line):
-    the folds' recorded settings unless ``--ignore-recorded``, with the options given here winning. Says on stderr
-    which recorded settings are used; sets ``args.sam/checkpoint/adapter`` from the record where not given."""
+                         folds: Sequence[str]) -> tuple[Settings, Optional[Path]]:
+    """SAM's settings (``refine`` None: nnU-Net alone) and the settings file they were read from (None: the command
+    line): the folds' recorded settings unless ``--ignore-recorded``, with the options given here winning. Says on
+    stderr which recorded settings are used."""
     recorded = None if args.ignore_recorded else recorded_settings(model, folds)
-    config = config_from_args(args) if recorded is None else config_from_record(args, recorded[1])
-    config.check()
+    settings = Settings.from_args(args) if recorded is None else recorded[1].merged(args)
+    settings.config().check()
     if recorded is None:
-        return config, None
-    if not recorded[1].get("use_sam", True) and not sam_overrides(args):
-        config = None  # tuned in the trainer's validation: SAM did not pay there
+        return settings, None
+    if sam_overrides(args):  # given SAM options switch SAM on where the validation chose "no SAM"
+        settings = settings.with_sam(True)
+    config = settings.refine
     chosen = "no SAM (nnU-Net alone)" if config is None else f"prompt={config.prompt}, fusion={config.fusion}"
     print(f"autosam predict: using the SAM settings recorded in {recorded[0]} (options given here override "
-          f"them; --ignore-recorded skips them): SAM {args.sam}"
-          + "".join(f", {k}={getattr(args, k)}" for k in ("checkpoint", "adapter") if getattr(args, k))
+          f"them; --ignore-recorded skips them): SAM {settings.sam.name}"
+          + "".join(f", {k}={getattr(settings.sam, k)}" for k in ("checkpoint", "adapter") if getattr(settings.sam, k))
           + f"; {chosen}", file=sys.stderr)
-    return config, recorded[0]
+    return settings, recorded[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     model = nnunet.check_model_folder(args.model)
     info = nnunet.model_dataset_info(model)
     folds = nnunet.resolve_folds(model, args.folds, args.nnunet_checkpoint)
-    config, recorded = choose_configuration(args, model, folds)
+    settings, recorded = choose_configuration(args, model, folds)
+    config = settings.refine
 
     def make_nnunet():
         return nnunet.load_nnunet_predictor(model, folds, args.nnunet_checkpoint, args.device,
@@ -105,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
               "nnunet_checkpoint": args.nnunet_checkpoint, "step_size": args.step_size,
               "disable_tta": args.disable_tta, "images": str(Path(args.images)),
               "save_probabilities": args.save_probabilities, "refine": config.to_dict() if config else None,
-              "recorded_settings": str(recorded) if recorded else None, **sam_args_record(args)}
+              "recorded_settings": str(recorded) if recorded else None, **sam_args_record(args, settings)}
     parallel = parallel_from_args(args)
-    written = predict_folder(args.images, args.output, make_nnunet, info, predictor_maker(args),
+    written = predict_folder(args.images, args.output, make_nnunet, info, settings.maker(),
                              config, **output_options(args), run_args=record, plans=model / "plans.json",
                              model_dir=model, parallel=parallel, nnunet_processes=processes,
                              pipeline=pipelined(config, args.device, processes))

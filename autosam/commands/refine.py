@@ -7,8 +7,9 @@ from pathlib import Path
 from .. import io
 from ..errors import AutosamError
 from ..pipelines.refine import refine_folder
+from ..settings.model import Settings
 from .common import (add_output_arguments, add_parallel_arguments, add_refine_arguments, add_sam_arguments,
-                     config_from_args, output_options, parallel_from_args, predictor_maker, sam_args_record)
+                     output_options, parallel_from_args, sam_args_record)
 from .options import add_dataset_arguments, dataset_json_from_args
 
 HELP = "refine a coarse (nnU-Net) prediction folder with SAM"
@@ -35,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
         raise AutosamError(f"coarse folder not found: {coarse}")
     info = io.load_dataset_json(io.find_dataset_json(dataset_json_from_args(args), predictions=coarse,
                                                      images=images))
-    config = config_from_args(args)
+    settings = Settings.from_args(args)
     parallel = parallel_from_args(args)
-    written = refine_folder(images, coarse, args.output, info, predictor_maker(args), config,
-                            **output_options(args), run_args=sam_args_record(args), parallel=parallel)
+    written = refine_folder(images, coarse, args.output, info, settings.maker(), settings.refine,
+                            **output_options(args), run_args=sam_args_record(args, settings), parallel=parallel)
     print(f"refined {len(written)} case(s) -> {args.output}")
     return 0

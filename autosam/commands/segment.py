@@ -4,14 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
 
 from ..errors import AutosamError
 from ..pipelines.segment import images_info, segment_folder
-from ..refine import RefineConfig
+from ..settings.model import Settings
 from .common import (add_output_arguments, add_parallel_arguments, add_refine_arguments, add_sam_arguments,
-                     config_from_args, config_from_record, output_options, parallel_from_args, predictor_maker,
-                     sam_args_record, sam_overrides)
+                     output_options, parallel_from_args, sam_args_record, sam_overrides)
 from .options import add_dataset_arguments, dataset_json_from_args
 
 HELP = "segment images fully automatically: a learned prompter prompts SAM (no nnU-Net model needed)"
@@ -40,26 +38,26 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def choose_configuration(args: argparse.Namespace, prompter) -> tuple[Optional[RefineConfig], str]:
-    """SAM's configuration (None: no SAM) and where it came from: ``--no-sam``; else the prompter's tuned
+def choose_configuration(args: argparse.Namespace, prompter) -> tuple[Settings, str]:
+    """SAM's settings (``refine`` None: no SAM) and where they came from: ``--no-sam``; else the prompter's tuned
     ``autosam_sam.json`` (see :mod:`autosam.prompter.tuning`) with the options given here winning; else the
-    built-in defaults. Sets ``args.sam/checkpoint/adapter`` from the record where they were not given."""
+    built-in defaults."""
     from ..prompter.tuning import recorded_default
 
     if args.no_sam:
         if args.use_sam:
             raise AutosamError("--no-sam and --use-sam exclude each other")
-        return None, "command line (--no-sam)"
+        return Settings.from_args(args, check=False).with_sam(False), "command line (--no-sam)"
     recorded, source = recorded_default(prompter, getattr(args, "adapter", None))
     if recorded is None:
-        return config_from_args(args), source
-    config = config_from_record(args, recorded)
+        return Settings.from_args(args), source
+    settings = recorded.merged(args)
     overrides = sam_overrides(args, extra=("sam", "adapter"))
     if overrides:
         source += "; command line: " + ", ".join("--" + o.replace("_", "-") for o in overrides)
-    if not (recorded.get("use_sam", True) or args.use_sam or overrides):
-        return None, source
-    return config, source
+    if args.use_sam or overrides:
+        settings = settings.with_sam(True)
+    return settings, source
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,13 +68,14 @@ def run(args: argparse.Namespace) -> int:
     prompter = Prompter.load(args.prompter, device="cpu" if parallel.distributed else str(resolve_device(args.device)))
     images = Path(args.images)
     info = images_info(images, prompter, dataset_json_from_args(args))
-    config, source = choose_configuration(args, prompter)
+    settings, source = choose_configuration(args, prompter)
+    config = settings.refine
     if args.no_sam and prompter.mode == "embedding":
         print("note: an embedding-mode prompter always runs SAM's decoder; --no-sam skips only the box refinement",
               file=sys.stderr)
     what = "no SAM (the prompter's map)" if config is None else f"SAM {config.prompt}/{config.fusion}"
-    run_args = {**sam_args_record(args), "configuration_source": source}
-    written = segment_folder(images, args.output, prompter, info, predictor_maker(args), config,
+    run_args = {**sam_args_record(args, settings), "configuration_source": source}
+    written = segment_folder(images, args.output, prompter, info, settings.maker(), config,
                              **output_options(args), run_args=run_args, device=args.device, parallel=parallel,
                              announce=f"configuration: {what}; from {source}")
     print(f"segmented {len(written)} case(s) -> {args.output}")

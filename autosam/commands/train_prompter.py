@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
 def set_aside_stale_tuning(folder: Path) -> None:
     """New weights trained with ``--no-tune``: a SAM default tuned for the earlier weights no longer holds; it is
     renamed (kept, not used) so that ``segment`` falls back to the built-in defaults."""
-    from .. import sam_settings
+    from ..settings import SETTINGS_FILE
 
-    record = folder / sam_settings.SETTINGS_FILE
+    record = folder / SETTINGS_FILE
     if record.is_file():
         kept = record.with_name("autosam_sam.earlier-weights.json")
         record.replace(kept)
@@ -103,5 +103,4 @@ def tune_after_training(args: argparse.Namespace, dataset) -> None:
     device = "cpu" if args.device == "cpu" else args.device
     prompter = Prompter.load(args.output, device=device)
     maker = SamSpec(args.sam).maker(Runtime(device=device, engine=args.engine), caching=True)
-    tune_prompter(prompter, dataset, maker,
-                  max_cases=args.tune_cases, sam=args.sam)
+    tune_prompter(prompter, dataset, maker, max_cases=args.tune_cases, sam=SamSpec(args.sam))

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import AutosamError
+from ..settings import SamSpec
 from . import options
 from .common import add_sam_arguments, predictor_maker
 
@@ -50,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
                            "a copy of its folder, or give -o FILE")
     prompter = Prompter.load(args.prompter, device=str(resolve_device(args.device)))
     result = tune_prompter(prompter, dataset, predictor_maker(args, caching=True), cases=args.cases,
-                           max_cases=args.max_cases, min_gain=args.min_gain, sam=args.sam,
-                           checkpoint=args.checkpoint, adapter=args.adapter, output=output, sign_test=args.sign_test)
+                           max_cases=args.max_cases, min_gain=args.min_gain,
+                           sam=SamSpec(args.sam, args.checkpoint, args.adapter), output=output,
+                           sign_test=args.sign_test)
     if result is None:
         return 1
     for name, mean in result.ranking()[:5]:

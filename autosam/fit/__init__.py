@@ -5,7 +5,7 @@ Lives here: :class:`FitOptions` (what fit compares), :mod:`.scores` (a fold's gr
 SAM, kept for a rerun; Ray jobs), :mod:`.adapters` (one adapter per fold on the maps outside it, and the final
 one), :mod:`.estimate` (`--dry-run`'s plan, the cost per case) and
 :mod:`.run` (the stages, the choice, the record ``MODEL/autosam_sam.json`` and the table). May import
-:mod:`autosam.nnunet.folds`, :mod:`autosam.tune`, :mod:`autosam.adapt`, :mod:`autosam.sam_settings` and below;
+:mod:`autosam.nnunet.folds`, :mod:`autosam.tune`, :mod:`autosam.adapt`, :mod:`autosam.settings` and below;
 commands and the study import it, never the reverse.
 """
 from .options import FIT_DIR, FitOptions

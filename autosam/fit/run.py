@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .. import sam_settings
 from ..nnunet.folds import CrossValidation, read_cross_validation
 from ..progress import notice, progress
 from ..runner.locks import FolderLock
 from ..runner.parallel import Parallel
 from ..settings import Runtime, SamSpec
+from ..settings.model import Settings
 from ..tune import NO_SAM, TuneResult, combine
 from . import adapters as ad
 from .estimate import cost_per_case, describe_plan
@@ -97,7 +97,7 @@ def fit(model_folder, opts: FitOptions = FitOptions(), sam: SamSpec = SamSpec(),
     with Ray: each fold's scoring is a Ray task."""
     opts.check()
     cv = read_cross_validation(model_folder, folds, raw_root, preprocessed_root)
-    sam_settings.check({**sam_settings.default_settings(), **sam.to_record()})
+    Settings(sam).checked()
     picked = chosen_cases(cv, opts.max_cases)
     preflight(cv, opts, sam)
     if dry_run:
@@ -120,8 +120,9 @@ def fit(model_folder, opts: FitOptions = FitOptions(), sam: SamSpec = SamSpec(),
         section = _fit_section(cv, picked, opts, frozen, adapted, fold_adapters, result, choice)
         cost = cost_per_case(cv, result, sam, adapter, runtime) if result.best.use_sam else 0.0
         section.update(cost_per_case_s=round(cost, 2), seconds=round(time.perf_counter() - start, 1))
-        settings = sam_settings.from_tuning(result, sam.name, sam.checkpoint, ADAPTER_DIR if adapter else None)
-        path = sam_settings.record(settings, cv.model, runtime.to_record(), by="autosam fit", extra={"fit": section})
+        chosen = SamSpec(sam.name, sam.checkpoint, ADAPTER_DIR if adapter else None)
+        path = Settings.from_tuning(result, chosen, runtime).write(cv.model, by="autosam fit", runtime=True,
+                                                                    extra={"fit": section})
         shutil.rmtree(work / CACHE_DIR, ignore_errors=True)  # gigabytes; the scores are kept
     print(_table(section, result, cost, path))
     return path

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .. import io
-from .. import sam_settings as autosam_settings
 from ..errors import AutosamError
 from ..refine import read_coarse, refine_case
 from ..runner import CaseOutput, CaseRunner, guard_output
+from ..settings import SETTINGS_FILE, Runtime, recorded_files
+from ..settings.model import Settings, environment, load_recorded
 
 #: Sub-folder of a prediction's output folder that holds nnU-Net's own (unrefined) predictions.
 UNREFINED = "unrefined"
@@ -28,7 +30,7 @@ def refine_cases(
     output: str | os.PathLike,
     images: dict[str, list[str]],
     dataset_json: str | os.PathLike,
-    settings: dict,
+    settings: Settings,
     predictor,
     cases: Optional[list[str]] = None,
     save_probabilities: bool = False,
@@ -38,7 +40,7 @@ def refine_cases(
     """Refine ``cases`` (default: every ``<case><ending>`` in ``unrefined``) into ``output``; return them.
 
     ``images`` maps case id -> its raw channel files (as nnU-Net lists them); ``predictor`` is a
-    :class:`autosam.sam.SamPredictor`; ``settings`` a record of :mod:`autosam.sam_settings`; ``inputs`` names the
+    :class:`autosam.sam.SamPredictor`; ``settings`` the SAM settings (SAM on); ``inputs`` names the
     folders the output must stay out of (raw images, model). Runs through autosam's case runner (lock, guard,
     atomic writes); every given case is redone.
     """
@@ -54,7 +56,7 @@ def refine_cases(
         if not (unrefined / f"{case_id}.npz").is_file():
             raise AutosamError(f"{unrefined / (case_id + '.npz')} is missing: SAM refinement needs nnU-Net's "
                                "probabilities")
-    config = autosam_settings.refine_config(settings)
+    config = settings.config()
     rw = io.reader_writer(ending)
     runner = CaseRunner(output, info, inputs=inputs or {}, record=None, save_probabilities=save_probabilities,
                         overwrite=True, desc="SAM refinement", rw_class=rw)
@@ -81,20 +83,20 @@ def drop_probabilities(folder: str | os.PathLike, cases: list[str]) -> None:
 
 
 # -- nnUNetv2_predict -------------------------------------------------------------------------------------------
-def prediction_settings(model_folder: str, folds: list) -> dict:
+def prediction_settings(model_folder: str, folds: list) -> Settings:
     """The SAM settings ``autosam fit`` recorded in ``model_folder``, else those recorded at validation in its fold
     folders, else the ``AUTOSAM_*`` environment / defaults (one line on stderr either way when something is not
     used)."""
-    settings = autosam_settings.load_recorded(model_folder, folds)
+    settings = load_recorded(model_folder, folds)
     if settings is None:
-        settings = autosam_settings.resolve()
-        print(f"autosam: no {autosam_settings.SETTINGS_FILE} in {model_folder} or its fold folders; "
+        settings = Settings.resolve()
+        print(f"autosam: no {SETTINGS_FILE} in {model_folder} or its fold folders; "
               f"using the AUTOSAM_* environment / defaults", file=sys.stderr)
     else:
-        ignored = sorted(set(autosam_settings.from_environment()))
+        ignored = sorted(set(environment()))
         if ignored:
             print(f"autosam: AUTOSAM_* setting(s) {', '.join(ignored)} ignored: prediction uses the recorded "
-                  f"settings ({autosam_settings.recorded_files(model_folder, folds)[0]})", file=sys.stderr)
+                  f"settings ({recorded_files(model_folder, folds)[0]})", file=sys.stderr)
     return settings
 
 
@@ -109,24 +111,24 @@ def is_done(truncated: str, ending: str, with_probabilities: bool) -> bool:
     return done and (not with_probabilities or os.path.isfile(truncated + ".npz"))
 
 
-def prepare_output(folder: str, inputs: dict, dataset_json: dict, plans: dict, settings: dict, by: str) -> None:
+def prepare_output(folder: str, inputs: dict, dataset_json: dict, plans: dict, settings: Settings, by: str) -> None:
     """dataset.json, plans.json and the SAM settings in the refined output folder (as nnU-Net's folders have),
     written atomically, after checking that the folder lies outside every input folder."""
     guard_output(folder, inputs)
     os.makedirs(os.path.join(folder, UNREFINED), exist_ok=True)
     io.write_json(dataset_json, os.path.join(folder, "dataset.json"))
     io.write_json(plans, os.path.join(folder, "plans.json"))
-    autosam_settings.record(settings, folder, by=by)
+    settings.write(folder, by=by)
 
 
-def refine_predictions(outputs: Sequence[tuple[str, str, list[str]]], settings: dict, model_folder: str,
+def refine_predictions(outputs: Sequence[tuple[str, str, list[str]]], settings: Settings, model_folder: str,
                        device: str, save_probabilities: bool, inputs: dict,
                        log: Callable[[str], None] = print) -> None:
     """Refine nnU-Net's predictions with SAM on ``device``: each of ``outputs`` is ``(unrefined, refined,
     images)``, a case's unrefined and refined output names (without ending) and its raw channel files. Cases are
     refined folder by folder; their probabilities in the unrefined folder are dropped unless kept."""
-    run = autosam_settings.runtime(device)
-    sam = autosam_settings.build_predictor(settings, run)
+    settings = replace(settings, runtime=Runtime.from_env(device))
+    sam = settings.predictor()
     dataset_json = os.path.join(model_folder, "dataset.json")
     by_folder: dict[tuple[str, str], dict[str, list[str]]] = {}
     for unrefined, refined, images in outputs:

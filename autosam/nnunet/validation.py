@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from typing import Callable, Optional, Type
 
 from .. import io
-from .. import sam_settings as autosam_settings
+from ..settings import SETTINGS_FILE, SamSpec, read_json
+from ..settings.model import Settings, environment
 
 
-def tune_validation(unrefined: str, settings: dict, run: dict, preprocessed: str,
+def tune_validation(unrefined: str, settings: Settings, preprocessed: str,
                     raw_images: Callable[[], dict[str, list[str]]], dataset_json: str, rw_class: Type,
-                    log: Callable[[str], None]) -> dict:
+                    log: Callable[[str], None]) -> Settings:
     """Choose SAM's configuration (or no SAM) on this fold's validation cases (:mod:`autosam.tune`), unless the
     prompt or fusion was set explicitly (``AUTOSAM_*`` or ``autosam_sam.json`` in ``preprocessed``, the dataset's
     preprocessed folder) or ``AUTOSAM_TUNE=0``; then ``settings`` unchanged.
@@ -27,37 +29,37 @@ def tune_validation(unrefined: str, settings: dict, run: dict, preprocessed: str
     from ..prompter.tuning import MAX_CASES
     from ..tune import candidates, tune
 
-    explicit = set(autosam_settings.from_environment()) & {"prompt", "fusion", "fusion_options"}
-    plans_file = os.path.join(preprocessed, autosam_settings.SETTINGS_FILE)
+    explicit = set(environment()) & {"prompt", "fusion", "fusion_options"}
+    plans_file = os.path.join(preprocessed, SETTINGS_FILE)
     if os.environ.get("AUTOSAM_TUNE", "1").strip() == "0" or explicit or os.path.isfile(plans_file):
         return settings
     fitted = fitted_settings(os.path.dirname(os.path.abspath(dataset_json)), unrefined, log)
     if fitted is not None:
-        return fitted
+        return replace(fitted, runtime=settings.runtime)
     info = io.load_dataset_json(dataset_json)
     items = _tune_cases(unrefined, int(os.environ.get("AUTOSAM_TUNE_CASES", MAX_CASES)), preprocessed, raw_images,
                         info, rw_class)
-    sam = autosam_settings.build_predictor(settings, {**run, "cache": True})
-    result = tune(sam, items, info, candidates(autosam_settings.refine_config(settings)))
+    sam = settings.predictor(caching=True)
+    result = tune(sam, items, info, candidates(settings.config()))
     log(f"autosam: tuned on {len(items)} validation case(s): {result.best.name} (mean Dice "
         f"{result.mean(result.best.name):.4f}; nnU-Net alone {result.mean('no SAM'):.4f})")
-    return {**autosam_settings.from_tuning(result, settings["sam"], settings.get("checkpoint"),
-                                           settings.get("adapter"))}
+    return Settings.from_tuning(result, settings.sam, settings.runtime)
 
 
-def fitted_settings(model_folder: str, unrefined: str, log: Callable[[str], None]) -> Optional[dict]:
+def fitted_settings(model_folder: str, unrefined: str, log: Callable[[str], None]) -> Optional[Settings]:
     """``autosam fit``'s choice (``MODEL/autosam_sam.json``) for this fold's validation, with the fold's own
     adapter where the adapted SAM won (the final adapter trained on this fold's cases too); None: no fit."""
-    path = os.path.join(model_folder, autosam_settings.SETTINGS_FILE)
+    path = os.path.join(model_folder, SETTINGS_FILE)
     if not os.path.isfile(path):
         return None
-    settings = autosam_settings.load_file(path)
+    settings = Settings.from_record(path)
     fold = os.path.basename(os.path.dirname(os.path.abspath(unrefined)))[len("fold_"):]
-    adapters = ((autosam_settings.read_json(path).get("fit") or {}).get("adapted") or {}).get("fold_adapters") or {}
-    if settings.get("adapter") and fold in adapters:
-        settings["adapter"] = os.path.join(model_folder, adapters[fold])
-    log(f"autosam: using autosam fit's choice ({path}): {autosam_settings.describe(settings)}")
-    return autosam_settings.check(settings)
+    adapters = ((read_json(path).get("fit") or {}).get("adapted") or {}).get("fold_adapters") or {}
+    if settings.sam.adapter and fold in adapters:
+        sam = settings.sam
+        settings = replace(settings, sam=SamSpec(sam.name, sam.checkpoint, os.path.join(model_folder, adapters[fold])))
+    log(f"autosam: using autosam fit's choice ({path}): {settings.describe()}")
+    return settings.checked()
 
 
 def _tune_cases(unrefined: str, limit: int, preprocessed: str, raw_images: Callable[[], dict[str, list[str]]],

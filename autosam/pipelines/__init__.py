@@ -7,7 +7,7 @@ prediction folder), :mod:`~autosam.pipelines.oracle` (SAM on boxes from referenc
 (an nnU-Net model + SAM in memory). The verbs in :mod:`autosam.commands`, the demo and the study call them.
 
 They may import the case-level layers below them (:mod:`autosam.refine`, :mod:`autosam.oracle`, the runner, the
-engine, io, nnU-Net's wrapper), never the models that train (prompter, adapt, sam_settings), the study or the
+engine, io, nnU-Net's wrapper), never the models that train (prompter, adapt, settings.model), the study or the
 commands: a prompter or a SAM predictor comes in as an object or a factory.
 """
 from .oracle import OracleJob, oracle_folder

@@ -1,8 +1,8 @@
 """Tune a prompter's SAM default on its own validation cases and record it in the prompter folder.
 
 ``autosam train-prompter`` calls :func:`tune_prompter` after training; ``autosam tune`` calls it for an existing
-prompter (a shipped one, or with an adapter). The record is ``autosam_sam.json`` (the format of
-:mod:`autosam.sam_settings`): whether SAM runs at all, and if so with which prompts and fusion; ``autosam
+prompter (a shipped one, or with an adapter). The record is ``autosam_sam.json`` (written and read by
+:class:`autosam.settings.model.Settings`): whether SAM runs at all, and if so with which prompts and fusion; ``autosam
 segment`` uses it unless options on the command line say otherwise.
 """
 from __future__ import annotations
@@ -11,9 +11,11 @@ import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .. import io, sam_settings
+from .. import io
 from ..errors import AutosamError
 from ..progress import notice, progress
+from ..settings import SETTINGS_FILE, SamSpec
+from ..settings.model import Settings
 from ..tune import MIN_GAIN, Candidate, TuneCase, TuneResult, candidates, tune
 from .infer import Prompter
 
@@ -50,8 +52,8 @@ def load_items(prompter: Prompter, dataset_dir: Path, cases: Sequence[str], sam_
 
 def tune_prompter(prompter: Prompter, dataset_dir: str | Path, make_predictor: Callable, *,
                   cases: Optional[Sequence[str]] = None, max_cases: int = MAX_CASES, min_gain: float = MIN_GAIN,
-                  sam: str = "litemedsam", checkpoint: Optional[str] = None, adapter: Optional[str] = None,
-                  output: Optional[str | Path] = None, grid: Optional[Sequence[Candidate]] = None,
+                  sam: SamSpec = SamSpec(), output: Optional[str | Path] = None,
+                  grid: Optional[Sequence[Candidate]] = None,
                   log: Callable[[str], None] = notice,
                   sign_test: Optional[float] = None) -> Optional[TuneResult]:
     """Tune on ``cases`` (default: the prompter's validation split, at most ``max_cases``) over ``grid`` (default
@@ -68,25 +70,24 @@ def tune_prompter(prompter: Prompter, dataset_dir: str | Path, make_predictor: C
     predictor = make_predictor()
     items = load_items(prompter, dataset_dir, chosen, predictor.model if prompter.mode == "embedding" else None, info)
     result = tune(predictor, items, info, grid or candidates(), min_gain=min_gain, sign_test=sign_test)
-    settings = sam_settings.from_tuning(result, sam=sam, checkpoint=checkpoint, adapter=adapter)
-    target = Path(output) if output is not None else Path(prompter.folder) / sam_settings.SETTINGS_FILE
-    sam_settings.record(settings, target.parent, by="autosam tune", name=target.name)
+    target = Path(output) if output is not None else Path(prompter.folder) / SETTINGS_FILE
+    Settings.from_tuning(result, sam).write(target.parent, by="autosam tune", name=target.name)
     log(f"tuned on {len(chosen)} validation case(s): {result.best.name} (mean Dice "
         f"{result.mean(result.best.name):.4f}; prompter alone {result.mean('no SAM'):.4f}) -> {target}")
     return result
 
 
-def recorded_default(prompter: Prompter, adapter: Optional[str | Path] = None) -> tuple[Optional[dict], str]:
+def recorded_default(prompter: Prompter, adapter: Optional[str | Path] = None) -> tuple[Optional[Settings], str]:
     """The tuned settings (``autosam_sam.json``, checked) of the adapter folder when it has one (``autosam tune
     --adapter`` writes it there), else of the prompter, and a line saying where they come from; None and "built-in
     defaults" when neither has a record."""
-    path = Path(adapter) / sam_settings.SETTINGS_FILE if adapter else None
+    path = Path(adapter) / SETTINGS_FILE if adapter else None
     if path is None or not path.is_file():
-        path = Path(prompter.folder) / sam_settings.SETTINGS_FILE if prompter.folder else None
+        path = Path(prompter.folder) / SETTINGS_FILE if prompter.folder else None
     if path is None or not path.is_file():
         return None, "built-in defaults (the prompter has no tuned autosam_sam.json)"
-    settings = sam_settings.load_file(path)
-    tuned = settings.get("tuning") or {}
+    settings = Settings.from_record(path)
+    tuned = settings.tuning or {}
     cases = tuned.get("validation_cases")
     return settings, f"tuned: {path} ({tuned.get('chosen', 'recorded')}" + (
         f", on {len(cases)} validation case(s))" if cases else ")")

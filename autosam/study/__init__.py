@@ -21,7 +21,7 @@ Modules, each building on the ones before: :mod:`.methods` (the methods, their n
 models checked against the options before anything is written), :mod:`.steps` (the model steps: prompter,
 adapters, nnU-Nets, tuned defaults) and :mod:`.run` (:class:`Study`, which segments and scores each method, and
 :func:`run_study`). The study sits with the models that train (layer 7 in ``tests/test_layers.py``): it may import
-them (:mod:`autosam.prompter`, :mod:`autosam.adapt`, :mod:`autosam.nnunet.train`, :mod:`autosam.sam_settings`) and
+them (:mod:`autosam.prompter`, :mod:`autosam.adapt`, :mod:`autosam.nnunet.train`, :mod:`autosam.settings.model`) and
 everything below them, never :mod:`autosam.commands` or :mod:`autosam.cli`.
 """
 from .methods import (DEFAULT_METHODS, DESCRIPTIONS, LEVERS, METHODS, VARIABLE, VARIANT_BASE, describe,

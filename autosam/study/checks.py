@@ -11,8 +11,7 @@ from ..adapt.config import CONFIG_NAME, read_config
 from ..errors import AutosamError
 from ..fit.run import preflight
 from ..nnunet.folds import read_cross_validation
-from ..sam_settings import SETTINGS_FILE, read_json
-from ..settings import SamSpec
+from ..settings import SETTINGS_FILE, SamSpec, read_json
 from .folder import NNUNET_FOLDS, WHOSE, StudyFolder
 
 

@@ -8,8 +8,7 @@ from typing import Optional
 from .. import io
 from ..pipelines import oracle_folder, refine_folder, segment_folder
 from ..prompter import Prompter
-from ..refine import RefineConfig
-from ..sam_settings import load_file
+from ..settings.model import Settings
 from .methods import parse_method, table_order
 from .options import StudyOptions
 from .plan import check_plan, make_plan
@@ -54,10 +53,9 @@ class Study(ModelSteps):
         nothing could be tuned)."""
         if record is None:
             return self.config(), (lambda: self.predictor())
-        settings = load_file(record)
-        adapter = Path(settings["adapter"]) if settings.get("adapter") else None
-        config = RefineConfig(**settings["refine"]) if settings.get("use_sam", True) else None
-        return config, (lambda: self.predictor(adapter))
+        settings = Settings.from_record(record)
+        adapter = Path(settings.sam.adapter) if settings.sam.adapter else None
+        return settings.refine, (lambda: self.predictor(adapter))
 
     def run(self, run: dict, index: int) -> list[dict]:
         """Train what the run's methods need, segment the test cases with each method, score them."""

@@ -13,8 +13,7 @@ from ..nnunet.train import predict_nnunet, train_cross_validation, train_nnunet
 from ..prompter import Prompter
 from ..prompter.train import TrainOptions, train_prompter
 from ..prompter.tuning import tune_prompter, validation_cases
-from ..sam_settings import SETTINGS_FILE, read_json
-from ..settings import Runtime, SamSpec
+from ..settings import SETTINGS_FILE, Runtime, SamSpec, read_json
 from .checks import KeptModels
 from .controls import blend_folder, blend_weight
 from .convergence import RECORD, measure
@@ -46,7 +45,7 @@ class ModelSteps(KeptModels):
         for path, adapted in records:
             if not path.is_file():
                 tune_prompter(prompter, self.dataset, lambda a=adapted: self.predictor(a),
-                              max_cases=self.opts.tune_cases, adapter=str(adapted) if adapted else None,
+                              max_cases=self.opts.tune_cases, sam=SamSpec(adapter=str(adapted) if adapted else None),
                               output=path, grid=self.opts.grid(), log=log, sign_test=self.opts.sign_test)
             if path.is_file():  # a kept record's rule was checked by check_kept before the run
                 score = read_json(path).get("tuning", {}).get("chosen_mean_dice", -math.inf)
