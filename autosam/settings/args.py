@@ -63,6 +63,7 @@ def refine_fields(args: argparse.Namespace) -> dict:
 def merged_args(settings: "Settings", args: argparse.Namespace, every: bool = False, check: bool = True) -> "Settings":
     """``settings`` updated by the options of ``args`` the user gave (``every``: by all of them); ``check``
     refuses given options that the resulting prompt strategy or fusion would ignore."""
+    every = every or getattr(args, "given", None) is None  # then recorded fusion options do not carry over
     given = set(vars(args)) if every else given_options(args)
     cli = refine_fields(args)
     fields = settings.config().to_dict()
@@ -74,7 +75,7 @@ def merged_args(settings: "Settings", args: argparse.Namespace, every: bool = Fa
     if check:
         check_applicable(args, fields["prompt"], fields["fusion"])
     applicable = TAKES.get(fields["fusion"], ())
-    options = {k: v for k, v in (fields.get("fusion_options") or {}).items() if k in applicable}
+    options = {} if every else {k: v for k, v in (fields.get("fusion_options") or {}).items() if k in applicable}
     options.update({k: getattr(args, k) for k in FUSION_OPTIONS if k in given and getattr(args, k) is not None})
     fields["fusion_options"] = options
     config = RefineConfig(**fields)
