@@ -9,6 +9,7 @@ from typing import Optional
 from .. import io
 from ..adapt.train import finetune
 from ..fit import fit
+from ..nnunet.folds import link_maps
 from ..nnunet.train import predict_nnunet, train_cross_validation, train_nnunet
 from ..prompter import Prompter
 from ..prompter.train import TrainOptions, train_prompter
@@ -101,16 +102,9 @@ class ModelSteps(KeptModels):
         log(f"study {run['name']}: nnU-Net's {len(held)}-fold cross-validation on {len(run['cases'])} case(s)")
         model = train_cross_validation(self.dataset, run["cases"], root, 900 + index, self.opts.schedule(run["seed"]),
                                        held)
-        out.mkdir(parents=True, exist_ok=True)
-        folds = []
-        for i, part in enumerate(held):
-            for case in part:
-                for suffix in (self.info.file_ending, ".npz"):
-                    link = out / f"{case}{suffix}"
-                    if not link.is_symlink():
-                        link.symlink_to(model / f"fold_{i}" / "validation" / f"{case}{suffix}")
-            folds.append({"folder": f"fold_{i}", "trained_on": sorted(c for c in run["cases"] if c not in part),
-                          "predicted": sorted(part)})
+        link_maps(self.cross_validation(run, model), out)
+        folds = [{"folder": f"fold_{i}", "trained_on": sorted(c for c in run["cases"] if c not in part),
+                  "predicted": sorted(part)} for i, part in enumerate(held)]
         io.write_json({"cases": sorted(run["cases"]), "subject_pattern": self.opts.subject_pattern,
                        "model": str(model), "folds": folds}, out / NNUNET_FOLDS)
         return out
