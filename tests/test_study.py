@@ -106,7 +106,7 @@ def nnunet_study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("nnsrc") / "tuned"
     assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
                  "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned", "nnunet-folds", "nnunet+prompter",
-                 "--convergence"]) == 0
+                 "nnunet-planes", "--convergence"]) == 0
     run = json.loads((folder / "plan.json").read_text())["runs"][0]
     return {"folder": folder, "run": run, "rows": list(csv.DictReader((folder / "results.csv").open())),
             "adapter_trained": (folder / "models" / run["name"] / "adapter" / "adapter.pt").is_file(),
@@ -163,19 +163,31 @@ def test_quick_study_tunes_nnunets_default_on_its_cross_fitted_maps(nnunet_study
 
 
 def test_quick_study_scores_the_sam_free_controls(nnunet_study):
-    """``nnunet-folds`` (nnU-Net's cross-validation folds ensembled) and ``nnunet+prompter`` (the two models'
-    probabilities averaged, nnU-Net's weight chosen on the prompter's validation cases, never on a test case) are
-    scored on the same test cases as nnU-Net, and compared with it in summary.md."""
+    """``nnunet-folds`` (nnU-Net's cross-validation folds ensembled), ``nnunet+prompter`` (the two models'
+    probabilities averaged, nnU-Net's weight chosen on the prompter's validation cases, never on a test case) and
+    ``nnunet-planes`` (the 2d nnU-Net along each axis, the native axis's weight chosen on the fold nnU-Nets'
+    cross-fitted maps of the training cases) are scored on the same test cases as nnU-Net, and compared with it in
+    summary.md."""
+    from autosam.study.controls import PLANE_WEIGHTS
+
     folder, run, rows = nnunet_study["folder"], nnunet_study["run"], nnunet_study["rows"]
     cases = {m: sorted(r["case"] for r in rows if r["method"] == m) for m in ("nnunet", "nnunet-folds",
-                                                                             "nnunet+prompter")}
+                                                                             "nnunet+prompter", "nnunet-planes")}
     assert cases["nnunet-folds"] == cases["nnunet+prompter"] == cases["nnunet"] == sorted(run["test"] * 2)
+    assert cases["nnunet-planes"] == cases["nnunet"]
     blend = json.loads((folder / "models" / run["name"] / "nnunet_prompter.json").read_text())
     assert blend["weight"] in (0.0, 0.25, 0.5, 0.75, 1.0) and set(blend["cases"]) <= set(run["cases"])
     assert not set(blend["cases"]) & set(run["test"])
+    planes = json.loads((folder / "models" / run["name"] / "nnunet_planes.json").read_text())
+    assert planes["weight"] in PLANE_WEIGHTS and planes["cases"] == sorted(run["cases"])
+    assert set(planes["mean_dice"]) == {str(w) for w in PLANE_WEIGHTS}
+    assert planes["mean_dice"][str(planes["weight"])] == max(planes["mean_dice"].values())
+    if planes["weight"] == 1.0:  # nnU-Net alone along its own axis: nnU-Net's predictions
+        dice = {m: [float(r["dice"]) for r in rows if r["method"] == m] for m in ("nnunet", "nnunet-planes")}
+        assert dice["nnunet-planes"] == pytest.approx(dice["nnunet"], abs=1e-6)
     log = (folder / "predictions" / run["name"] / "nnunet-folds" / "nnunet_predict.log").read_text()
     assert "-f 0 1 " in log  # both folds ensembled
-    for method in ("nnunet-folds", "nnunet+prompter"):
+    for method in ("nnunet-folds", "nnunet+prompter", "nnunet-planes"):
         assert f"| {method} |" in nnunet_study["summary"]
     # the baseline's convergence: nnU-Net's fold-0 validation Dice at the schedule E and at 2E
     record = json.loads((folder / "models" / run["name"] / "convergence.json").read_text())
@@ -365,4 +377,140 @@ def test_dry_run_with_repeats_and_the_older_seeds_name(tmp_path, capsys):
         assert main(["study", "--quick", "-o", str(tmp_path / "s"), "--dry-run", option, "2"]) == 0
         out = capsys.readouterr().out
         assert "run n4_s1: 4 training case(s), repeat 1's own 1 test case(s)" in out
+    assert not (tmp_path / "s").exists()
+
+
+# --- nnunet-planes: the 2d nnU-Net along each axis (fast: a fake predictor, tiny volumes) -----------------------
+
+
+def _one_hot(label: np.ndarray, channels: int = 3) -> np.ndarray:
+    return np.stack([(label == k) for k in range(channels)]).astype(np.float32)
+
+
+def _volume(folder: Path, name: str, array: np.ndarray, spacing=(3.0, 2.0, 1.0)) -> Path:
+    """``array`` (Z, Y, X) as a NIfTI file (spacing in Z, Y, X order, as nnU-Net reads it back)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(reversed(spacing)))
+    folder.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(folder / name))
+    return folder / name
+
+
+def _label(shift: int = 0) -> np.ndarray:
+    label = np.zeros((4, 5, 6), np.int16)
+    label[1:3, 1:4, 1 + shift:3 + shift] = 1
+    label[:, 4, 4:] = 2
+    return label
+
+
+def test_nnunet_planes_transposes_each_axis_first_and_back():
+    """Each other axis is sliced first with its spacing, the probabilities come back in the case's geometry, and
+    the native axis alone (w = 1) is the native prediction exactly."""
+    from autosam import io
+    from autosam.nnunet.planes import ORDERS, average, other_axes, restore, transpose_case
+
+    image = np.random.default_rng(0).normal(size=(1, 4, 5, 6)).astype(np.float32)
+    case = io.Case("c", image, {"spacing": [3.0, 2.0, 1.0]}, [])
+    seen = []
+
+    def predict(c: io.Case) -> np.ndarray:  # a pointwise "network": the geometry must come back as it went
+        seen.append((c.image.shape, list(c.properties["spacing"])))
+        return np.concatenate([c.image, 2 * c.image])
+
+    others = other_axes(predict, case)
+    assert seen == [((1, 5, 4, 6), [2.0, 3.0, 1.0]), ((1, 6, 4, 5), [1.0, 3.0, 2.0])]
+    native = predict(case)
+    for probabilities in others:
+        assert np.array_equal(probabilities, native)
+    assert case.image.shape == (1, 4, 5, 6) and case.properties["spacing"] == [3.0, 2.0, 1.0]  # left unchanged
+    for order in ORDERS:
+        assert np.array_equal(restore(transpose_case(case, order).image, order), image)
+    shifted = [native + 1, native + 2]
+    assert average(native, shifted, 1.0) is native
+    assert np.allclose(average(native, shifted, 0.5), native + 0.75)
+    assert np.allclose(average(native, shifted, 1 / 3), native + 1)
+
+
+def test_control_weights_pick_the_best_mean_and_the_larger_weight_on_ties():
+    from autosam.study.controls import PLANE_WEIGHTS, choose
+
+    assert PLANE_WEIGHTS == (1.0, 0.75, 0.5, 1 / 3)
+    best, means = choose({1.0: [0.5, 0.75], 0.75: [0.75, 0.5], 0.5: [0.25, 0.75], 1 / 3: [0.5, float("nan")]})
+    assert best == 1.0 and means == {"1.0": 0.625, "0.75": 0.625, "0.5": 0.5, "0.3333333333333333": 0.5}
+    assert choose({1.0: [0.5], 0.75: [0.5], 0.5: [0.75], 1 / 3: [0.75]})[0] == 0.5
+    assert choose({1.0: [0.5], 0.75: [0.25], 0.5: [0.25], 1 / 3: [0.75]})[0] == 1 / 3
+
+
+def test_nnunet_planes_weight_is_chosen_on_each_folds_own_cases(tmp_path, monkeypatch):
+    """Each fold model predicts only the cases it left out, along the two other axes; the native axis is that
+    fold's validation map. Bad native maps (all background) and right other axes: 1/3 wins (at 0.5 the tie goes
+    to the background)."""
+    from autosam import io
+    from autosam.nnunet.folds import CrossValidation
+    from autosam.study import controls
+
+    info = io.load_dataset_json(sample_dataset("hippocampus"))
+    maps, images, labels = {}, {}, {}
+    for i, case in enumerate(("a", "b")):
+        label = _label(i)
+        images[case] = [_volume(tmp_path / "images", f"{case}_0000.nii.gz", label.astype(np.float32))]
+        labels[case] = _volume(tmp_path / "labels", f"{case}.nii.gz", label)
+        seg = _volume(tmp_path / f"fold_{i}", f"{case}.nii.gz", np.zeros_like(label))
+        np.savez(tmp_path / f"fold_{i}" / f"{case}.npz", probabilities=_one_hot(np.zeros_like(label)))
+        maps[case] = (seg, tmp_path / f"fold_{i}" / f"{case}.npz")
+    cv = CrossValidation(tmp_path, info, tmp_path, {"0": ["a"], "1": ["b"]}, maps, images, labels)
+    seen = []
+    monkeypatch.setattr(controls, "load_nnunet_predictor", lambda model, folds, device: folds[0])
+    monkeypatch.setattr(controls, "model_reader_writer", lambda predictor: io.reader_writer(".nii.gz"))
+    monkeypatch.setattr(controls, "nnunet_probabilities", lambda fold: lambda c: seen.append(
+        (fold, c.case_id)) or _one_hot(np.rint(c.image[0])))  # the image is the label: a perfect fake
+    weight, means = controls.planes_weight(cv, "cpu")
+    assert sorted(seen) == [("0", "a"), ("0", "a"), ("1", "b"), ("1", "b")]
+    assert weight == 1 / 3 and means == {"1.0": 0.0, "0.75": 0.0, "0.5": 0.0, "0.3333333333333333": 1.0}
+
+
+def test_nnunet_planes_folder_keeps_written_cases_and_is_nnunet_at_weight_one(tmp_path, monkeypatch):
+    from autosam import io
+    from autosam.study import controls
+
+    info = io.load_dataset_json(sample_dataset("hippocampus"))
+    for i, case in enumerate(("a", "b")):
+        _volume(tmp_path / "images", f"{case}_0000.nii.gz", _label(i).astype(np.float32))
+        _volume(tmp_path / "nnunet", f"{case}.nii.gz", _label(1 - i))
+        np.savez(tmp_path / "nnunet" / f"{case}.npz", probabilities=_one_hot(_label(1 - i)))
+    asked = []
+    monkeypatch.setattr(controls, "load_nnunet_predictor", lambda model, folds, device: asked.append(folds) or "p")
+    out = controls.planes_folder(tmp_path / "images", tmp_path / "nnunet", tmp_path, "all", tmp_path / "w1", 1.0,
+                                 info, "cpu")
+    assert asked == []  # nnU-Net alone: no other axis is predicted
+    for i, case in enumerate(("a", "b")):
+        assert np.array_equal(io.read_label(out / f"{case}.nii.gz")[0], _label(1 - i))
+    monkeypatch.setattr(controls, "model_reader_writer", lambda predictor: io.reader_writer(".nii.gz"))
+    monkeypatch.setattr(controls, "nnunet_probabilities", lambda p: lambda c: asked.append(c.case_id) or _one_hot(
+        np.rint(c.image[0])))
+    kept = _volume(tmp_path / "third", "a.nii.gz", np.zeros((4, 5, 6), np.int16))
+    before = kept.stat().st_mtime_ns
+    out = controls.planes_folder(tmp_path / "images", tmp_path / "nnunet", tmp_path, "all", tmp_path / "third", 1 / 3,
+                                 info, "cpu")
+    assert asked == [["all"], "b", "b"] and kept.stat().st_mtime_ns == before  # a written case is kept
+    assert np.array_equal(io.read_label(out / "b.nii.gz")[0], _label(1))  # two right axes outvote the native one
+
+
+def test_nnunet_planes_is_refused_on_2d_images_and_without_the_2d_nnunet(tmp_path, capsys):
+    hc18, hippocampus = sample_dataset("hc18"), sample_dataset("hippocampus")
+    opts = StudyOptions(methods=["nnunet", "nnunet-planes"], nnunet_configuration="2d")
+    opts.check(hippocampus)
+    with pytest.raises(AutosamError, match="holds 2D images .* drop nnunet-planes"):
+        opts.check(hc18)
+    with pytest.raises(AutosamError, match="not 3d_fullres; give --nnunet-configuration 2d"):
+        StudyOptions(methods=["nnunet-planes"]).check(hippocampus)
+    assert main(["study", "-d", str(hc18), "-o", str(tmp_path / "s"), "--methods", "nnunet-planes",
+                 "--nnunet-configuration", "2d", "--dry-run"]) == 2
+    assert "holds 2D images (one slice per case)" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert main(["study", "--quick", "-o", str(tmp_path / "s"), "--dry-run", "--methods", "nnunet",
+                 "nnunet-planes"]) == 0  # the quick preset's 2d nnU-Net on the sample's volumes
+    out = capsys.readouterr().out
+    assert "nnunet-planes (nnU-Net along two more axes)" in out and "nnU-Net folds" in out
     assert not (tmp_path / "s").exists()

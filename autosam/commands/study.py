@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if not dataset.is_dir():
         raise AutosamError(f"dataset folder not found: {dataset} (-d takes an nnU-Net raw dataset folder)")
     opts = study_options(args)
-    opts.check()
+    opts.check(dataset)
     plan = make_plan(dataset, opts)  # every check on the input happens before anything is written
     if args.dry_run:
         print_plan(plan, io.load_dataset_json(dataset), opts)

@@ -4,7 +4,6 @@ only on cases it never saw), and the final one on every map. Each folder records
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +17,7 @@ from .options import FitOptions
 
 RECORD = "autosam_fit.json"
 ADAPTERS_DIR = "adapters"
-MAPS_DIR = "maps"
+MAPS_DIR = "maps"  # under fit's work folder: every cross-fitted map, linked (:func:`autosam.nnunet.folds.link_maps`)
 
 
 def wanted(opts: FitOptions, sam: SamSpec, cases: Sequence[str]) -> dict:
@@ -43,20 +42,6 @@ def check_kept(folder: Path, want: dict) -> bool:
         raise AutosamError(f"{folder}: this adapter was trained with another {k} ({have.get(k)!r}, now "
                            f"{want[k]!r}); rerun with the same options, or remove {folder}")
     return True
-
-
-def link_maps(cv: CrossValidation, work: Path) -> Path:
-    """``work/maps``: every case's cross-fitted map and probabilities, linked from its fold's validation."""
-    folder = work / MAPS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    for case, (seg, npz) in cv.maps.items():
-        for src in (seg, npz):
-            dst = folder / src.name
-            if dst.is_symlink() and os.path.realpath(dst) != os.path.realpath(src):
-                dst.unlink()
-            if not dst.is_symlink():
-                dst.symlink_to(src)
-    return folder
 
 
 def train_adapter(cv: CrossValidation, folder: Path, cases: Sequence[str], opts: FitOptions, sam: SamSpec,

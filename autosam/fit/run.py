@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..nnunet.folds import CrossValidation, read_cross_validation
+from ..nnunet.folds import CrossValidation, link_maps, read_cross_validation
 from ..progress import notice, progress
 from ..runner.locks import FolderLock
 from ..runner.parallel import Parallel
@@ -41,7 +41,7 @@ def _score_all(cv: CrossValidation, picked: dict, opts: FitOptions, sam: SamSpec
     folds = [f for f, c in picked.items() if c]
     fold_adapters = {}
     if adapted:
-        maps = ad.link_maps(cv, work)
+        maps = link_maps(cv, work / ad.MAPS_DIR)
         for fold in progress(folds, "fit: fold adapters", unit="fold"):
             adapter = ad.train_adapter(cv, ad.fold_folder(work, fold), ad.outside(cv, fold), opts, sam, runtime,
                                        maps, work / CACHE_DIR, log)
@@ -116,7 +116,7 @@ def fit(model_folder, opts: FitOptions = FitOptions(), sam: SamSpec = SamSpec(),
         adapter = None
         if choice == ADAPTED:
             adapter = ad.train_adapter(cv, cv.model / ADAPTER_DIR, cv.cases, opts, sam, runtime,
-                                       ad.link_maps(cv, work), work / CACHE_DIR, log)
+                                       link_maps(cv, work / ad.MAPS_DIR), work / CACHE_DIR, log)
         section = _fit_section(cv, picked, opts, frozen, adapted, fold_adapters, result, choice)
         cost = cost_per_case(cv, result, sam, adapter, runtime) if result.best.use_sam else 0.0
         section.update(cost_per_case_s=round(cost, 2), seconds=round(time.perf_counter() - start, 1))

@@ -1,10 +1,11 @@
 """A trained nnU-Net model's cross-validation, read and checked: which fold validated which cases, where each
 case's validation map and probabilities are (``fold_k/validation/<case>.npz``, written by ``nnUNetv2_train ...
 --npz``), and the raw training images and labels (``$nnUNet_raw/<dataset>``). Every problem is one line naming the
-file and the command that fixes it; nothing is written here.
+file and the command that fixes it; nothing is written here but :func:`link_maps`' links.
 
 >>> cv = read_cross_validation(model_folder)       # or model_folder_of("4", "2d") for -d/-c/-tr/-p
 >>> cv.folds["0"], cv.maps["hippocampus_001"], cv.images["hippocampus_001"], cv.labels["hippocampus_001"]
+>>> link_maps(cv, folder)                          # every case's map in one folder (links; fit and the study)
 """
 from __future__ import annotations
 
@@ -156,4 +157,18 @@ def read_cross_validation(model_folder: str | os.PathLike, folds: Optional[Seque
     return cv
 
 
-__all__ = ["CrossValidation", "UNREFINED", "model_folder_of", "read_cross_validation"]
+def link_maps(cv: CrossValidation, folder: Path) -> Path:
+    """``folder``: every case's cross-fitted map and probabilities, linked from the validation of the fold that left
+    it out (a link to another file is replaced; kept links stay)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seg, npz in cv.maps.values():
+        for src in (seg, npz):
+            dst = folder / src.name
+            if dst.is_symlink() and os.path.realpath(dst) != os.path.realpath(src):
+                dst.unlink()
+            if not dst.is_symlink():
+                dst.symlink_to(src)
+    return folder
+
+
+__all__ = ["CrossValidation", "UNREFINED", "link_maps", "model_folder_of", "read_cross_validation"]

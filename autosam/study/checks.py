@@ -10,7 +10,7 @@ from typing import Optional
 from ..adapt.config import CONFIG_NAME, read_config
 from ..errors import AutosamError
 from ..fit.run import preflight
-from ..nnunet.folds import read_cross_validation
+from ..nnunet.folds import CrossValidation, read_cross_validation
 from ..settings import SETTINGS_FILE, SamSpec, read_json
 from .folder import NNUNET_FOLDS, WHOSE, StudyFolder
 
@@ -64,6 +64,12 @@ class KeptModels(StudyFolder):
                                f"give --adapt-folds {len(folds)}")
         return folds
 
+    def cross_validation(self, run: dict, model: Optional[Path] = None) -> CrossValidation:
+        """The run's nnU-Net cross-validation, read and checked (``model``: its folder, else ``folds.json``'s)."""
+        root = self._folds_root(run)
+        return read_cross_validation(model or self.cv_model(run), raw_root=root / "nnUNet_raw",
+                                     preprocessed_root=root / "nnUNet_preprocessed")
+
     def _rule_problem(self, kept: Optional[float]) -> str:
         had = f"--sign-test {kept}" if kept is not None else "no sign test"
         return f"was chosen with {had}, not " + (f"--sign-test {self.opts.sign_test}" if self.opts.sign_test
@@ -92,9 +98,7 @@ class KeptModels(StudyFolder):
                     self.check_rule(path)
         folds = self.kept_folds(run) if o.needs_nnunet_folds() else None
         if folds is not None and "nnunet+tuned" in o.methods:  # fit's kept adapters of other options
-            root = self._folds_root(run)
-            cv = read_cross_validation(self.cv_model(run), raw_root=root / "nnUNet_raw",
-                                       preprocessed_root=root / "nnUNet_preprocessed")
+            cv = self.cross_validation(run)
             preflight(cv, self.fit_options(run), SamSpec())
             self.kept_fit(cv.model / SETTINGS_FILE, self.fit_options(run).to_record())
 

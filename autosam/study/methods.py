@@ -9,11 +9,12 @@ from ..fusion import fusion_strategies
 
 #: Every method the study can score, in table order; "-adapted" ones need an adapter (``--adapt``).
 METHODS = ("sam-oracle", "sam-oracle-adapted", "prompter", "prompter+sam", "prompter+sam-adapted", "tuned",
-           "nnunet", "nnunet+sam", "nnunet+sam-adapted", "nnunet+tuned", "nnunet-folds", "nnunet+prompter")
+           "nnunet", "nnunet+sam", "nnunet+sam-adapted", "nnunet+tuned", "nnunet-folds", "nnunet+prompter",
+           "nnunet-planes")
 #: Methods that need nnU-Net's cross-validation (``--adapt-folds`` more nnU-Nets per run).
-CROSS_VALIDATED = ("nnunet+tuned", "nnunet-folds", "nnunet+prompter")
+CROSS_VALIDATED = ("nnunet+tuned", "nnunet-folds", "nnunet+prompter", "nnunet-planes")
 #: The SAM-free controls a SAM method is judged against (with ``nnunet`` itself).
-CONTROLS = ("nnunet", "nnunet-folds", "nnunet+prompter")
+CONTROLS = ("nnunet", "nnunet-folds", "nnunet+prompter", "nnunet-planes")
 #: What a study scores unless ``--methods`` says otherwise: every method but those of :data:`CROSS_VALIDATED`.
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in CROSS_VALIDATED)
 DESCRIPTIONS = {
@@ -31,6 +32,8 @@ DESCRIPTIONS = {
     "nnunet-folds": "control, no SAM: the ensemble of nnU-Net's cross-validation folds",
     "nnunet+prompter": "control, no SAM: nnU-Net's probabilities averaged with the prompter's (weight chosen on the "
                        "prompter's validation cases)",
+    "nnunet-planes": "control, no SAM: the 2d nnU-Net along each axis of the volume, averaged (the native axis's weight "
+                     "chosen on nnU-Net's cross-fitted maps of the training cases)",
 }
 #: Levers a method variant can switch on (``METHOD/FUSION+LEVER+...``), as :class:`RefineConfig` fields.
 LEVERS = {"hypotheses": {"box_hypotheses": True}, "rebox": {"rebox": 1}, "largest": {"max_objects": 1},

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from ..adapt.data import auto_prompts
 from ..errors import AutosamError
-from ..nnunet.train import Schedule
+from ..nnunet.train import Schedule, default_configuration
 from ..tune import check_sign_test, grid
 from .methods import CROSS_VALIDATED, DEFAULT_METHODS, parse_method
 
@@ -50,8 +51,9 @@ class StudyOptions:
     engine: str = "auto"
     convergence: bool = True  # with nnunet: fold 0 at the schedule E and at 2E (summary.md's baseline_convergence)
 
-    def check(self) -> None:
-        """Refuse, in one line, options that cannot run (nothing is written yet)."""
+    def check(self, dataset: Optional[Path] = None) -> None:
+        """Refuse, in one line, options that cannot run (nothing is written yet); ``dataset``: also those its
+        images rule out."""
         for m in self.methods:
             parse_method(m)
         if self.uses_adapted() and not self.adapt:
@@ -88,6 +90,23 @@ class StudyOptions:
         for s in self.train_sizes:
             if str(s) != "all" and (not str(s).isdigit() or int(s) < 2):
                 raise AutosamError(f"train size {s!r}: give a whole number >= 2 or 'all'")
+        self._check_planes(dataset)
+
+    def _check_planes(self, dataset: Optional[Path]) -> None:
+        """``nnunet-planes`` slices volumes along their three axes with the 2d nnU-Net: one line otherwise."""
+        if "nnunet-planes" not in self.methods:
+            return
+        if dataset is not None:
+            try:
+                flat = default_configuration(Path(dataset)) == "2d"
+            except (AutosamError, OSError, IndexError):  # no readable image: the plan names the problem
+                flat = False
+            if flat:
+                raise AutosamError(f"nnunet-planes: {dataset} holds 2D images (one slice per case), with no other "
+                                   "axis to slice along; drop nnunet-planes")
+        if self.nnunet_configuration != "2d" and (self.nnunet_configuration or dataset is not None):
+            raise AutosamError("nnunet-planes slices each axis with the 2d nnU-Net, not "
+                               f"{self.nnunet_configuration or '3d_fullres'}; give --nnunet-configuration 2d")
 
     def grid(self) -> list:
         """The candidates every tuning of the study scores (:func:`autosam.tune.grid`; ``small_grid``: ``--quick``)."""

@@ -110,7 +110,8 @@ def _same_dataset(a: str, b: str) -> bool:
 
 
 def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, gpu: bool) -> dict[str, float]:
-    """A rough time per step (CPU: ~0.6 s per SAM slice with OpenVINO; GPU: ~100x less)."""
+    """A rough time per step (CPU: ~0.6 s per SAM slice with OpenVINO, ~0.25 s per slice of the 2d nnU-Net with its
+    mirroring; GPU: ~25-100x less)."""
     o = plan["options"]
     opts = StudyOptions(**o)
     sam = (0.006 if gpu else 0.6) * slices_per_case
@@ -139,6 +140,9 @@ def estimate_seconds(plan: dict, info: io.DatasetInfo, slices_per_case: float, g
         steps["tuning nnU-Net's default (nnunet+tuned)"] = sum(
             min(o["tune_cases"] or len(r["cases"]), len(r["cases"])) for r in plan["runs"]) * sam * (
             4 if slices_per_case > 1 else 2)
+    if "nnunet-planes" in methods:  # the 2d nnU-Net along two more axes: the training cases (weight), then the test
+        steps["nnunet-planes (nnU-Net along two more axes)"] = sum(
+            len(r["cases"]) + len(r["test"]) for r in plan["runs"]) * 2 * slices_per_case * (0.01 if gpu else 0.25)
     if opts.convergence and "nnunet" in methods:  # fold 0 at 2E (and at E without the cross-validation), per size
         once = len({r["size"] for r in plan["runs"]})
         steps["nnU-Net at twice the epochs (baseline_convergence)"] = once * nnunet * (2 if opts.needs_nnunet_folds()

@@ -9,7 +9,7 @@ from .. import io
 from ..pipelines import oracle_folder, refine_folder, segment_folder
 from ..prompter import Prompter
 from ..settings.model import Settings
-from .methods import parse_method, table_order
+from .methods import CONTROLS, parse_method, table_order
 from .options import StudyOptions
 from .plan import check_plan, make_plan
 from .results import timed, write_results
@@ -26,7 +26,7 @@ class Study(ModelSteps):
         out = self.folder / "predictions" / run["name"] / method.replace("/", "@")
         if method == "nnunet":
             return models["nnunet"]
-        if method in ("nnunet-folds", "nnunet+prompter"):
+        if method in CONTROLS:  # the SAM-free controls other than nnU-Net itself
             return out, timed(lambda: self.control(method, run, models, out), self._time_file(run, method))
         base, variant = parse_method(method)
         adapter = models.get("adapter") if base.endswith("-adapted") else None
@@ -69,6 +69,8 @@ class Study(ModelSteps):
             models["tuned"] = self.tune(models["prompter"], models.get("adapter"))
         if o.uses("nnunet"):
             models["nnunet"] = self.nnunet(run, index)
+        if "nnunet-planes" in o.methods:  # the model folder, which predicts along the other axes
+            models["nnunet_model"] = self.nnunet_model(run, index)
         if o.needs_nnunet_folds():
             self.nnunet_folds(run, index)
         if o.convergence and "nnunet" in o.methods and run.get("repeat", 0) == 0:  # once per size
@@ -87,8 +89,8 @@ def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_r
               plan: Optional[dict] = None) -> dict:
     """Run (or resume, or with ``dry_run`` only plan) a study; returns the plan (with ``results``: the rows).
     ``plan``: :func:`make_plan`'s result when the caller made it already."""
-    opts.check()
     dataset, folder = Path(dataset), Path(folder)
+    opts.check(dataset)
     plan = check_plan(folder, plan if plan is not None else make_plan(dataset, opts))
     info = io.load_dataset_json(dataset)
     if dry_run:

@@ -1,5 +1,5 @@
 """The model steps of a study run, each kept and reused on a rerun: the prompter, its tuned default, the SAM
-adapter (and the fold adapters), nnU-Net, the fold nnU-Nets and nnU-Net's tuned default."""
+adapter (and the fold adapters), nnU-Net, the fold nnU-Nets, nnU-Net's tuned default and the controls' weights."""
 from __future__ import annotations
 
 import math
@@ -9,13 +9,14 @@ from typing import Optional
 from .. import io
 from ..adapt.train import finetune
 from ..fit import fit
+from ..nnunet.folds import link_maps
 from ..nnunet.train import predict_nnunet, train_cross_validation, train_nnunet
 from ..prompter import Prompter
 from ..prompter.train import TrainOptions, train_prompter
 from ..prompter.tuning import tune_prompter, validation_cases
 from ..settings import SETTINGS_FILE, Runtime, SamSpec, read_json
 from .checks import KeptModels
-from .controls import blend_folder, blend_weight
+from .controls import blend_folder, blend_weight, planes_folder, planes_weight
 from .convergence import RECORD, measure
 from ..progress import notice as log
 from .folder import NNUNET_FOLDS, WHOSE
@@ -82,10 +83,15 @@ class ModelSteps(KeptModels):
         out = self.folder / "predictions" / run["name"] / "nnunet"
         schedule = self.opts.schedule(run["seed"])
         log(f"study {run['name']}: nnU-Net on {len(run['cases'])} case(s)")
-        model = train_nnunet(self.dataset, run["cases"], self.folder / "nnunet", 900 + index, schedule)
+        model = self.nnunet_model(run, index)
         seconds = timed(lambda: predict_nnunet(model, self.test_images(run), out, schedule, save_probabilities=True),
                         self._time_file(run, "nnunet"))
         return out, seconds
+
+    def nnunet_model(self, run: dict, index: int) -> Path:
+        """The model folder of the nnU-Net trained on the run's subset (trained here unless it is kept)."""
+        return train_nnunet(self.dataset, run["cases"], self.folder / "nnunet", 900 + index,
+                            self.opts.schedule(run["seed"]))
 
     def nnunet_folds(self, run: dict, index: int) -> Path:
         """nnU-Net's cross-fitted maps of the run's cases: nnU-Net's own cross-validation with ``--adapt-folds``
@@ -100,16 +106,9 @@ class ModelSteps(KeptModels):
         log(f"study {run['name']}: nnU-Net's {len(held)}-fold cross-validation on {len(run['cases'])} case(s)")
         model = train_cross_validation(self.dataset, run["cases"], root, 900 + index, self.opts.schedule(run["seed"]),
                                        held)
-        out.mkdir(parents=True, exist_ok=True)
-        folds = []
-        for i, part in enumerate(held):
-            for case in part:
-                for suffix in (self.info.file_ending, ".npz"):
-                    link = out / f"{case}{suffix}"
-                    if not link.is_symlink():
-                        link.symlink_to(model / f"fold_{i}" / "validation" / f"{case}{suffix}")
-            folds.append({"folder": f"fold_{i}", "trained_on": sorted(c for c in run["cases"] if c not in part),
-                          "predicted": sorted(part)})
+        link_maps(self.cross_validation(run, model), out)
+        folds = [{"folder": f"fold_{i}", "trained_on": sorted(c for c in run["cases"] if c not in part),
+                  "predicted": sorted(part)} for i, part in enumerate(held)]
         io.write_json({"cases": sorted(run["cases"]), "subject_pattern": self.opts.subject_pattern,
                        "model": str(model), "folds": folds}, out / NNUNET_FOLDS)
         return out
@@ -130,6 +129,9 @@ class ModelSteps(KeptModels):
         if method == "nnunet-folds":
             folds = [str(i) for i in range(len(self.kept_folds(run)))]
             return predict_nnunet(self.cv_model(run), images, out, self.opts.schedule(run["seed"]), folds=folds)
+        if method == "nnunet-planes":
+            return planes_folder(images, models["nnunet"][0], models["nnunet_model"], self.opts.schedule().fold, out,
+                                 self.planes(run), self.info, self.opts.device)
         prompter = Prompter.load(models["prompter"], device=self.opts.device)
         sam = self.predictor().model if prompter.mode == "embedding" else None
         return blend_folder(images, models["nnunet"][0], out, prompter, sam, self.blend(run, prompter, sam),
@@ -146,6 +148,19 @@ class ModelSteps(KeptModels):
         io.write_json({"weight": weight, "mean_dice": means, "cases": cases}, path)
         log(f"study {run['name']}: nnunet+prompter: nnU-Net's weight {weight} (mean Dice by weight on the "
             f"prompter's {len(cases)} validation case(s): {means})")
+        return weight
+
+    def planes(self, run: dict) -> float:
+        """The native axis's weight for ``nnunet-planes``, chosen once per run on nnU-Net's cross-fitted maps of the
+        run's cases (kept in ``nnunet_planes.json``)."""
+        path = self.folder / "models" / run["name"] / "nnunet_planes.json"
+        if path.is_file():
+            return float(read_json(path)["weight"])
+        cv = self.cross_validation(run)
+        weight, means = planes_weight(cv, self.opts.device)
+        io.write_json({"weight": weight, "mean_dice": means, "cases": cv.cases}, path)
+        log(f"study {run['name']}: nnunet-planes: the native axis's weight {weight} (mean Dice by weight on nnU-Net's "
+            f"cross-fitted maps of {len(cv.cases)} training case(s): {means})")
         return weight
 
     def convergence(self, run: dict, index: int) -> dict:
