@@ -17,7 +17,7 @@ from scipy import ndimage
 from autosam import io
 from autosam.errors import AutosamError
 from autosam.pipelines import refine_folder
-from autosam.qc import (SIGNALS, QualityModel, case_signals, rank_score, read_quality_csv, reference_volumes,
+from autosam.qc import (SIGNALS, QualityModel, case_signals, dice, rank_score, read_quality_csv, reference_volumes,
                         refined_signals, write_case_rows, write_quality_csv)
 from autosam.refine import RefineConfig, refine_case
 from autosam.sam import SamPredictor
@@ -36,6 +36,15 @@ def _soft(seg: np.ndarray, sigma: float = 0.7) -> np.ndarray:
 
 def _label(case: str):
     return io.read_label(HIPPO / "labelsTr" / f"{case}.nii.gz", info=io.load_dataset_json(HIPPO))
+
+
+def _crop(case: str, folder: Path, box=(slice(12, 16), slice(None), slice(None))) -> np.ndarray:
+    """Write ``case``'s image cropped to ``box`` (``Z, Y, X``) into ``folder``; its label map cropped alike."""
+    index = tuple(reversed(box))  # SimpleITK indexes x, y, z
+    image = sitk.ReadImage(str(HIPPO / "imagesTr" / f"{case}_0000.nii.gz"))[index]
+    sitk.WriteImage(image, str(folder / f"{case}_0000.nii.gz"))
+    label = sitk.ReadImage(str(HIPPO / "labelsTr" / f"{case}.nii.gz"))[index]
+    return sitk.GetArrayFromImage(label).astype(np.int16)
 
 
 def test_signals_are_deterministic_finite_and_defined_for_empty_labels():
@@ -75,10 +84,7 @@ def test_signals_of_a_2d_image_see_its_boundary():
 def crop(tmp_path_factory):
     """hippocampus_165 cropped to 4 slices: image file, reference labels."""
     base = tmp_path_factory.mktemp("qc_crop")
-    image = sitk.ReadImage(str(HIPPO / "imagesTr" / "hippocampus_165_0000.nii.gz"))[:, :, 12:16]
-    sitk.WriteImage(image, str(base / "hippocampus_165_0000.nii.gz"))
-    label = sitk.ReadImage(str(HIPPO / "labelsTr" / "hippocampus_165.nii.gz"))[:, :, 12:16]
-    return base, sitk.GetArrayFromImage(label).astype(np.int16)
+    return base, _crop("hippocampus_165", base)
 
 
 def test_an_overgrown_coarse_map_gets_lower_agreement_and_ranks_below_the_clean_one(crop, predictor):
@@ -152,14 +158,31 @@ def test_quality_csv_is_the_same_whatever_the_write_order(tmp_path):
     assert sum(r["flag"] for r in table) == 3 and all(r["calibrated"] == 0 for r in table)
 
 
-def test_refine_folder_with_qc_writes_quality_csv_that_a_resume_keeps(tiny_sam, tmp_path):
+def test_three_planes_give_plane_agreement_and_every_plane_s_iou(tiny_sam, tmp_path):
+    info = io.load_dataset_json(HIPPO)
+    gt = _crop(CASES[0], tmp_path, (slice(12, 16), slice(16, 32), slice(8, 24)))  # 36 slices along the 3 axes
+    case = io.read_case(CASES[0], [tmp_path / f"{CASES[0]}_0000.nii.gz"])
+    predictor = SamPredictor(tiny_sam, device="cpu")
+    refined = refine_case(predictor, case, info, gt, _soft(gt), RefineConfig(planes=True), keep=False)
+    assert len(refined.plane_segmentations) == len(refined.plane_runs) == 3
+    one = refine_case(predictor, case, info, gt, _soft(gt), RefineConfig(axis=0), keep=False)
+    three, single = (refined_signals(CASES[0], info, gt, _soft(gt), r, case.spacing) for r in (refined, one))
+    for row, plain in zip(three, single):
+        masks = [p == row["label"] for p in refined.plane_segmentations]
+        pairs = [dice(masks[i], masks[j]) for i, j in ((0, 1), (0, 2), (1, 2))]
+        assert row["dice_planes"] == pytest.approx(np.mean(pairs)) and plain["dice_planes"] == 1
+        assert row["sam_slices"] == sum(int(r.prompted[row["label"] - 1].sum()) for r in refined.plane_runs)
+        assert row["sam_slices"] > plain["sam_slices"]
+
+
+def test_refine_folder_with_qc_writes_quality_csv_that_a_resume_keeps(tiny_sam, tmp_path, capsys):
     images, coarse = tmp_path / "images", tmp_path / "coarse"
     images.mkdir()
     coarse.mkdir()
     info = io.load_dataset_json(HIPPO)
-    for case in CASES:
-        shutil.copy(HIPPO / "imagesTr" / f"{case}_0000.nii.gz", images)
-        gt, props = _label(case)
+    for case in CASES:  # 4 slices each
+        gt = _crop(case, images)
+        props = io.read_case(case, [images / f"{case}_0000.nii.gz"]).properties
         io.write_seg(np.where(ndimage.binary_erosion(gt > 0), gt, 0), coarse / f"{case}.nii.gz", props)
     make = lambda: SamPredictor(tiny_sam, device="cpu")  # noqa: E731
     refine_folder(images, coarse, tmp_path / "plain", info, make, quiet=True, pipeline=False)
@@ -175,6 +198,10 @@ def test_refine_folder_with_qc_writes_quality_csv_that_a_resume_keeps(tiny_sam, 
     table.unlink()
     assert refine_folder(images, coarse, tmp_path / "qc", info, make, qc=True, quiet=True) == [CASES[1]]
     assert table.read_bytes() == before
+    capsys.readouterr()
+    assert refine_folder(images, coarse, tmp_path / "plain", info, make, qc=True, quiet=True) == []
+    assert "note: 2 case(s) in" in capsys.readouterr().err  # refined without QC: said, not silently dropped
+    assert read_quality_csv(tmp_path / "plain" / "quality.csv") == []
 
 
 def _script():

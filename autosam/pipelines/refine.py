@@ -5,11 +5,12 @@ One case at a time is :func:`autosam.refine.refine_case`; this module reads each
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 from .. import io
-from ..qc import QualityModel, refined_signals, write_quality_csv
+from ..qc import QualityModel, refined_signals, without_signals, write_quality_csv
 from ..refine import RefineConfig, find_coarse_files, read_coarse, refine_case
 from ..runner import CaseOutput, CaseRunner, FunctionJob
 from ..sam import SamPredictor
@@ -59,4 +60,8 @@ def refine_folder(
     written = runner.run(cases, FunctionJob(make_predictor, process), inputs=sources)
     if qc:
         write_quality_csv(out_dir, info.file_ending, quality_model)
+        missing = without_signals(out_dir, info.file_ending)
+        if missing:
+            print(f"note: {len(missing)} case(s) in {out_dir} have no quality signals (refined without QC) and are "
+                  f"not in quality.csv; --overwrite redoes them", file=sys.stderr)
     return written

@@ -89,6 +89,22 @@ def _sam_iou(runs: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[flo
     return float(values.mean()), float(values.min()), float(values.size)
 
 
+def _label_boxes(maps: Sequence[np.ndarray], labels: Sequence[int], margin: int) -> dict[int, tuple]:
+    """Per label, the bounding box of its voxels in every map, grown by ``margin`` (clipped to the grid); one
+    voxel where no map holds the label."""
+    shape, top = maps[0].shape, max(labels, default=0)
+    lo = {v: np.full(len(shape), np.iinfo(np.int64).max) for v in labels}
+    hi = {v: np.full(len(shape), -1) for v in labels}
+    for m in maps:
+        found = ndimage.find_objects(np.clip(m, 0, None).astype(np.int32, copy=False), max_label=top)
+        for v in labels:
+            if found[v - 1] is not None:
+                lo[v] = np.minimum(lo[v], [sl.start for sl in found[v - 1]])
+                hi[v] = np.maximum(hi[v], [sl.stop for sl in found[v - 1]])
+    return {v: tuple(slice(max(0, int(a) - margin), min(n, int(b) + margin)) for a, b, n in zip(lo[v], hi[v], shape))
+            if hi[v][0] >= 0 else tuple(slice(0, 1) for _ in shape) for v in labels}
+
+
 def _plane_dice(planes: Sequence[np.ndarray], value: int) -> float:
     masks = [p == value for p in planes]
     pairs = [dice(masks[i], masks[j]) for i in range(len(masks)) for j in range(i + 1, len(masks))]
@@ -135,18 +151,22 @@ def case_signals(
     (:func:`reference_volumes`); ``band`` the boundary band's width in voxels.
     """
     rows = []
+    boxes = _label_boxes([coarse_seg, final_seg, *plane_segs], info.foreground, band + 1)
     for k, value in enumerate(info.foreground):
-        coarse, final = coarse_seg == value, final_seg == value
+        box = boxes[value]  # every map's voxels of the label, and the band, lie inside: the work stays small
+        coarse, final = coarse_seg[box] == value, final_seg[box] == value
+        planes = [p[box] for p in plane_segs]
+        probs = None if coarse_probs is None else coarse_probs[(slice(None), *box)]
         row: dict = {"case": case_id, "label": int(value), "dice_coarse_final": dice(coarse, final)}
         if sam_overlap is not None:
             n_sam, n_coarse, both = (int(v) for v in np.asarray(sam_overlap)[k])
             row["dice_coarse_sam"] = 1.0 if n_sam + n_coarse == 0 else 2.0 * both / (n_sam + n_coarse)
         else:
             row["dice_coarse_sam"] = row["dice_coarse_final"]
-        row["dice_planes"] = _plane_dice(plane_segs, value)
+        row["dice_planes"] = _plane_dice(planes, value)
         row["sam_iou_mean"], row["sam_iou_min"], row["sam_slices"] = _sam_iou(sam_runs, k)
         row["entropy_band"], row["uncertain_share"], row["entropy_mean"] = _coarse_uncertainty(
-            coarse, coarse_probs, k, band, confident)
+            coarse, probs, k, band, confident)
         volume = _volume(final, spacing)
         stats = (volume_stats or {}).get(str(value)) or (volume_stats or {}).get(value)
         z = 0.0 if not stats else (volume - float(stats[0])) / max(float(stats[1]), 1e-6 * max(float(stats[0]), 1.0))

@@ -59,6 +59,14 @@ def read_case_rows(folder: str | os.PathLike, file_ending: Optional[str] = None)
     return sorted(rows, key=lambda r: (r["case"], int(r["label"])))
 
 
+def without_signals(folder: str | os.PathLike, file_ending: str) -> list[str]:
+    """Finished cases of ``folder`` (a segmentation ``<case><ending>``) that have no signal file: written by a run
+    without quality control, and missing from ``quality.csv``."""
+    folder = Path(folder)
+    cases = sorted(p.name[: -len(file_ending)] for p in folder.glob(f"*{file_ending}") if not p.name.startswith("."))
+    return [c for c in cases if not case_file(folder, c).is_file()]
+
+
 def score_rows(rows: Sequence[Mapping], model: Optional[QualityModel] = None, flag_below: Optional[float] = None
                ) -> list[dict]:
     """``rows`` with ``predicted_dice`` (the model's, else the uncalibrated rank score), ``calibrated`` and ``flag``
