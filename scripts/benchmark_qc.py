@@ -6,7 +6,7 @@
 ``REFINED`` the refined outputs (with ``<case>.quality.json`` signal files when refined with QC; otherwise the
 signals are computed here from the coarse and refined maps, without SAM's IoU and mask), ``LABELS`` the reference
 labels. Predicted Dice is cross-fitted: a :class:`autosam.qc.QualityModel` fitted on the other folds' cases
-predicts each fold's (``--folds``, cases split by a seeded permutation). Case Dice is the mean over labels. Rows:
+predicts each fold's (``--folds``; subjects split by a seeded permutation, ``--subject-pattern``). Case Dice is the mean over labels. Rows:
 the signals' model; softmax entropy alone (the anchor a user has today, calibrated the same way); the
 uncalibrated rank score (no MAE). Columns: Spearman rho, MAE, the share of the true worst 10% of cases among the
 20% flagged worst, each against its target (rho >= 0.6, MAE <= 0.05, capture >= 0.6), with the gap where missed.
@@ -32,6 +32,7 @@ from autosam import io  # noqa: E402
 from autosam.errors import AutosamError  # noqa: E402
 from autosam.qc import QualityModel, case_signals, dice, rank_score, reference_volumes  # noqa: E402
 from autosam.qc.table import case_file, read_case_file  # noqa: E402
+from autosam.splits import subject_of  # noqa: E402
 
 CONFIRMATION = sorted((ROOT / "docs" / "results").glob("confirmation_*.txt"))
 TARGETS = {"rho": (0.6, ">="), "mae": (0.05, "<="), "capture": (0.6, ">=")}
@@ -65,10 +66,11 @@ def case_rows(case_id: str, info: io.DatasetInfo, coarse: Path, refined: Path, l
     return rows
 
 
-def cross_fitted(rows: list[dict], features, folds: int, seed: int = 0) -> np.ndarray:
-    """Each row's Dice predicted by a model fitted on the other folds' cases."""
-    cases = sorted({r["case"] for r in rows})
-    fold_of = {c: i % folds for i, c in enumerate(np.random.default_rng(seed).permutation(cases))}
+def cross_fitted(rows: list[dict], features, folds: int, pattern=None, seed: int = 0) -> np.ndarray:
+    """Each row's Dice predicted by a model fitted on the other folds' cases (a subject's cases in one fold)."""
+    subjects = sorted({subject_of(r["case"], pattern) for r in rows})
+    fold_of = {s: i % folds for i, s in enumerate(np.random.default_rng(seed).permutation(subjects))}
+    fold_of = {r["case"]: fold_of[subject_of(r["case"], pattern)] for r in rows}
     predicted = np.zeros(len(rows))
     for fold in range(folds):
         train = [r for r in rows if fold_of[r["case"]] != fold]
@@ -111,7 +113,7 @@ def table(results: dict[str, dict], n_cases: int, n_rows: int) -> str:
             f"among flagged worst 20%) >= 0.6")
     lines = [head, "| method | Spearman rho | MAE | capture |", "|---|---|---|---|"]
     for name, m in results.items():
-        lines.append(f"| {name} | {_cell('rho', m['rho'])} | {_cell('mae', m['mae'])} | {_cell('capture', m['capture'])} |")
+        lines.append(f"| {name} | " + " | ".join(_cell(k, m[k]) for k in ("rho", "mae", "capture")) + " |")
     return "\n".join(lines)
 
 
@@ -123,6 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-labels", type=Path, help="training labels, for volume statistics of computed signals")
     p.add_argument("--dataset-json", type=Path)
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--subject-pattern", help="regex whose first group is a case's subject (HC18: '^([^_]+)_'); "
+                   "a subject's cases share a fold")
     p.add_argument("--exclude-confirmation", action="store_true", help="drop confirmation cases instead of refusing")
     return p.parse_args(argv)
 
@@ -140,20 +144,22 @@ def main(argv=None) -> int:
         if held:
             print(f"note: {len(held)} confirmation case(s) dropped", file=sys.stderr)
         cases = [c for c in cases if c not in held]
-        if len(cases) < 2:
-            raise AutosamError(f"{args.refined}: {len(cases)} case(s) to score; need at least 2")
+        subjects = len({subject_of(c, args.subject_pattern) for c in cases})
+        if subjects < 2:
+            raise AutosamError(f"{args.refined}: {len(cases)} case(s) of {subjects} subject(s) to score; need at "
+                               f"least 2 subjects")
         stats = reference_volumes(sorted(args.train_labels.glob(f"*{info.file_ending}")), info) \
             if args.train_labels else None
         rows = [r for c in cases for r in case_rows(c, info, args.coarse, args.refined, args.labels, stats)]
     except AutosamError as e:
         print(f"benchmark_qc: error: {e}", file=sys.stderr)
         return 2
-    folds = max(2, min(args.folds, len(cases)))
+    folds = max(2, min(args.folds, subjects))
     names, true = per_case(rows, [r["true_dice"] for r in rows])
     results = {}
     for name, features, calibrated in (("signals, ridge (cross-fitted)", None, True),
                                        ("softmax entropy alone (anchor)", ["entropy_mean"], True)):
-        predicted = cross_fitted(rows, features or QualityModel().features, folds)
+        predicted = cross_fitted(rows, features or QualityModel().features, folds, args.subject_pattern)
         results[name] = measures(per_case(rows, predicted)[1], true, calibrated)
     results["rank score (uncalibrated)"] = measures(per_case(rows, [rank_score(r) for r in rows])[1], true, False)
     print(table(results, len(names), len(rows)))

@@ -131,7 +131,8 @@ def test_quality_model_round_trip_and_refusal_of_another_dataset(tmp_path):
     assert again.to_record() == json.loads(path.read_text()) and again.volume_stats["2"] == [2.0, 0.5]
     with pytest.raises(AutosamError) as e:
         QualityModel.load(path, io.load_dataset_json(sample_dataset("hc18")))
-    assert str(e.value).startswith(f"{path}: quality model for dataset 'Hippocampus_sample'") and "\n" not in str(e.value)
+    message = str(e.value)
+    assert message.startswith(f"{path}: quality model for dataset 'Hippocampus_sample'") and "\n" not in message
     relabelled = io.load_dataset_json(HIPPO)
     relabelled.labels = {**relabelled.labels, "Extra": 3}
     with pytest.raises(AutosamError, match="does not fit dataset"):

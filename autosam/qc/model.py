@@ -133,7 +133,8 @@ class QualityModel:
         except (KeyError, TypeError, ValueError) as e:
             raise AutosamError(f"{where}: broken quality model ({type(e).__name__}: {e})") from None
         model.dataset, model.labels = record.get("dataset"), record.get("labels")
-        model.volume_stats, model.calibration = dict(record.get("volume_stats") or {}), dict(record.get("calibration") or {})
+        model.volume_stats = dict(record.get("volume_stats") or {})
+        model.calibration = dict(record.get("calibration") or {})
         return model
 
     def save(self, path: str | os.PathLike) -> Path:
