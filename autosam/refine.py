@@ -96,11 +96,14 @@ class RefineConfig:
 class Refined:
     """``segmentation`` ``(Z, Y, X)`` label map, ``probabilities`` ``(C, Z, Y, X)`` (background first, nnU-Net
     label order), and SAM's raw answer; with ``keep=False`` both probability volumes are None (``sam`` keeps
-    ``prompted`` and ``iou``)."""
+    ``prompted``, ``iou`` and ``overlap``). Refined along three planes, ``plane_segmentations`` and ``plane_runs``
+    hold each plane's label map and SAM run (without probabilities), for :mod:`autosam.qc`; else both are empty."""
 
     segmentation: np.ndarray
     probabilities: Optional[np.ndarray]
     sam: SamRun
+    plane_segmentations: list = field(default_factory=list)
+    plane_runs: list = field(default_factory=list)
 
 
 def coarse_foreground(info: io.DatasetInfo, coarse_seg: np.ndarray, coarse_probs: Optional[np.ndarray]) -> np.ndarray:
@@ -161,14 +164,17 @@ def refine_case(
     if len(axes) == 1:
         return along(axes[0], keep)
     # three planes: the default axis first (its SAM run is the one returned), one summed distribution held
-    total, first = None, None
+    total, first, planes, runs = None, None, [], []
     for a in axes:
         refined = along(a, True)
         first = refined.sam if first is None else first
         total = refined.probabilities if total is None else total + refined.probabilities
+        planes.append(refined.segmentation)
+        runs.append(replace(refined.sam, probabilities=None))
     total /= len(axes)
     sam = first if keep else replace(first, probabilities=None)
-    return Refined(segmentation=to_segmentation(total, labels), probabilities=total if keep else None, sam=sam)
+    return Refined(segmentation=to_segmentation(total, labels), probabilities=total if keep else None, sam=sam,
+                   plane_segmentations=planes, plane_runs=runs)
 
 
 def _refine_along(predictor, case, info, config, image, coarse_seg, coarse_probs, axis, keep, slab) -> Refined:
@@ -179,16 +185,28 @@ def _refine_along(predictor, case, info, config, image, coarse_seg, coarse_probs
     probabilities = np.zeros((len(labels) + 1, *shape), np.float32) if keep else None
     sam_probs = np.zeros((len(labels), *shape), np.float32) if keep else None
     prompted, iou = np.zeros((len(labels), n), bool), np.zeros((len(labels), n), np.float32)
+    overlap = np.zeros((len(labels), 3), np.int64)
     for start in range(0, n, max(1, slab)):
         stop = min(n, start + max(1, slab))
         run, dist = _refine_slab(predictor, case, info, config, image, coarse_seg, coarse_probs, axis, start, stop)
         seg[_along(axis, start, stop, 0)] = to_segmentation(dist, labels)
         prompted[:, start:stop], iou[:, start:stop] = run.prompted, run.iou
+        overlap += _overlap(run.probabilities, coarse_seg[_along(axis, start, stop, 0)], labels)
         if keep:
             probabilities[_along(axis, start, stop)] = dist
             sam_probs[_along(axis, start, stop)] = run.probabilities
     return Refined(segmentation=seg, probabilities=probabilities,
-                   sam=SamRun(labels=list(labels), axis=axis, probabilities=sam_probs, prompted=prompted, iou=iou))
+                   sam=SamRun(labels=list(labels), axis=axis, probabilities=sam_probs, prompted=prompted, iou=iou,
+                              overlap=overlap))
+
+
+def _overlap(sam_probs: np.ndarray, coarse_seg: np.ndarray, labels) -> np.ndarray:
+    """Per label ``(K, 3)``: voxels of SAM's mask (sigmoid above 0.5), of the coarse mask, and of both."""
+    counts = np.zeros((len(labels), 3), np.int64)
+    for k, value in enumerate(labels):
+        sam, coarse = sam_probs[k] > 0.5, coarse_seg == value
+        counts[k] = (np.count_nonzero(sam), np.count_nonzero(coarse), np.count_nonzero(sam & coarse))
+    return counts
 
 
 def _refine_slab(predictor, case, info, config, image, coarse_seg, coarse_probs, axis, start, stop):

@@ -22,7 +22,9 @@ class SamRun:
 
     ``probabilities`` ``(K, Z, Y, X)``: per foreground label (in ``labels`` order), the max over that label's
     prompts of SAM's sigmoid, 0 where no prompt was given; ``prompted`` ``(K, S)``: which label got a prompt on
-    which slice; ``iou`` ``(K, S)``: the mean predicted IoU of those prompts (0 elsewhere).
+    which slice; ``iou`` ``(K, S)``: the mean predicted IoU of those prompts (0 elsewhere). ``overlap`` ``(K, 3)``
+    (set by :func:`autosam.refine.refine_case`, else None): per label, voxels of SAM's mask (sigmoid above 0.5),
+    of the coarse mask, and of both, for the label-free quality signals (:mod:`autosam.qc`).
     """
 
     labels: list[int]
@@ -30,6 +32,7 @@ class SamRun:
     probabilities: np.ndarray
     prompted: np.ndarray
     iou: np.ndarray
+    overlap: Optional[np.ndarray] = None
 
 
 #: Box scales tried by ``box_hypotheses`` (about the box centre); SAM's predicted IoU picks one per prompt.

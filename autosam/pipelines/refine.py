@@ -5,10 +5,12 @@ One case at a time is :func:`autosam.refine.refine_case`; this module reads each
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 from .. import io
+from ..qc import QualityModel, refined_signals, without_signals, write_quality_csv
 from ..refine import RefineConfig, find_coarse_files, read_coarse, refine_case
 from ..runner import CaseOutput, CaseRunner, FunctionJob
 from ..sam import SamPredictor
@@ -22,6 +24,8 @@ def refine_folder(
     make_predictor: Callable[[], SamPredictor],
     config: RefineConfig = RefineConfig(),
     run_args: Optional[dict] = None,
+    qc: bool = False,
+    quality_model: Optional[QualityModel] = None,
     **options,
 ) -> list[str]:
     """Refine every case of ``images_dir`` with the coarse predictions in ``coarse_dir``; write ``out_dir``.
@@ -29,12 +33,15 @@ def refine_folder(
     ``make_predictor()`` is called once per process, when the first pending case has been read; returns the cases
     written. ``options`` go to :class:`~autosam.runner.CaseRunner` (``save_probabilities``, ``overwrite``,
     ``overlays``, ``parallel``: parts of the cases, or Ray workers, which get ``make_predictor`` with the job).
+    With ``qc``, each case's label-free quality signals (:mod:`autosam.qc`) are written beside it and
+    ``quality.csv`` at the end (``quality_model``: the calibrated model, holding the training labels' volume
+    statistics; without it, an uncalibrated rank score).
     """
     config.check()
     images, coarse = Path(images_dir), Path(coarse_dir)
     record = {"verb": "refine", "images": str(images), "coarse": str(coarse), "dataset_json": str(info.path),
               "save_probabilities": bool(options.get("save_probabilities")), "refine": config.to_dict(),
-              **(run_args or {})}
+              **(run_args or {}), **({"qc": True} if qc else {})}
     plans = coarse / "plans.json"
     runner = CaseRunner(out_dir, info, inputs={"image": images, "coarse": coarse}, record=record,
                         plans=plans if plans.is_file() else None, desc="refine", **options)
@@ -46,6 +53,15 @@ def refine_folder(
     def process(sam: SamPredictor, case: io.Case) -> CaseOutput:
         seg, probs = read_coarse(case, info, *sources[case.case_id], rw_class=rw)
         result = refine_case(sam, case, info, seg, probs, config, keep=keep)
-        return CaseOutput(result.segmentation, result.probabilities, coarse=seg)
+        quality = refined_signals(case.case_id, info, seg, probs, result, case.spacing, stats) if qc else None
+        return CaseOutput(result.segmentation, result.probabilities, coarse=seg, quality=quality)
 
-    return runner.run(cases, FunctionJob(make_predictor, process), inputs=sources)
+    stats = quality_model.volume_stats if quality_model is not None else None
+    written = runner.run(cases, FunctionJob(make_predictor, process), inputs=sources)
+    if qc:
+        write_quality_csv(out_dir, info.file_ending, quality_model)
+        missing = without_signals(out_dir, info.file_ending)
+        if missing:
+            print(f"note: {len(missing)} case(s) in {out_dir} have no quality signals (refined without QC) and are "
+                  f"not in quality.csv; --overwrite redoes them", file=sys.stderr)
+    return written

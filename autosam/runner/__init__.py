@@ -22,7 +22,8 @@ as :class:`~autosam.errors.CasesFailed` (also single-process with ``keep_going``
 Modules: :mod:`.locks` (the output guard and folder locks), :mod:`.jobs` (the job protocol and failure reasons),
 :mod:`.parallel` (:class:`Parallel`), :mod:`.local` (:class:`CaseRunner` and its local loop) and :mod:`.distributed`
 (Ray; named so that it never shadows the ``ray`` package). They import :mod:`autosam.io`, :mod:`autosam.export`,
-:mod:`autosam.background`, :mod:`autosam.errors` and :mod:`autosam.progress` (:mod:`autosam.report` for overlays),
+:mod:`autosam.background`, :mod:`autosam.errors` and :mod:`autosam.progress` (:mod:`autosam.report` for overlays,
+:mod:`autosam.qc` for each case's quality signals),
 and never the verbs, models or commands above them; Ray only inside :mod:`.distributed`'s functions.
 """
 from .distributed import NO_RAY, RAY_INSTALL, import_ray, ray_available, ray_session

@@ -15,13 +15,15 @@ from ..errors import AutosamError
 @dataclass
 class CaseOutput:
     """What a verb computed for one case: ``segmentation`` ``(Z, Y, X)`` (or ``(Y, X)``), optional ``probabilities``
-    ``(C, Z, Y, X)`` background first, the ``coarse`` map it started from (for overlays), and ``extra``
-    outputs by name (``name -> (segmentation, probabilities or None)``) for the runner's extra folders."""
+    ``(C, Z, Y, X)`` background first, the ``coarse`` map it started from (for overlays), ``extra``
+    outputs by name (``name -> (segmentation, probabilities or None)``) for the runner's extra folders, and
+    ``quality``: the case's label-free quality rows (:mod:`autosam.qc`), written beside it when given."""
 
     segmentation: np.ndarray
     probabilities: Optional[np.ndarray] = None
     coarse: Optional[np.ndarray] = None
     extra: dict[str, tuple[np.ndarray, Optional[np.ndarray]]] = field(default_factory=dict)
+    quality: Optional[list[dict]] = None
 
 
 class CaseJob:

@@ -17,6 +17,7 @@ from ..background import ReadAhead, Writer
 from ..errors import AutosamError, CasesFailed
 from ..integrity import check_file
 from ..progress import progress
+from ..qc.table import case_file, write_case_rows
 from .distributed import run_on_ray
 from .jobs import CaseJob, CaseOutput, failure_reason, prepare_job
 from .locks import FolderLock, guard_output, real_path
@@ -326,12 +327,17 @@ class CaseRunner:
 
             write_overlay(self.overlays / f"{case.case_id}.png", case.image, result.segmentation,
                           self.info.foreground, coarse=result.coarse, spacing=case.spacing)
-        self._write_folder(self.out, case, result.segmentation, probs, rw)
+        self._write_folder(self.out, case, result.segmentation, probs, rw, quality=result.quality)
 
     def _write_folder(self, folder: Path, case: io.Case, seg: np.ndarray, probs: Optional[np.ndarray],
-                      rw: Type) -> None:
+                      rw: Type, quality: Optional[list[dict]] = None) -> None:
         """One case into one folder: its old files removed first (segmentation first, so a crash leaves it
-        unfinished, never stale), then probabilities, then the segmentation."""
+        unfinished, never stale), then its quality signals (:mod:`autosam.qc`, when given), probabilities, then
+        the segmentation."""
         for f in export.case_files(folder, case.case_id, self.info.file_ending, probabilities=True):
             f.unlink(missing_ok=True)
+        if quality is not None:
+            write_case_rows(folder, case.case_id, quality)
+        elif folder == self.out:
+            case_file(folder, case.case_id).unlink(missing_ok=True)
         export.write_case(folder, case.case_id, seg, case.properties, self.info, probs, rw)
