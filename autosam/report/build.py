@@ -21,7 +21,8 @@ from ..progress import progress
 from ..slicing import choose_axis
 from .html import render_html
 from .overlay import label_names, render_case, require_matplotlib
-from .plots import summary_plots
+from .plots import quality_scatter, summary_plots
+from .quality import CaseQuality, load_quality, quality_summary, sort_predicted_worst_first
 
 
 @dataclass
@@ -36,6 +37,7 @@ class CaseReport:
     changed: Optional[dict] = None  # with --coarse: share of voxels SAM changed, per label and "all"
     empty: list[str] = field(default_factory=list)  # "reference" / "prediction" when that map has no foreground
     depth: int = 1  # number of slices along the axis shown
+    quality: Optional[CaseQuality] = None  # the prediction folder's quality.csv rows of this case, if any
 
     @property
     def mean_dice(self) -> float:
@@ -56,6 +58,11 @@ class Report:
     labels: dict[int, str]
     has_reference: bool
     has_coarse: bool
+    calibrated: Optional[bool] = None  # with a quality.csv: whether its predicted Dice is calibrated (else None)
+
+    @property
+    def has_quality(self) -> bool:
+        return self.calibrated is not None
 
     @property
     def worst(self) -> Optional[CaseReport]:
@@ -221,6 +228,11 @@ def _case_report(inputs: _Inputs, case: str, tolerance_mm: float, axis: Optional
     return CaseReport(case, png, picks, metrics, coarse_metrics, changed, empty, depth)
 
 
+def _calibrated(quality: Optional[dict[str, CaseQuality]]) -> Optional[bool]:
+    """Whether every estimate of a quality table is calibrated (None without a table)."""
+    return None if quality is None else all(q.calibrated for q in quality.values())
+
+
 def build_report(
     pred_dir: str | os.PathLike,
     output: str | os.PathLike,
@@ -239,6 +251,9 @@ def build_report(
     ``gt_dir`` adds Dice, NSD and HD95 per case and label (cases ordered worst first), ``coarse_dir`` the coarse
     contours, the coarse scores and the share of voxels SAM changed, ``images_dir`` the images under the contours
     (default: ``imagesXx`` beside a ``labelsXx`` reference folder when there is one, else a black background).
+    A ``quality.csv`` in ``pred_dir`` (:mod:`autosam.qc`) adds each case's predicted Dice and flag (without
+    ``gt_dir``, cases ordered worst predicted first; with it, predicted against true Dice); one that does not fit
+    the folder is one line through ``log`` and left out.
     """
     require_matplotlib()
     pred = Path(pred_dir)
@@ -248,12 +263,18 @@ def build_report(
     output = Path(output)
     _check_arguments(pred, output, tolerance_mm)
     inputs = _gather_inputs(pred, gt, coarse, images, dataset_json, log)
+    quality = load_quality(pred, inputs.cases, inputs.info.foreground, log)
     cases = [_case_report(inputs, case, tolerance_mm, axis) for case in progress(inputs.cases, "report")]
-    report = Report(output, sort_worst_first(cases), label_names(inputs.info.labels), gt is not None,
-                    coarse is not None)
+    for c in cases:
+        c.quality = quality.get(c.case_id) if quality is not None else None
+    order = sort_predicted_worst_first if quality is not None and gt is None else sort_worst_first
+    report = Report(output, order(cases), label_names(inputs.info.labels), gt is not None, coarse is not None,
+                    _calibrated(quality))
+    if report.has_quality:
+        log(quality_summary(report.cases, report.calibrated))
     page = render_html(report, summary_plots(report), title=title, tolerance_mm=tolerance_mm,
                        sources={"prediction": pred, "reference": gt, "coarse": coarse, "images": inputs.images},
-                       has_images=inputs.images is not None)
+                       has_images=inputs.images is not None, scatter=quality_scatter(report))
     output.parent.mkdir(parents=True, exist_ok=True)
     with io.atomic_output(output) as tmp:
         tmp.write_text(page, encoding="utf-8")

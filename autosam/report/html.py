@@ -1,14 +1,13 @@
 """The report page: one self-contained HTML string (images as PNG data URIs) with a legend, the mean scores and
 summary plots, a sortable per-case table (worst first) and a gallery of every case.
 
-The page's style sheet and table-sorting script are package data (``report.css``, ``report.js``), inlined into
+The page's style sheet and script (table sorting; stepping through the flagged cases of a quality table, whose
+parts :mod:`~autosam.report.quality_html` writes) are package data (``report.css``, ``report.js``), inlined into
 the page.
 """
 from __future__ import annotations
 
-import base64
 import html
-import math
 from datetime import datetime
 from functools import lru_cache
 from importlib import resources
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ..evaluation import summarise
+from . import quality_html
+from .cells import data_uri, dice_style, fmt, sort_value
 from .overlay import COLOURS, LINESTYLES
 
 if TYPE_CHECKING:
@@ -28,33 +29,6 @@ _SVG_DASH = {"solid": "", "dashed": "6,3", "dotted": "1.5,2.5", "dashdot": "6,2.
 def _asset(name: str) -> str:
     """The text of a package data file of this package (``report.css``, ``report.js``)."""
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _fmt(value: Optional[float], digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if math.isinf(value):
-        return "∞"
-    return f"{value:.{digits}f}"
-
-
-def _v(value: Optional[float]) -> str:
-    if value is None or math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return repr(float(value))
-
-
-def _dice_style(value: float) -> str:
-    if value is None or math.isnan(value):
-        return ""
-    hue = 120 * max(0.0, min(1.0, value))
-    return f' style="background:hsl({hue:.0f},70%,86%)"'
 
 
 def _legend_html(report: Report) -> str:
@@ -76,52 +50,78 @@ def _legend_html(report: Report) -> str:
     return '<div class="legend">' + "".join(items) + "</div>"
 
 
-def _table_html(report: Report) -> str:
-    """The per-case table: a header row of label groups, a row of metric names (click to sort), a row per case."""
-    labels = report.labels
+def _per_label_columns(report: Report) -> list[str]:
+    """The table's columns under each label's name."""
+    if report.has_reference:
+        columns = ["Dice", "NSD", "HD95 (mm)"] + (["coarse Dice"] if report.has_coarse else [])
+    else:
+        columns = ["changed"] if report.has_coarse else []
+    return columns + (["predicted Dice"] if report.has_quality else [])
+
+
+def _table_head(report: Report, per_label: list[str]) -> str:
+    """The table's header: a row of label groups and a row of metric names (click to sort)."""
     e = html.escape
     top = ['<th rowspan="2" data-col="0">rank</th>', '<th rowspan="2" class="case" data-col="1">case</th>']
     sub = []
     col = 2
+    if report.has_quality:
+        top += quality_html.lead_head(col)
+        col += 2
     if report.has_reference:
         top.append(f'<th rowspan="2" data-col="{col}">mean Dice</th>')
         col += 1
-        per_label = ["Dice", "NSD", "HD95 (mm)"] + (["coarse Dice"] if report.has_coarse else [])
-    else:
-        per_label = ["changed"] if report.has_coarse else []
-    if report.has_coarse and per_label:
+    if report.has_coarse:
         top.append(f'<th rowspan="2" data-col="{col}">changed (all)</th>')
         col += 1
-    for name in labels.values():
+    for name in report.labels.values():
         if per_label:
             top.append(f'<th colspan="{len(per_label)}">{e(name)}</th>')
             for metric in per_label:
                 sub.append(f'<th data-col="{col}">{e(metric)}</th>')
                 col += 1
-    head = "<thead><tr>" + "".join(top) + "</tr>" + ("<tr>" + "".join(sub) + "</tr>" if sub else "") + "</thead>"
+    return "<thead><tr>" + "".join(top) + "</tr>" + ("<tr>" + "".join(sub) + "</tr>" if sub else "") + "</thead>"
+
+
+def _label_cells(report: Report, c: CaseReport, value: int) -> list[str]:
+    """A case's cells under one label: its scores (with a reference) or the share SAM changed, and its
+    predicted Dice."""
+    cells = []
+    if report.has_reference:
+        m = c.metrics[value]
+        cells.append(f'<td data-v="{sort_value(m["Dice"])}"{dice_style(m["Dice"])}>{fmt(m["Dice"])}</td>')
+        cells.append(f'<td data-v="{sort_value(m["NSD"])}">{fmt(m["NSD"])}</td>')
+        cells.append(f'<td data-v="{sort_value(m["HD95"])}">{fmt(m["HD95"], 2)}</td>')
+        if report.has_coarse:
+            d = c.coarse_metrics[value]["Dice"]
+            cells.append(f'<td data-v="{sort_value(d)}"{dice_style(d)}>{fmt(d)}</td>')
+    elif report.has_coarse:
+        share = c.changed[value]
+        cells.append(f'<td data-v="{sort_value(share)}">{100 * share:.1f}%</td>')
+    if report.has_quality:
+        cells.append(quality_html.predicted_cell(c, value))
+    return cells
+
+
+def _table_html(report: Report) -> str:
+    """The per-case table: a header row of label groups, a row of metric names (click to sort), a row per case."""
+    e = html.escape
+    head = _table_head(report, _per_label_columns(report))
     rows = []
     for rank, c in enumerate(report.cases, 1):
         cells = [f'<td data-v="{rank}">{rank}</td>',
                  f'<td class="case"><a href="#case-{e(c.case_id)}">{e(c.case_id)}</a>'
                  + "".join(f' <span class="badge">empty {w}</span>' for w in c.empty) + "</td>"]
+        if report.has_quality:
+            cells += quality_html.lead_cells(c)
         if report.has_reference:
-            cells.append(f'<td data-v="{_v(c.mean_dice)}"{_dice_style(c.mean_dice)}>{_fmt(c.mean_dice)}</td>')
-        if report.has_coarse and per_label:
+            cells.append(f'<td data-v="{sort_value(c.mean_dice)}"{dice_style(c.mean_dice)}>{fmt(c.mean_dice)}</td>')
+        if report.has_coarse:
             share = c.changed["all"]
-            cells.append(f'<td data-v="{_v(share)}">{100 * share:.1f}%</td>')
-        for value in labels:
-            if report.has_reference:
-                m = c.metrics[value]
-                cells.append(f'<td data-v="{_v(m["Dice"])}"{_dice_style(m["Dice"])}>{_fmt(m["Dice"])}</td>')
-                cells.append(f'<td data-v="{_v(m["NSD"])}">{_fmt(m["NSD"])}</td>')
-                cells.append(f'<td data-v="{_v(m["HD95"])}">{_fmt(m["HD95"], 2)}</td>')
-                if report.has_coarse:
-                    d = c.coarse_metrics[value]["Dice"]
-                    cells.append(f'<td data-v="{_v(d)}"{_dice_style(d)}>{_fmt(d)}</td>')
-            elif report.has_coarse:
-                share = c.changed[value]
-                cells.append(f'<td data-v="{_v(share)}">{100 * share:.1f}%</td>')
-        rows.append(f'<tr id="row-{e(c.case_id)}">' + "".join(cells) + "</tr>")
+            cells.append(f'<td data-v="{sort_value(share)}">{100 * share:.1f}%</td>')
+        for value in report.labels:
+            cells += _label_cells(report, c, value)
+        rows.append(f'<tr id="row-{e(c.case_id)}"{quality_html.row_attributes(c)}>' + "".join(cells) + "</tr>")
     return f'<table class="sortable" id="cases-table">{head}<tbody>' + "".join(rows) + "</tbody></table>"
 
 
@@ -137,11 +137,11 @@ def _means_html(report: Report) -> str:
     rows = []
     for value, name in report.labels.items():
         m = summary["mean"][value]
-        cells = [f'<td class="case">{e(name)}</td>', f"<td{_dice_style(m['Dice'])}>{_fmt(m['Dice'])}</td>"]
+        cells = [f'<td class="case">{e(name)}</td>', f"<td{dice_style(m['Dice'])}>{fmt(m['Dice'])}</td>"]
         if coarse:
             d = coarse["mean"][value]["Dice"]
-            cells.append(f"<td{_dice_style(d)}>{_fmt(d)}</td>")
-        cells += [f"<td>{_fmt(m['NSD'])}</td>", f"<td>{_fmt(m['HD95'], 2)}</td>", f"<td>{m['HD95_n_inf']}</td>"]
+            cells.append(f"<td{dice_style(d)}>{fmt(d)}</td>")
+        cells += [f"<td>{fmt(m['NSD'])}</td>", f"<td>{fmt(m['HD95'], 2)}</td>", f"<td>{m['HD95_n_inf']}</td>"]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     first = ' class="case"'
     return ("<table><thead><tr>" + "".join(f'<th{first if i == 0 else ""}>{e(h)}</th>'
@@ -155,9 +155,9 @@ def _case_scores(report: Report, c: CaseReport) -> str:
         bits = []
         if c.metrics is not None:
             m = c.metrics[value]
-            bits.append(f"Dice {_fmt(m['Dice'])}, NSD {_fmt(m['NSD'])}, HD95 {_fmt(m['HD95'], 2)}")
+            bits.append(f"Dice {fmt(m['Dice'])}, NSD {fmt(m['NSD'])}, HD95 {fmt(m['HD95'], 2)}")
             if c.coarse_metrics is not None:
-                bits.append(f"coarse Dice {_fmt(c.coarse_metrics[value]['Dice'])}")
+                bits.append(f"coarse Dice {fmt(c.coarse_metrics[value]['Dice'])}")
         if c.changed is not None:
             bits.append(f"changed {100 * c.changed[value]:.1f}%")
         if bits:
@@ -205,8 +205,9 @@ def _legend_section(report: Report, has_images: bool) -> list[str]:
     ]
 
 
-def _summary_sections(report: Report, plots: dict[int, bytes]) -> list[str]:
-    """The summary (mean scores, plots) and the per-case table; nothing without a reference or coarse map."""
+def _summary_section(report: Report, plots: dict[int, bytes], scatter: Optional[bytes]) -> list[str]:
+    """The summary: mean scores, plots and, with a quality table, predicted against true Dice (with a reference);
+    nothing without a reference or coarse map."""
     if not (report.has_reference or report.has_coarse):
         return []
     e = html.escape
@@ -217,17 +218,27 @@ def _summary_sections(report: Report, plots: dict[int, bytes]) -> list[str]:
         parts.append('<div class="plots">')
         for value, png in plots.items():
             name = e(report.labels[value])
-            parts.append(f'<figure><img src="{_data_uri(png)}" alt="summary plot of {name}"></figure>')
+            parts.append(f'<figure><img src="{data_uri(png)}" alt="summary plot of {name}"></figure>')
         parts.append("</div>")
+    if report.has_reference and report.has_quality:
+        parts += quality_html.agreement_html(report, scatter)
     parts.append("</section>")
-    order = ("lowest mean Dice first" if report.has_reference else "most changed first")
-    parts += ['<section id="cases"><h2>Cases</h2>',
-              f'<p class="note">Worst first ({order}); click a column header to sort, a case to see it. '
-              + ("Dice and NSD: higher is better; HD95: lower is better (∞: one of the masks is empty; "
-                 "–: the label is absent from both). " if report.has_reference else "")
-              + ("Changed: share of the voxels in either map whose label SAM changed. " if report.has_coarse
-                 else "") + "</p>", _table_html(report), "</section>"]
     return parts
+
+
+def _cases_section(report: Report) -> list[str]:
+    """The per-case table with the lines above it; nothing without a reference, coarse map or quality table."""
+    if not (report.has_reference or report.has_coarse or report.has_quality):
+        return []
+    order = ("lowest mean Dice first" if report.has_reference else
+             "lowest predicted Dice first" if report.has_quality else "most changed first")
+    return ['<section id="cases"><h2>Cases</h2>',
+            f'<p class="note">Worst first ({order}); click a column header to sort, a case to see it. '
+            + ("Dice and NSD: higher is better; HD95: lower is better (∞: one of the masks is empty; "
+               "–: the label is absent from both). " if report.has_reference else "")
+            + ("Changed: share of the voxels in either map whose label SAM changed. " if report.has_coarse
+               else "") + "</p>"] + ([quality_html.quality_note(report)] if report.has_quality else []) \
+        + [_table_html(report), "</section>"]
 
 
 def _gallery_section(report: Report) -> list[str]:
@@ -237,22 +248,26 @@ def _gallery_section(report: Report) -> list[str]:
     for rank, c in enumerate(report.cases, 1):
         headline = f"#{rank} {e(c.case_id)}"
         if c.metrics is not None:
-            headline += f" &middot; mean Dice {_fmt(c.mean_dice)}"
+            headline += f" &middot; mean Dice {fmt(c.mean_dice)}"
         elif c.changed is not None:
             headline += f" &middot; changed {100 * c.changed['all']:.1f}%"
         badges = "".join(f'<span class="badge">empty {w}</span>' for w in c.empty)
-        parts += [f'<div class="case" id="case-{e(c.case_id)}">', f"<h3>{headline}{badges}</h3>",
-                  f'<p class="scores">{_case_scores(report, c)}</p>',
-                  f'<img src="{_data_uri(c.png)}" alt="slices of {e(c.case_id)}">', "</div>"]
+        predicted, scores = quality_html.gallery_bits(c, report.labels)
+        scores = " &middot; ".join(s for s in (scores, _case_scores(report, c)) if s)
+        parts += [f'<div class="case" id="case-{e(c.case_id)}"{quality_html.row_attributes(c)}>',
+                  f"<h3>{headline}{predicted}{badges}</h3>", f'<p class="scores">{scores}</p>',
+                  f'<img src="{data_uri(c.png)}" alt="slices of {e(c.case_id)}">', "</div>"]
     parts.append("</section>")
     return parts
 
 
 def render_html(report: Report, plots: dict[int, bytes], *, title: Optional[str] = None,
-                sources: Optional[dict] = None, tolerance_mm: float = 1.0, has_images: bool = True) -> str:
-    """The report page as one HTML string (images as data URIs)."""
+                sources: Optional[dict] = None, tolerance_mm: float = 1.0, has_images: bool = True,
+                scatter: Optional[bytes] = None) -> str:
+    """The report page as one HTML string (images as data URIs); ``scatter``: the predicted against true Dice
+    plot of a report with a quality table and a reference."""
     title = title or f"autosam report: {Path(sources['prediction']).name if sources else report.path.stem}"
     parts = (_head_html(report, title, sources, tolerance_mm) + _legend_section(report, has_images)
-             + _summary_sections(report, plots) + _gallery_section(report)
+             + _summary_section(report, plots, scatter) + _cases_section(report) + _gallery_section(report)
              + ["</main>", f"<script>\n{_asset('report.js')}</script>", "</body>", "</html>"])
     return "\n".join(parts) + "\n"

@@ -92,3 +92,41 @@ def summary_plots(report: Report) -> dict[int, bytes]:
         out[value] = png_bytes(fig)
         fig.clear()
     return out
+
+
+def quality_scatter(report: Report) -> Optional[bytes]:
+    """Predicted against true Dice, one point per case and label (one colour per label, the three lowest true
+    Dice named), titled with Spearman's rho and the MAE; None without a quality table, a reference or points."""
+    from .quality import agreement, quality_pairs
+
+    pairs = quality_pairs(report.cases) if report.has_reference and report.has_quality else []
+    if not pairs:
+        return None
+    fig = new_figure(4.4, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="#999999", lw=1, ls="--", zorder=1)
+    palette = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+    for j, (value, name) in enumerate(report.labels.items()):
+        points = [p for p in pairs if p[1] == value]
+        if points:
+            ax.scatter([p[3] for p in points], [p[2] for p in points], s=18, color=palette[j % len(palette)],
+                       label=name, zorder=3)
+    named: list[str] = []
+    for case, _, predicted, true in sorted(pairs, key=lambda p: p[3]):
+        if case not in named and len(named) < 3:  # each of the three lowest cases once
+            named.append(case)
+            ax.annotate(case, (true, predicted), fontsize=6.5, xytext=(3, -8), textcoords="offset points")
+    a = agreement(pairs)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_aspect("equal")
+    ax.set_xlabel("true Dice")
+    ax.set_ylabel("predicted Dice" if report.calibrated else "rank score (uncalibrated)")
+    ax.set_title(f"predicted vs true: rho {a['rho']:.2f}, MAE {a['mae']:.3f} (n={a['n']})", fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(report.labels) > 1:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    png = png_bytes(fig)
+    fig.clear()
+    return png

@@ -21,3 +21,30 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
     });
   });
 });
+(function () {
+  // with a quality table: step through the flagged cases (buttons, or the keys n and p) and show only them
+  var next = document.getElementById('next-flagged'), prev = document.getElementById('prev-flagged');
+  var only = document.getElementById('flagged-only'), pos = document.getElementById('flag-position');
+  if (!next) return;
+  var cases = Array.prototype.slice.call(document.querySelectorAll('#gallery .case[data-flag]'));
+  var at = -1;
+  function show(i) {
+    at = (i + cases.length) % cases.length;
+    cases[at].scrollIntoView({block: 'start'});
+    pos.textContent = 'flagged case ' + (at + 1) + ' of ' + cases.length + ': ' + cases[at].id.slice(5);
+  }
+  function filter(on) {
+    only.checked = on;
+    document.body.classList.toggle('flagged-only', on);
+  }
+  next.addEventListener('click', function () { show(at + 1); });
+  prev.addEventListener('click', function () { show(at - 1); });
+  only.addEventListener('change', function () { filter(only.checked); });
+  document.addEventListener('keydown', function (ev) {
+    if (ev.target.tagName === 'INPUT' || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (ev.key === 'n') show(at + 1);
+    if (ev.key === 'p') show(at - 1);
+  });
+  filter(location.hash === '#flagged');  // a link to the page's flagged cases only
+  pos.textContent = cases.length + ' flagged (keys n / p)';
+})();
