@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     detail = ""
     if worst is not None and result.has_reference and not math.isnan(worst.mean_dice):
         detail = f"; worst: {worst.case_id} (mean Dice {worst.mean_dice:.3f})"
+    elif worst is not None and result.has_quality and worst.quality is not None:
+        detail = f"; worst predicted: {worst.case_id} (predicted Dice {worst.quality.mean_predicted:.3f})"
     elif worst is not None and result.has_coarse:
         detail = f"; most changed: {worst.case_id} ({100 * worst.changed['all']:.1f}% of the foreground)"
     print(f"wrote {output} ({len(result.cases)} case{'s' if len(result.cases) != 1 else ''}{detail})")
