@@ -235,3 +235,78 @@ def test_benchmark_script_prints_its_table_on_the_sample_and_refuses_confirmatio
     assert _script().main(argv) == 2
     assert f"confirmation case(s) in {folders['refined']} ({confirmation})" in capsys.readouterr().err
     assert _script().main([*argv, "--exclude-confirmation"]) == 0
+
+
+def _foreign_model(path: Path) -> Path:
+    """A quality model fitted for the HC18 sample (another dataset and label set), saved at ``path``."""
+    rows, dice = _rows(20)
+    return QualityModel().fit(rows, dice, io.load_dataset_json(sample_dataset("hc18"))).save(path)
+
+
+def test_refine_verb_qc_writes_quality_csv_matching_the_case_files_and_refuses_a_foreign_model(tiny_sam, tmp_path,
+                                                                                               capsys):
+    from autosam.cli import main
+    from autosam.qc import read_case_rows
+
+    images, coarse = tmp_path / "images", tmp_path / "coarse"
+    images.mkdir()
+    coarse.mkdir()
+    for case in CASES:  # 4 slices each
+        gt = _crop(case, images)
+        props = io.read_case(case, [images / f"{case}_0000.nii.gz"]).properties
+        io.write_seg(np.where(ndimage.binary_erosion(gt > 0), gt, 0), coarse / f"{case}.nii.gz", props)
+    shutil.copy(HIPPO / "dataset.json", coarse)
+    verb = ["refine", "-i", str(images), "-c", str(coarse), "--sam", "tiny", "--device", "cpu", "--engine", "torch"]
+    out = tmp_path / "out"
+    assert main([*verb, "-o", str(out), "--qc"]) == 0
+    table, per_case = read_quality_csv(out / "quality.csv"), read_case_rows(out)
+    assert [(r["case"], r["label"]) for r in table] == [(c, v) for c in CASES for v in (1.0, 2.0)]
+    for row, signals in zip(table, per_case):
+        assert row["case"] == signals["case"] and row["label"] == signals["label"] and row["calibrated"] == 0
+        assert all(row[s] == pytest.approx(signals[s], abs=1e-6) for s in SIGNALS)
+    assert json.loads((out / "autosam_run.json").read_text())["qc"] is True
+    assert not (out / ".autosam.quality.lock").exists()  # the table's lock (parts of a split run share it) is gone
+
+    foreign = _foreign_model(tmp_path / "foreign" / "autosam_quality.json")
+    capsys.readouterr()
+    assert main([*verb, "-o", str(tmp_path / "refused"), "--quality-model", str(foreign)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{foreign}: quality model for dataset 'HC18_sample'" in err, err
+    assert not (tmp_path / "refused").exists()
+
+
+def test_predict_picks_up_the_model_folder_s_quality_model(tmp_path, monkeypatch, capsys):
+    """``MODEL/autosam_quality.json`` switches QC on with that model; one for another dataset is refused in one
+    line before nnU-Net loads or anything is written."""
+    from autosam.cli import main
+    from autosam.commands import predict as verb
+
+    model = tmp_path / "Dataset904_Fake" / "nnUNetTrainer__nnUNetPlans__2d"
+    (model / "fold_0").mkdir(parents=True)
+    shutil.copy(HIPPO / "dataset.json", model)
+    (model / "plans.json").write_text("{}")
+    (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"")
+    images = tmp_path / "images"
+    shutil.copytree(HIPPO / "imagesTr", images)
+    seen = {}
+
+    def fake_predict_folder(*args, qc=None, **kwargs):
+        seen["qc"] = qc
+        return []
+
+    monkeypatch.setattr(verb, "predict_folder", fake_predict_folder)
+    argv = ["predict", "-m", str(model), "-i", str(images), "-o", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(argv) == 0 and seen["qc"] is None  # no quality model: no QC unless asked
+    rows, dice = _rows(20)
+    QualityModel().fit(rows, dice, io.load_dataset_json(HIPPO)).save(model / "autosam_quality.json")
+    capsys.readouterr()
+    assert main(argv) == 0 and seen["qc"].model is not None and seen["qc"].flag_below is None
+    assert f"quality control with the quality model {model / 'autosam_quality.json'}" in capsys.readouterr().err
+    assert main([*argv, "--flag-below", "0.7"]) == 0 and seen["qc"].flag_below == 0.7
+    _foreign_model(model / "autosam_quality.json")
+    seen.clear()
+    capsys.readouterr()
+    assert main(argv) == 2 and not seen
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not fit dataset" in err and str(model) in err, err
+    assert not (tmp_path / "out").exists()

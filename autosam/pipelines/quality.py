@@ -56,8 +56,11 @@ def finish_quality(out_dir, info: io.DatasetInfo, qc: QualityControl) -> Path:
     """Assemble ``out_dir``'s ``quality.csv`` under its lock from every finished case's signals; says on stderr
     which finished cases have none (refined without QC)."""
     out = Path(out_dir)
-    with FolderLock(out, "quality", name=TABLE_LOCK).wait():
+    lock = FolderLock(out, "quality", name=TABLE_LOCK).wait()
+    try:
         path = write_quality_csv(out, info.file_ending, qc.model, qc.flag_below)
+    finally:
+        lock.release()
     missing = without_signals(out, info.file_ending)
     if missing:
         print(f"note: {len(missing)} case(s) in {out} have no quality signals (refined without QC) and are "
