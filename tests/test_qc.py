@@ -310,3 +310,26 @@ def test_predict_picks_up_the_model_folder_s_quality_model(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not fit dataset" in err and str(model) in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_with_no_sam_and_qc_runs_sam_for_the_signals_alone(tiny_sam, tmp_path, monkeypatch):
+    """"no SAM" with QC: the output is nnU-Net's map as it is; the signals come from SAM with the default
+    settings (prompted slices, the final map being the coarse one)."""
+    from autosam.pipelines import predict as pipeline
+    from autosam.pipelines.quality import QualityControl
+
+    info = io.load_dataset_json(HIPPO)
+    gt = _crop(CASES[0], tmp_path)
+    coarse = np.where(ndimage.binary_erosion(gt > 0), gt, 0).astype(np.int16)
+    monkeypatch.setattr(pipeline.nnunet, "coarse_prediction", lambda *a: (coarse, _soft(coarse)))
+    job = pipeline.PredictJob(lambda: object(), lambda: SamPredictor(tiny_sam, device="cpu"), info, None,
+                              qc=QualityControl())
+    job.setup()
+    out = job.process(io.read_case(CASES[0], [tmp_path / f"{CASES[0]}_0000.nii.gz"]))
+    assert out.segmentation is coarse and [r["label"] for r in out.quality] == [1, 2]
+    assert all(r["dice_coarse_final"] == 1 and r["sam_slices"] > 0 for r in out.quality)
+    assert any(r["dice_coarse_sam"] < 1 for r in out.quality)
+    plain = pipeline.PredictJob(lambda: object(), lambda: SamPredictor(tiny_sam, device="cpu"), info, None)
+    plain.setup()
+    assert plain._sam is None and plain.process(io.read_case(CASES[0], [tmp_path / f"{CASES[0]}_0000.nii.gz"])
+                                                ).quality is None
