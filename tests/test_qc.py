@@ -333,3 +333,29 @@ def test_predict_with_no_sam_and_qc_runs_sam_for_the_signals_alone(tiny_sam, tmp
     plain.setup()
     assert plain._sam is None and plain.process(io.read_case(CASES[0], [tmp_path / f"{CASES[0]}_0000.nii.gz"])
                                                 ).quality is None
+
+
+def test_parts_assemble_quality_csv_one_at_a_time(tmp_path):
+    """Parts of a split run (``--num-parts``) finishing together: each assembles ``quality.csv`` under the table's
+    lock, waiting while another holds it, so the last one writes the table of every finished case."""
+    import os
+    import socket
+    import threading
+    import time
+
+    from autosam.pipelines.quality import TABLE_LOCK, QualityControl, finish_quality
+
+    rows, _ = _rows(3)
+    for row in rows:
+        write_case_rows(tmp_path, row["case"], [row])
+        (tmp_path / f"{row['case']}.nii.gz").write_bytes(b"seg")
+    lock = tmp_path / TABLE_LOCK
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "verb": "quality"}))
+    other = threading.Thread(target=finish_quality, args=(tmp_path, io.load_dataset_json(HIPPO), QualityControl()))
+    other.start()
+    time.sleep(0.6)
+    assert not (tmp_path / "quality.csv").exists()  # waits for the part holding the table's lock
+    lock.unlink()
+    other.join(10)
+    assert [r["case"] for r in read_quality_csv(tmp_path / "quality.csv")] == [r["case"] for r in rows]
+    assert not lock.exists()
