@@ -189,19 +189,25 @@ def test_the_record_is_read_with_paths_relative_to_the_model_and_each_fold_valid
 
 
 def test_fit_calibrates_a_quality_model_that_predict_reads_and_a_rerun_keeps(fake, tiny_sam, capsys):
-    """Frozen tiny SAM on the fake model's maps (the labels, softened): fit writes ``autosam_quality.json`` for the
-    dataset, names it in the record's ``fit`` section and its table, and a rerun keeps it."""
+    """Frozen tiny SAM on the fake model's maps (the labels, softened; every case cropped to 4 slices): fit writes
+    ``autosam_quality.json`` for the dataset, names it in the record's ``fit`` section and its table, and a rerun
+    keeps it."""
+    import SimpleITK as sitk
     from scipy import ndimage
 
     from autosam import io
     from autosam.qc import QualityModel
 
-    model = fake["model"]
-    info = io.load_dataset_json(fake["raw"])
-    for npz in model.glob("fold_*/validation/*.npz"):
-        seg, _ = io.read_label(npz.with_suffix("").with_suffix(".nii.gz"), info=info)
+    model, raw = fake["model"], fake["raw"]
+    info = io.load_dataset_json(raw)
+    for case in fake["cases"]:
+        crop = [raw / "imagesTr" / f"{case}_0000.nii.gz", raw / "labelsTr" / f"{case}.nii.gz",
+                *model.glob(f"fold_*/validation/{case}.nii.gz")]
+        for path in crop:
+            sitk.WriteImage(sitk.ReadImage(str(path))[:, :, 12:16], str(path))
+        seg, _ = io.read_label(crop[-1], info=info)
         probs = ndimage.gaussian_filter(np.stack([seg == v for v in (0, 1, 2)]).astype(np.float32), (0, 0, 1, 1))
-        np.savez(npz, probabilities=probs / probs.sum(0, keepdims=True))
+        np.savez(crop[-1].with_suffix("").with_suffix(".npz"), probabilities=probs / probs.sum(0, keepdims=True))
     args = ["fit", "-m", str(model), "--sam", "tiny", "--engine", "torch", "--max-cases", "2", *FOLD_ARGS]
     assert main(args) == 0
     out = capsys.readouterr().out
