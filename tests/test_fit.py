@@ -130,6 +130,7 @@ def test_fit_frozen_record_is_read_by_predict_and_the_hook(nnunet_cv, venv_bin, 
     assert record["fit"]["folds"] == nnunet_cv["folds"] and sorted(record["fit"]["per_case"]) == cases
     assert record["tuning"]["validation_cases"] and record["tuning"]["candidates"]["no SAM"] > 0
     assert record["recorded_by"].startswith("autosam fit") and record["adapter"] is None
+    assert record["fit"]["quality_model"] == "autosam_quality.json" and (model / "autosam_quality.json").is_file()
     kept = {p: p.stat().st_mtime_ns for p in (model / "autosam_fit" / "scores").glob("*.json")}
     assert len(kept) == 2
 
@@ -185,3 +186,35 @@ def test_the_record_is_read_with_paths_relative_to_the_model_and_each_fold_valid
     assert fitted.sam.adapter == str(model / "autosam_fit" / "adapters" / "fold_0")
     assert fitted.refine.prompt == "box" and "autosam fit's choice" in said[0]
     assert fitted_settings(str(tmp_path), str(model / "fold_0" / "validation_unrefined"), said.append) is None
+
+
+def test_fit_calibrates_a_quality_model_that_predict_reads_and_a_rerun_keeps(fake, tiny_sam, capsys):
+    """Frozen tiny SAM on the fake model's maps (the labels, softened; every case cropped to 4 slices): fit writes
+    ``autosam_quality.json`` for the dataset, names it in the record's ``fit`` section and its table, and a rerun
+    keeps it."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from autosam import io
+    from autosam.qc import QualityModel
+
+    model, raw = fake["model"], fake["raw"]
+    info = io.load_dataset_json(raw)
+    for case in fake["cases"]:
+        crop = [raw / "imagesTr" / f"{case}_0000.nii.gz", raw / "labelsTr" / f"{case}.nii.gz",
+                *model.glob(f"fold_*/validation/{case}.nii.gz")]
+        for path in crop:
+            sitk.WriteImage(sitk.ReadImage(str(path))[:, :, 12:16], str(path))
+        seg, _ = io.read_label(crop[-1], info=info)
+        probs = ndimage.gaussian_filter(np.stack([seg == v for v in (0, 1, 2)]).astype(np.float32), (0, 0, 1, 1))
+        np.savez(crop[-1].with_suffix("").with_suffix(".npz"), probabilities=probs / probs.sum(0, keepdims=True))
+    args = ["fit", "-m", str(model), "--sam", "tiny", "--engine", "torch", "--max-cases", "2", *FOLD_ARGS]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "quality model: in-sample MAE" in out and "on 4 case-label row(s) of 2 case(s)" in out, out
+    path = model / "autosam_quality.json"
+    quality = QualityModel.load(path, info)
+    assert quality.volume_stats.keys() == {"1", "2"} and quality.calibration["fit_key"]["cases"]
+    assert json.loads((model / "autosam_sam.json").read_text())["fit"]["quality_model"] == "autosam_quality.json"
+    kept = path.stat().st_mtime_ns
+    assert main(args) == 0 and path.stat().st_mtime_ns == kept

@@ -235,3 +235,127 @@ def test_benchmark_script_prints_its_table_on_the_sample_and_refuses_confirmatio
     assert _script().main(argv) == 2
     assert f"confirmation case(s) in {folders['refined']} ({confirmation})" in capsys.readouterr().err
     assert _script().main([*argv, "--exclude-confirmation"]) == 0
+
+
+def _foreign_model(path: Path) -> Path:
+    """A quality model fitted for the HC18 sample (another dataset and label set), saved at ``path``."""
+    rows, dice = _rows(20)
+    return QualityModel().fit(rows, dice, io.load_dataset_json(sample_dataset("hc18"))).save(path)
+
+
+def test_refine_verb_qc_writes_quality_csv_matching_the_case_files_and_refuses_a_foreign_model(tiny_sam, tmp_path,
+                                                                                               capsys):
+    from autosam.cli import main
+    from autosam.qc import read_case_rows
+
+    images, coarse = tmp_path / "images", tmp_path / "coarse"
+    images.mkdir()
+    coarse.mkdir()
+    for case in CASES:  # 4 slices each
+        gt = _crop(case, images)
+        props = io.read_case(case, [images / f"{case}_0000.nii.gz"]).properties
+        io.write_seg(np.where(ndimage.binary_erosion(gt > 0), gt, 0), coarse / f"{case}.nii.gz", props)
+    shutil.copy(HIPPO / "dataset.json", coarse)
+    verb = ["refine", "-i", str(images), "-c", str(coarse), "--sam", "tiny", "--device", "cpu", "--engine", "torch"]
+    out = tmp_path / "out"
+    assert main([*verb, "-o", str(out), "--qc"]) == 0
+    table, per_case = read_quality_csv(out / "quality.csv"), read_case_rows(out)
+    assert [(r["case"], r["label"]) for r in table] == [(c, v) for c in CASES for v in (1.0, 2.0)]
+    for row, signals in zip(table, per_case):
+        assert row["case"] == signals["case"] and row["label"] == signals["label"] and row["calibrated"] == 0
+        assert all(row[s] == pytest.approx(signals[s], abs=1e-6) for s in SIGNALS)
+    assert json.loads((out / "autosam_run.json").read_text())["qc"] is True
+    assert not (out / ".autosam.quality.lock").exists()  # the table's lock (parts of a split run share it) is gone
+
+    foreign = _foreign_model(tmp_path / "foreign" / "autosam_quality.json")
+    capsys.readouterr()
+    assert main([*verb, "-o", str(tmp_path / "refused"), "--quality-model", str(foreign)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{foreign}: quality model for dataset 'HC18_sample'" in err, err
+    assert not (tmp_path / "refused").exists()
+
+
+def test_predict_picks_up_the_model_folder_s_quality_model(tmp_path, monkeypatch, capsys):
+    """``MODEL/autosam_quality.json`` switches QC on with that model; one for another dataset is refused in one
+    line before nnU-Net loads or anything is written."""
+    from autosam.cli import main
+    from autosam.commands import predict as verb
+
+    model = tmp_path / "Dataset904_Fake" / "nnUNetTrainer__nnUNetPlans__2d"
+    (model / "fold_0").mkdir(parents=True)
+    shutil.copy(HIPPO / "dataset.json", model)
+    (model / "plans.json").write_text("{}")
+    (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"")
+    images = tmp_path / "images"
+    shutil.copytree(HIPPO / "imagesTr", images)
+    seen = {}
+
+    def fake_predict_folder(*args, qc=None, **kwargs):
+        seen["qc"] = qc
+        return []
+
+    monkeypatch.setattr(verb, "predict_folder", fake_predict_folder)
+    argv = ["predict", "-m", str(model), "-i", str(images), "-o", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(argv) == 0 and seen["qc"] is None  # no quality model: no QC unless asked
+    rows, dice = _rows(20)
+    QualityModel().fit(rows, dice, io.load_dataset_json(HIPPO)).save(model / "autosam_quality.json")
+    capsys.readouterr()
+    assert main(argv) == 0 and seen["qc"].model is not None and seen["qc"].flag_below is None
+    assert f"quality control with the quality model {model / 'autosam_quality.json'}" in capsys.readouterr().err
+    assert main([*argv, "--flag-below", "0.7"]) == 0 and seen["qc"].flag_below == 0.7
+    _foreign_model(model / "autosam_quality.json")
+    seen.clear()
+    capsys.readouterr()
+    assert main(argv) == 2 and not seen
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not fit dataset" in err and str(model) in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_with_no_sam_and_qc_runs_sam_for_the_signals_alone(tiny_sam, tmp_path, monkeypatch):
+    """"no SAM" with QC: the output is nnU-Net's map as it is; the signals come from SAM with the default
+    settings (prompted slices, the final map being the coarse one)."""
+    from autosam.pipelines import predict as pipeline
+    from autosam.pipelines.quality import QualityControl
+
+    info = io.load_dataset_json(HIPPO)
+    gt = _crop(CASES[0], tmp_path)
+    coarse = np.where(ndimage.binary_erosion(gt > 0), gt, 0).astype(np.int16)
+    monkeypatch.setattr(pipeline.nnunet, "coarse_prediction", lambda *a: (coarse, _soft(coarse)))
+    job = pipeline.PredictJob(lambda: object(), lambda: SamPredictor(tiny_sam, device="cpu"), info, None,
+                              qc=QualityControl())
+    job.setup()
+    out = job.process(io.read_case(CASES[0], [tmp_path / f"{CASES[0]}_0000.nii.gz"]))
+    assert out.segmentation is coarse and [r["label"] for r in out.quality] == [1, 2]
+    assert all(r["dice_coarse_final"] == 1 and r["sam_slices"] > 0 for r in out.quality)
+    assert any(r["dice_coarse_sam"] < 1 for r in out.quality)
+    plain = pipeline.PredictJob(lambda: object(), lambda: SamPredictor(tiny_sam, device="cpu"), info, None)
+    plain.setup()
+    assert plain._sam is None and plain.process(io.read_case(CASES[0], [tmp_path / f"{CASES[0]}_0000.nii.gz"])
+                                                ).quality is None
+
+
+def test_parts_assemble_quality_csv_one_at_a_time(tmp_path):
+    """Parts of a split run (``--num-parts``) finishing together: each assembles ``quality.csv`` under the table's
+    lock, waiting while another holds it, so the last one writes the table of every finished case."""
+    import os
+    import socket
+    import threading
+    import time
+
+    from autosam.pipelines.quality import TABLE_LOCK, QualityControl, finish_quality
+
+    rows, _ = _rows(3)
+    for row in rows:
+        write_case_rows(tmp_path, row["case"], [row])
+        (tmp_path / f"{row['case']}.nii.gz").write_bytes(b"seg")
+    lock = tmp_path / TABLE_LOCK
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "verb": "quality"}))
+    other = threading.Thread(target=finish_quality, args=(tmp_path, io.load_dataset_json(HIPPO), QualityControl()))
+    other.start()
+    time.sleep(0.6)
+    assert not (tmp_path / "quality.csv").exists()  # waits for the part holding the table's lock
+    lock.unlink()
+    other.join(10)
+    assert [r["case"] for r in read_quality_csv(tmp_path / "quality.csv")] == [r["case"] for r in rows]
+    assert not lock.exists()

@@ -149,3 +149,41 @@ def sam_overrides(args: argparse.Namespace, extra: tuple = ()) -> list[str]:
     ones win over a recorded configuration, and any of them switches SAM on where "no SAM" was recorded."""
     given = getattr(args, "given", None) or set()
     return sorted(o for o in given if o in REFINE_FIELDS or o in FUSION_OPTIONS or o in extra)
+
+
+#: what ``--qc`` does where the settings are "no SAM" (``what``: the coarse map's source)
+NO_SAM_QC = (" where the settings are \"no SAM\", SAM runs once with the default settings for the signals alone "
+             "and the output stays the {what} map")
+
+
+def add_qc_arguments(parser: argparse.ArgumentParser, no_sam: str = "", default_model: str = "") -> None:
+    """``--qc``, ``--quality-model`` and ``--flag-below`` (label-free quality control, :mod:`autosam.qc`); read
+    them back with :func:`quality_from_args`. ``no_sam`` says what QC does where the settings are "no SAM";
+    ``default_model`` names the quality model used unless one is given."""
+    g = parser.add_argument_group("label-free quality control")
+    g.add_argument("--qc", action="store_true",
+                   help="write each case's label-free quality signals (<case>.quality.json) and the folder's "
+                        "quality.csv (predicted Dice per case and label, worst cases flagged); the signals come "
+                        "from the SAM run refinement makes anyway" + no_sam)
+    g.add_argument("--quality-model", default=None, metavar="FILE",
+                   help="autosam_quality.json written by 'autosam fit' for this dataset: calibrated predicted Dice "
+                        "(implies --qc; without one, quality.csv holds an uncalibrated rank score)" + default_model)
+    g.add_argument("--flag-below", type=float, default=None, metavar="D",
+                   help="flag cases whose predicted Dice is below D (implies --qc; default: the quality model's "
+                        "threshold, else the worst tenth of the folder)")
+
+
+def quality_from_args(args: argparse.Namespace, info, default=None):
+    """The :class:`autosam.pipelines.quality.QualityControl` of :func:`add_qc_arguments` (None: no QC). The quality
+    model (``--quality-model``, else ``default`` when that file exists, which switches QC on) is checked against
+    ``info``: one for another dataset or label set is refused in one line, before anything is written."""
+    from pathlib import Path
+
+    from ..pipelines.quality import QualityControl
+    from ..qc import QualityModel
+
+    path = args.quality_model or (default if default is not None and Path(default).is_file() else None)
+    if not (args.qc or path or args.flag_below is not None):
+        return None
+    model = QualityModel.load(path, info) if path else None
+    return QualityControl(model, args.flag_below)

@@ -8,12 +8,14 @@ from typing import Optional, Sequence
 
 from ..nnunet import inference as nnunet
 from ..errors import AutosamError
+from ..qc import QUALITY_FILE
 from ..pipelines.predict import pipelined, predict_folder
 from ..sam.predictor import resolve_device
 from ..settings import recorded_files
 from ..settings.model import Settings, load_recorded
-from .common import (add_output_arguments, add_parallel_arguments, add_refine_arguments, add_sam_arguments,
-                     output_options, parallel_from_args, sam_args_record, sam_overrides)
+from .common import (NO_SAM_QC, add_output_arguments, add_parallel_arguments, add_qc_arguments,
+                     add_refine_arguments, add_sam_arguments, output_options, parallel_from_args, quality_from_args,
+                     sam_args_record, sam_overrides)
 
 #: ``--nnunet-processes`` on a GPU unless given: nnUNetv2_predict's default ``-npp``.
 GPU_PROCESSES = 3
@@ -46,6 +48,8 @@ def add_parser(sub) -> None:
     add_output_arguments(p)
     add_sam_arguments(p)
     add_parallel_arguments(p)
+    add_qc_arguments(p, no_sam=";" + NO_SAM_QC.format(what="nnU-Net"),
+                     default_model=f" (default: MODEL/{QUALITY_FILE} when it exists, which also switches --qc on)")
     p.set_defaults(run=run)
 
 
@@ -97,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
     folds = nnunet.resolve_folds(model, args.folds, args.nnunet_checkpoint)
     settings, recorded = choose_configuration(args, model, folds)
     config = settings.refine
+    qc = quality_from_args(args, info, default=model / QUALITY_FILE)
+    if qc is not None and qc.model is not None and not args.quality_model:
+        print(f"autosam predict: quality control with the quality model {model / QUALITY_FILE} (--qc on; "
+              "--quality-model picks another)", file=sys.stderr)
 
     def make_nnunet():
         return nnunet.load_nnunet_predictor(model, folds, args.nnunet_checkpoint, args.device,
@@ -111,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     written = predict_folder(args.images, args.output, make_nnunet, info, settings.maker(),
                              config, **output_options(args), run_args=record, plans=model / "plans.json",
                              model_dir=model, parallel=parallel, nnunet_processes=processes,
-                             pipeline=pipelined(config, args.device, processes))
+                             pipeline=pipelined(config if qc is None else settings.config(), args.device, processes),
+                             qc=qc)
     print(f"predicted and refined {len(written)} case(s) -> {args.output}")
     return 0

@@ -8,8 +8,8 @@ from .. import io
 from ..errors import AutosamError
 from ..pipelines.refine import refine_folder
 from ..settings.model import Settings
-from .common import (add_output_arguments, add_parallel_arguments, add_refine_arguments, add_sam_arguments,
-                     output_options, parallel_from_args, sam_args_record)
+from .common import (add_output_arguments, add_parallel_arguments, add_qc_arguments, add_refine_arguments,
+                     add_sam_arguments, output_options, parallel_from_args, quality_from_args, sam_args_record)
 from .options import add_dataset_arguments, dataset_json_from_args
 
 HELP = "refine a coarse (nnU-Net) prediction folder with SAM"
@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
     add_output_arguments(p)
     add_sam_arguments(p)
     add_parallel_arguments(p)
+    add_qc_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -38,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
                                                      images=images))
     settings = Settings.from_args(args)
     parallel = parallel_from_args(args)
+    qc = quality_from_args(args, info)
     written = refine_folder(images, coarse, args.output, info, settings.maker(), settings.refine,
-                            **output_options(args), run_args=sam_args_record(args, settings), parallel=parallel)
+                            **output_options(args), run_args=sam_args_record(args, settings), parallel=parallel,
+                            qc=qc or False)
     print(f"refined {len(written)} case(s) -> {args.output}")
     return 0

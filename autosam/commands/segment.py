@@ -8,8 +8,9 @@ from pathlib import Path
 from ..errors import AutosamError
 from ..pipelines.segment import images_info, segment_folder
 from ..settings.model import Settings
-from .common import (add_output_arguments, add_parallel_arguments, add_refine_arguments, add_sam_arguments,
-                     output_options, parallel_from_args, sam_args_record, sam_overrides)
+from .common import (NO_SAM_QC, add_output_arguments, add_parallel_arguments, add_qc_arguments,
+                     add_refine_arguments, add_sam_arguments, output_options, parallel_from_args, quality_from_args,
+                     sam_args_record, sam_overrides)
 from .options import add_dataset_arguments, dataset_json_from_args
 
 HELP = "segment images fully automatically: a learned prompter prompts SAM (no nnU-Net model needed)"
@@ -35,6 +36,7 @@ def add_parser(sub) -> None:
     add_output_arguments(p)
     add_sam_arguments(p)
     add_parallel_arguments(p)
+    add_qc_arguments(p, no_sam=";" + NO_SAM_QC.format(what="prompter's") + " (also with --no-sam)")
     p.set_defaults(run=run)
 
 
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     info = images_info(images, prompter, dataset_json_from_args(args))
     settings, source = choose_configuration(args, prompter)
     config = settings.refine
+    qc = quality_from_args(args, info)
     if args.no_sam and prompter.mode == "embedding":
         print("note: an embedding-mode prompter always runs SAM's decoder; --no-sam skips only the box refinement",
               file=sys.stderr)
@@ -77,6 +80,6 @@ def run(args: argparse.Namespace) -> int:
     run_args = {**sam_args_record(args, settings), "configuration_source": source}
     written = segment_folder(images, args.output, prompter, info, settings.maker(), config,
                              **output_options(args), run_args=run_args, device=args.device, parallel=parallel,
-                             announce=f"configuration: {what}; from {source}")
+                             announce=f"configuration: {what}; from {source}", qc=qc)
     print(f"segmented {len(written)} case(s) -> {args.output}")
     return 0

@@ -1,6 +1,7 @@
 """The stages of ``autosam fit`` (module :mod:`autosam.fit`): frozen SAM scored on every fold's maps, fold adapters
 trained and scored, the choice by the project's rule, the final adapter, and the record ``MODEL/autosam_sam.json``
-that ``autosam predict``, the ``nnUNetv2_predict`` hook and the trainer's validation read."""
+that ``autosam predict``, the ``nnUNetv2_predict`` hook and the trainer's validation read, with the quality model
+``MODEL/autosam_quality.json`` calibrated on the chosen setting (:mod:`.quality`)."""
 from __future__ import annotations
 
 import shutil
@@ -10,6 +11,7 @@ from typing import Optional, Sequence
 
 from ..nnunet.folds import CrossValidation, link_maps, read_cross_validation
 from ..progress import notice, progress
+from ..qc import QUALITY_FILE
 from ..runner.locks import FolderLock
 from ..runner.parallel import Parallel
 from ..settings import Runtime, SamSpec
@@ -18,6 +20,7 @@ from ..tune import NO_SAM, TuneResult, combine
 from . import adapters as ad
 from .estimate import cost_per_case, describe_plan
 from .options import ADAPTER_DIR, FIT_DIR, FitOptions
+from .quality import calibrate, quality_line
 from .scores import CACHE_DIR, SCORES_DIR, ScoreJob, chosen_cases, run_jobs, score_key
 
 FROZEN, ADAPTED = "frozen SAM", "adapted SAM (fold adapters)"
@@ -75,7 +78,7 @@ def _fit_section(cv: CrossValidation, picked: dict, opts: FitOptions, frozen: Tu
                          for c, a, b in zip(result.cases, result.scores[best], result.scores[NO_SAM])}}
 
 
-def _table(section: dict, result: TuneResult, cost: float, record: Path) -> str:
+def _table(section: dict, result: TuneResult, cost: float, record: Path, quality: str) -> str:
     rows = [("nnU-Net alone (no SAM)", section["frozen"]["no_sam_mean_dice"], "")]
     for name, key in (("best frozen SAM", "frozen"), ("best adapted SAM", "adapted")):
         best = (section[key] or {}).get("best_sam")
@@ -85,6 +88,7 @@ def _table(section: dict, result: TuneResult, cost: float, record: Path) -> str:
     lines += [f"  {n:<24} {('%.4f' % d) if d is not None else '   -  '}  {what}" for n, d, what in rows]
     lines.append(f"  chosen: {section['choice']}: {result.best.name}, {result.mean(result.best.name):.4f}; "
                  f"SAM costs {cost:.1f} s per case at prediction time")
+    lines.append(quality)
     lines.append(f"  record: {record}")
     return "\n".join(lines)
 
@@ -119,10 +123,12 @@ def fit(model_folder, opts: FitOptions = FitOptions(), sam: SamSpec = SamSpec(),
                                        link_maps(cv, work / ad.MAPS_DIR), work / CACHE_DIR, log)
         section = _fit_section(cv, picked, opts, frozen, adapted, fold_adapters, result, choice)
         cost = cost_per_case(cv, result, sam, adapter, runtime) if result.best.use_sam else 0.0
-        section.update(cost_per_case_s=round(cost, 2), seconds=round(time.perf_counter() - start, 1))
+        quality = calibrate(cv, picked, result, sam, runtime, fold_adapters if choice == ADAPTED else {}, work, log)
+        section.update(cost_per_case_s=round(cost, 2), seconds=round(time.perf_counter() - start, 1),
+                       quality_model=QUALITY_FILE if quality is not None else None)
         chosen = SamSpec(sam.name, sam.checkpoint, ADAPTER_DIR if adapter else None)
         path = Settings.from_tuning(result, chosen, runtime).write(cv.model, by="autosam fit", runtime=True,
                                                                     extra={"fit": section})
         shutil.rmtree(work / CACHE_DIR, ignore_errors=True)  # gigabytes; the scores are kept
-    print(_table(section, result, cost, path))
+    print(_table(section, result, cost, path, quality_line(quality)))
     return path

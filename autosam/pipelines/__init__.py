@@ -4,7 +4,9 @@ One module per pipeline, each a plain function over a :class:`~autosam.runner.Ca
 parts come from :class:`~autosam.runner.CaseRunner`): :mod:`~autosam.pipelines.refine` (SAM on a coarse
 prediction folder), :mod:`~autosam.pipelines.oracle` (SAM on boxes from reference labels),
 :mod:`~autosam.pipelines.segment` (a trained prompter, optionally + SAM) and :mod:`~autosam.pipelines.predict`
-(an nnU-Net model + SAM in memory). The verbs in :mod:`autosam.commands`, the demo and the study call them.
+(an nnU-Net model + SAM in memory); :mod:`~autosam.pipelines.quality` gives refine, segment and predict their
+label-free quality control (``--qc``: each case's signals, the folder's ``quality.csv``). The verbs in
+:mod:`autosam.commands`, the demo and the study call them.
 
 They may import the case-level layers below them (:mod:`autosam.refine`, :mod:`autosam.oracle`, the runner, the
 engine, io, nnU-Net's wrapper), never the models that train (prompter, adapt, settings.model), the study or the

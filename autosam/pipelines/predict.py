@@ -17,6 +17,7 @@ from ..refine import RefineConfig, refine_case
 from ..runner import CaseJob, CaseOutput, CaseRunner
 from ..sam import SamPredictor
 from ..sam.predictor import resolve_device
+from .quality import QualityControl, case_quality, finish_quality
 
 
 @dataclass
@@ -29,6 +30,7 @@ class PredictJob(CaseJob):
     info: io.DatasetInfo
     config: Optional[RefineConfig]  # None: no SAM (nnU-Net's own prediction)
     nnunet_processes: int = 0  # > 0: nnU-Net's preprocessing in that many processes, as many cases ahead
+    qc: Optional[QualityControl] = None  # each case's quality signals (SAM runs for them even with "no SAM")
     _nnunet: Any = field(default=None, init=False, repr=False)
     _sam: Any = field(default=None, init=False, repr=False)
     _pool: Any = field(default=None, init=False, repr=False)
@@ -41,7 +43,7 @@ class PredictJob(CaseJob):
 
     def setup(self) -> None:
         self.nnunet()
-        self._sam = self.make_predictor() if self.config is not None else None
+        self._sam = self.make_predictor() if self.config is not None or self.qc is not None else None
 
     @property
     def read_ahead(self) -> int:
@@ -69,10 +71,13 @@ class PredictJob(CaseJob):
         if isinstance(ahead, Future):
             ahead = ahead.result()
         seg, probs = nnunet.coarse_prediction(self.nnunet(), case, ahead)
-        if self.config is None:
-            return CaseOutput(seg, probs if self.keep_probabilities else None)
-        result = refine_case(self._sam, case, self.info, seg, probs, self.config, keep=self.keep_probabilities)
-        return CaseOutput(result.segmentation, result.probabilities, coarse=seg)
+        result = None if self.config is None else refine_case(self._sam, case, self.info, seg, probs, self.config,
+                                                              keep=self.keep_probabilities)
+        quality = None if self.qc is None else case_quality(self._sam, case, self.info, seg, probs, result,
+                                                            self.qc.volume_stats)
+        if result is None:
+            return CaseOutput(seg, probs if self.keep_probabilities else None, quality=quality)
+        return CaseOutput(result.segmentation, result.probabilities, coarse=seg, quality=quality)
 
 
 def plans_reader_writer(plans: str | Path):
@@ -92,6 +97,7 @@ def predict_folder(
     run_args: Optional[dict] = None,
     model_dir: Optional[Path] = None,
     nnunet_processes: int = 0,
+    qc: Optional[QualityControl] = None,
     **options,
 ) -> list[str]:
     """nnU-Net + SAM on every pending case of ``images_dir``; writes ``out_dir``; returns the cases written.
@@ -103,14 +109,17 @@ def predict_folder(
     :class:`~autosam.runner.CaseRunner`; give ``plans`` (the model's plans.json) so nnU-Net's ensembling and
     postprocessing find the reader/writer and label manager in the output. ``nnunet_processes`` > 0: nnU-Net's
     preprocessing runs in that many processes, as many cases ahead (``nnUNetv2_predict -npp``; pipelined loop).
+    ``qc``: each case's label-free quality signals beside it and ``quality.csv`` at the end (with "no SAM", SAM
+    runs with the default settings for the signals alone; the output stays nnU-Net's map).
     """
     if config is not None:
         config.check()
     images = Path(images_dir)
-    runner = CaseRunner(out_dir, info, inputs={"image": images, "model": model_dir}, record=run_args or {},
+    record = {**(run_args or {}), **(qc.record() if qc else {})}
+    runner = CaseRunner(out_dir, info, inputs={"image": images, "model": model_dir}, record=record,
                         desc="predict", **options)
     cases = io.list_cases(images, info.file_ending, info.num_channels)
-    job = PredictJob(make_nnunet, make_predictor, info, config, nnunet_processes)
+    job = PredictJob(make_nnunet, make_predictor, info, config, nnunet_processes, qc)
     plans = options.get("plans")
 
     def prepare() -> None:  # the model's reader: the same geometry as nnU-Net's own prediction
@@ -119,7 +128,10 @@ def predict_folder(
         else:
             runner.rw_class = nnunet.model_reader_writer(job.nnunet())
 
-    return runner.run(cases, job, prepare=prepare)
+    written = runner.run(cases, job, prepare=prepare)
+    if qc is not None:
+        finish_quality(out_dir, info, qc)
+    return written
 
 
 def pipelined(config: Optional[RefineConfig], device: str, processes: int = 0) -> Optional[bool]:

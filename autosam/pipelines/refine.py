@@ -5,15 +5,15 @@ One case at a time is :func:`autosam.refine.refine_case`; this module reads each
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 from .. import io
-from ..qc import QualityModel, refined_signals, without_signals, write_quality_csv
+from ..qc import QualityModel
 from ..refine import RefineConfig, find_coarse_files, read_coarse, refine_case
 from ..runner import CaseOutput, CaseRunner, FunctionJob
 from ..sam import SamPredictor
+from .quality import QualityControl, case_quality, finish_quality
 
 
 def refine_folder(
@@ -24,7 +24,7 @@ def refine_folder(
     make_predictor: Callable[[], SamPredictor],
     config: RefineConfig = RefineConfig(),
     run_args: Optional[dict] = None,
-    qc: bool = False,
+    qc: bool | QualityControl = False,
     quality_model: Optional[QualityModel] = None,
     **options,
 ) -> list[str]:
@@ -35,13 +35,16 @@ def refine_folder(
     ``overlays``, ``parallel``: parts of the cases, or Ray workers, which get ``make_predictor`` with the job).
     With ``qc``, each case's label-free quality signals (:mod:`autosam.qc`) are written beside it and
     ``quality.csv`` at the end (``quality_model``: the calibrated model, holding the training labels' volume
-    statistics; without it, an uncalibrated rank score).
+    statistics; without it, an uncalibrated rank score); a :class:`~autosam.pipelines.quality.QualityControl` also
+    sets the flag threshold.
     """
     config.check()
     images, coarse = Path(images_dir), Path(coarse_dir)
     record = {"verb": "refine", "images": str(images), "coarse": str(coarse), "dataset_json": str(info.path),
               "save_probabilities": bool(options.get("save_probabilities")), "refine": config.to_dict(),
-              **(run_args or {}), **({"qc": True} if qc else {})}
+              **(run_args or {})}
+    control = qc if isinstance(qc, QualityControl) else QualityControl(quality_model) if qc else None
+    record.update(control.record() if control else {})
     plans = coarse / "plans.json"
     runner = CaseRunner(out_dir, info, inputs={"image": images, "coarse": coarse}, record=record,
                         plans=plans if plans.is_file() else None, desc="refine", **options)
@@ -53,15 +56,10 @@ def refine_folder(
     def process(sam: SamPredictor, case: io.Case) -> CaseOutput:
         seg, probs = read_coarse(case, info, *sources[case.case_id], rw_class=rw)
         result = refine_case(sam, case, info, seg, probs, config, keep=keep)
-        quality = refined_signals(case.case_id, info, seg, probs, result, case.spacing, stats) if qc else None
+        quality = case_quality(sam, case, info, seg, probs, result, control.volume_stats) if control else None
         return CaseOutput(result.segmentation, result.probabilities, coarse=seg, quality=quality)
 
-    stats = quality_model.volume_stats if quality_model is not None else None
     written = runner.run(cases, FunctionJob(make_predictor, process), inputs=sources)
-    if qc:
-        write_quality_csv(out_dir, info.file_ending, quality_model)
-        missing = without_signals(out_dir, info.file_ending)
-        if missing:
-            print(f"note: {len(missing)} case(s) in {out_dir} have no quality signals (refined without QC) and are "
-                  f"not in quality.csv; --overwrite redoes them", file=sys.stderr)
+    if control is not None:
+        finish_quality(out_dir, info, control)
     return written

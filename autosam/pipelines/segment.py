@@ -16,6 +16,7 @@ from ..errors import AutosamError
 from ..progress import notice
 from ..refine import RefineConfig, refine_case
 from ..runner import CaseJob, CaseOutput, CaseRunner
+from .quality import QualityControl, case_quality, finish_quality
 
 
 def images_info(images: Path, prompter, dataset_json: Optional[Path] = None) -> io.DatasetInfo:
@@ -58,6 +59,7 @@ class SegmentJob(CaseJob):
     config: Optional[RefineConfig] = None
     coarse: bool = False
     device: Optional[str] = None
+    qc: Optional[QualityControl] = None  # each case's quality signals (SAM runs for them even with "no SAM")
     _sam: Any = field(default=None, init=False, repr=False)
 
     @property
@@ -76,7 +78,7 @@ class SegmentJob(CaseJob):
             device = resolve_device(self.device or "auto")
             self.prompter.net.to(device)
             self.prompter.device = device
-        self._sam = self.make_predictor() if self.uses_sam else None
+        self._sam = self.make_predictor() if self.uses_sam or self.qc is not None else None
         if self.shares_embeddings:
             from ..sam.cache import CachingPredictor
 
@@ -87,10 +89,13 @@ class SegmentJob(CaseJob):
         try:
             seg, probs = self.prompter.coarse(case, sam=sam)
             extra = {"coarse": (seg, probs)} if self.coarse else {}
-            if self.config is None:
-                return CaseOutput(seg, probs, coarse=None, extra=extra)
-            result = refine_case(self._sam, case, self.info, seg, probs, self.config, keep=self.keep_probabilities)
-            return CaseOutput(result.segmentation, result.probabilities, coarse=seg, extra=extra)
+            result = None if self.config is None else refine_case(self._sam, case, self.info, seg, probs,
+                                                                  self.config, keep=self.keep_probabilities)
+            quality = None if self.qc is None else case_quality(self._sam, case, self.info, seg, probs, result,
+                                                                self.qc.volume_stats)
+            if result is None:
+                return CaseOutput(seg, probs, coarse=None, extra=extra, quality=quality)
+            return CaseOutput(result.segmentation, result.probabilities, coarse=seg, extra=extra, quality=quality)
         finally:
             if self.shares_embeddings:
                 self._sam.clear()  # this case's embeddings (4 MiB a slice for LiteMedSAM) go with it
@@ -118,6 +123,7 @@ def segment_folder(
     coarse_dir=None,
     device: Optional[str] = None,
     announce: Optional[str] = None,
+    qc: Optional[QualityControl] = None,
     **options,
 ) -> list[str]:
     """Segment every pending case of ``images_dir`` into ``out_dir``; returns the cases written.
@@ -126,6 +132,8 @@ def segment_folder(
     called once per process, when first needed). ``coarse_dir``, if given, also receives the prompter's own map.
     ``device`` is where Ray workers put the prompter (default: their best device). ``options`` go to
     :class:`~autosam.runner.CaseRunner` (``save_probabilities``, ``overwrite``, ``overlays``, ``parallel``).
+    ``qc``: each case's label-free quality signals beside it and ``quality.csv`` at the end (with "no SAM", SAM
+    runs with the default settings for the signals alone; the output stays the prompter's map).
     """
     images = Path(images_dir)
     if config is not None:
@@ -134,12 +142,16 @@ def segment_folder(
     record = {"verb": "segment", "images": str(images), "dataset_json": str(info.path),
               "prompter": str(prompter.folder), "prompter_mode": prompter.mode,
               "save_probabilities": bool(options.get("save_probabilities")),
-              "refine": config.to_dict() if config is not None else None, **(run_args or {})}
+              "refine": config.to_dict() if config is not None else None, **(run_args or {}),
+              **(qc.record() if qc else {})}
     runner = CaseRunner(out_dir, info, inputs={"image": images, "prompter": prompter.folder}, record=record,
                         desc="segment", extra_outputs={"coarse": coarse_dir} if coarse_dir is not None else None,
                         **options)
     check_channel_files(images, info, name)
     cases = io.list_cases(images, info.file_ending, info.num_channels)
-    job = SegmentJob(prompter, info, make_predictor, config, coarse=coarse_dir is not None, device=device)
+    job = SegmentJob(prompter, info, make_predictor, config, coarse=coarse_dir is not None, device=device, qc=qc)
     # said once every input file passed the preflight: a run refused there prints only its error line
-    return runner.run(cases, job, prepare=(lambda: notice(announce)) if announce else None)
+    written = runner.run(cases, job, prepare=(lambda: notice(announce)) if announce else None)
+    if qc is not None:
+        finish_quality(out_dir, info, qc)
+    return written

@@ -63,13 +63,14 @@ class FolderLock:
     A second run into the same folder fails at once naming the holder; a lock left by a process that no longer
     runs on this host is taken over with a notice. ``part=(part_id, num_parts)`` locks one part of a split run
     (``--num-parts``) instead: parts share the folder, but a part and a whole-folder run exclude each other.
+    ``name`` locks one file of the folder instead (e.g. ``quality.csv``, assembled by every part; see :meth:`wait`).
     """
 
     def __init__(self, folder: str | os.PathLike, verb: str = "autosam",
-                 part: Optional[tuple[int, int]] = None) -> None:
+                 part: Optional[tuple[int, int]] = None, name: Optional[str] = None) -> None:
         self.folder = Path(folder)
-        self.part = part
-        self.path = self.folder / (LOCK_FILE if part is None else part_lock_name(*part))
+        self.part, self.name = part, name
+        self.path = self.folder / (name or (LOCK_FILE if part is None else part_lock_name(*part)))
         self.verb = verb
         self.held = False
 
@@ -83,7 +84,10 @@ class FolderLock:
             return {}
 
     def _check_others(self) -> None:
-        """A part run refuses a live whole-folder lock, and a whole-folder run refuses live part locks."""
+        """A part run refuses a live whole-folder lock, and a whole-folder run refuses live part locks (a named
+        lock, one file's, refuses nothing)."""
+        if self.name is not None:
+            return
         others = [self.folder / LOCK_FILE] if self.part is not None else sorted(self.folder.glob(".autosam.part*.lock"))
         host = socket.gethostname()
         for path in others:
@@ -126,6 +130,18 @@ class FolderLock:
             self._check_others()
             return
         raise AutosamError(f"cannot lock {self.folder}: {self.path} keeps reappearing")
+
+    def wait(self, timeout: float = 600.0, poll: float = 0.2) -> "FolderLock":
+        """Acquire, waiting up to ``timeout`` seconds while another run holds the lock; returns the lock."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.acquire()
+                return self
+            except AutosamError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(poll)
 
     def release(self) -> None:
         if self.held:

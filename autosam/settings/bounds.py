@@ -75,6 +75,8 @@ BOUNDS: dict[str, Bound] = {
     "min_size": COUNT, "max_objects": COUNT, "positive_points": COUNT, "negative_points": COUNT,
     "rebox": COUNT, "mask_logit": Bound(float),
     "weight": UNIT, "min_iou": UNIT, "min_agreement": UNIT,
+    # label-free quality control
+    "flag_below": UNIT,
     # evaluation, tuning and the study
     "tolerance_mm": NON_NEGATIVE, "min_gain": NON_NEGATIVE, "sign_test": Bound(float, 0.0, 1.0, open_low=True),
     "tune_cases": COUNT, "max_cases": COUNT, "repeats": POSITIVE_INT,
