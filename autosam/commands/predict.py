@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     folds = nnunet.resolve_folds(model, args.folds, args.nnunet_checkpoint)
     settings, recorded = choose_configuration(args, model, folds)
     config = settings.refine
-    qc = quality_from_args(args, info, default=model / QUALITY_FILE)
+    # fit's quality model was calibrated on fit's recorded choice: not the default when that record is ignored
+    qc = quality_from_args(args, info, default=None if args.ignore_recorded else model / QUALITY_FILE)
     if qc is not None and qc.model is not None and not args.quality_model:
         print(f"autosam predict: quality control with the quality model {model / QUALITY_FILE} (--qc on; "
               "--quality-model picks another)", file=sys.stderr)
