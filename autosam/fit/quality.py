@@ -42,13 +42,15 @@ def _kept(path: Path, key: dict, cv: CrossValidation) -> Optional[qc.QualityMode
 
 
 def _signals(cv: CrossValidation, picked: dict, result: TuneResult, sam: SamSpec, runtime: Runtime,
-             adapters: dict, work: Path, stats: dict) -> tuple[list[dict], list[float]]:
-    """Every scored case's signal rows and true Dice per label, fold by fold with the fold's SAM."""
+             adapters: dict, work: Path, volumes: dict) -> tuple[list[dict], list[float]]:
+    """Every scored case's signal rows and true Dice per label, fold by fold with the fold's SAM, and the volume
+    statistics of the labels outside the fold (as a new case's come from training labels that never held it)."""
     config = result.best.config  # None: "no SAM" (signals from frozen SAM with the default settings)
     rows, dice = [], []
     for fold, cases in picked.items():
         if not cases:
             continue
+        stats = qc.volume_statistics([v for c, v in volumes.items() if c not in cv.folds[fold]], cv.info)
         adapter = cv.model / adapters[fold] if config is not None and fold in adapters else None
         spec = SamSpec(sam.name, sam.checkpoint, str(adapter) if adapter else None)
         predictor = spec.predictor(runtime, cache=EmbeddingCache(work / CACHE_DIR))
@@ -72,8 +74,9 @@ def calibrate(cv: CrossValidation, picked: dict, result: TuneResult, sam: SamSpe
     kept = _kept(path, key, cv)
     if kept is not None:
         return kept
-    stats = qc.reference_volumes([cv.labels[c] for c in cv.cases], cv.info)
-    rows, dice = _signals(cv, picked, result, sam, runtime, adapters, work, stats)
+    volumes = {c: qc.label_volumes(cv.labels[c], cv.info) for c in cv.cases}  # each label file read once
+    rows, dice = _signals(cv, picked, result, sam, runtime, adapters, work, volumes)
+    stats = qc.volume_statistics(list(volumes.values()), cv.info)  # all training labels: what prediction uses
     try:
         model = qc.QualityModel().fit(rows, dice, cv.info, stats)
     except AutosamError as e:

@@ -12,10 +12,12 @@ refinement and the pipelines (which call it) and the report (which reads its tab
 :class:`autosam.refine.Refined` result is read, never imported.
 """
 from .model import QUALITY_FILE, QualityModel, dataset_name, rank_score
-from .signals import SIGNALS, case_signals, dice, reference_volumes, refined_signals
+from .signals import SIGNALS, case_signals, dice, label_volumes, reference_volumes, refined_signals, \
+    volume_statistics
 from .table import CASE_SUFFIX, TABLE_FILE, read_case_rows, read_quality_csv, score_rows, without_signals, \
     write_case_rows, write_quality_csv
 
 __all__ = ["QUALITY_FILE", "QualityModel", "dataset_name", "rank_score", "SIGNALS", "case_signals", "dice",
-           "reference_volumes", "refined_signals", "CASE_SUFFIX", "TABLE_FILE", "read_case_rows", "read_quality_csv",
-           "score_rows", "without_signals", "write_case_rows", "write_quality_csv"]
+           "label_volumes", "reference_volumes", "refined_signals", "volume_statistics", "CASE_SUFFIX",
+           "TABLE_FILE", "read_case_rows", "read_quality_csv", "score_rows", "without_signals", "write_case_rows",
+           "write_quality_csv"]

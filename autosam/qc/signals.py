@@ -189,12 +189,22 @@ def refined_signals(case_id: str, info: io.DatasetInfo, coarse_seg: np.ndarray, 
                         plane_segs=list(refined.plane_segmentations), volume_stats=volume_stats, **options)
 
 
+def label_volumes(path, info: io.DatasetInfo) -> dict[str, float]:
+    """Per foreground label (its value as a string): the volume in mm³ of one reference label file."""
+    seg, props = io.read_label(path, info=info)
+    return {str(v): _volume(seg == v, props["spacing"]) for v in info.foreground}
+
+
+def volume_statistics(volumes: Sequence[Mapping[str, float]], info: io.DatasetInfo) -> dict[str, list[float]]:
+    """Per foreground label: ``[mean, std]`` of :func:`label_volumes` results (0 without any)."""
+    out = {}
+    for value in info.foreground:
+        v = [vol[str(value)] for vol in volumes]
+        out[str(value)] = [float(np.mean(v)) if v else 0.0, float(np.std(v)) if v else 0.0]
+    return out
+
+
 def reference_volumes(label_files: Iterable, info: io.DatasetInfo) -> dict[str, list[float]]:
     """Per foreground label (its value as a string, as JSON keys are): ``[mean, std]`` of the volume in mm³ over
     the given reference label files (training labels)."""
-    volumes: dict[str, list[float]] = {str(v): [] for v in info.foreground}
-    for path in label_files:
-        seg, props = io.read_label(path, info=info)
-        for value in info.foreground:
-            volumes[str(value)].append(_volume(seg == value, props["spacing"]))
-    return {k: [float(np.mean(v)) if v else 0.0, float(np.std(v)) if v else 0.0] for k, v in volumes.items()}
+    return volume_statistics([label_volumes(path, info) for path in label_files], info)
