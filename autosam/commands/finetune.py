@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..adapt.data import AUTO_PROMPT, AUTO_PROMPT_KINDS
@@ -10,6 +9,7 @@ from ..errors import AutosamError
 from ..sam import backends
 from . import options
 from .options import Margin
+from ..progress import notice
 
 HELP = "adapt SAM to an nnU-Net dataset (decoder, LoRA or DeSAM-style); writes an adapter folder for --adapter"
 
@@ -135,8 +135,8 @@ def _train(args: argparse.Namespace, dataset: Path, noise, finetune, held_out: l
     """Run :func:`autosam.adapt.train.finetune` with the options of ``args`` in the locked output folder, then tune
     the adapter's SAM default on ``held_out`` (left out of its training)."""
     if held_out:
-        print(f"autosam finetune: the prompter's {len(held_out)} validation case(s) are left out of training, to "
-              f"tune the adapter's SAM default on them afterwards (--no-tune trains on them)", file=sys.stderr)
+        notice(f"autosam finetune: the prompter's {len(held_out)} validation case(s) are left out of training, to "
+               f"tune the adapter's SAM default on them afterwards (--no-tune trains on them)")
     with options.exclusive_output(args.output, {"dataset": dataset}):
         config = finetune(
             dataset, args.output, base=args.sam, checkpoint=args.checkpoint, method=args.method,
@@ -188,5 +188,4 @@ def report_resumed(args: argparse.Namespace, config) -> None:
     stored = ", ".join(f"{k}={getattr(config, k)}" for k in ("method", "base", "lr", "batch_size", "loss", "seed")
                        if hasattr(config, k))
     ignored = f"; ignored here: {', '.join('--' + g.replace('_', '-') for g in given)}" if given else ""
-    print(f"autosam finetune: resumed with the options stored in {args.output} ({stored}){ignored}",
-          file=sys.stderr)
+    notice(f"autosam finetune: resumed with the options stored in {args.output} ({stored}){ignored}")

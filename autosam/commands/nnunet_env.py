@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..nnunet.env import TRAINERS, VARIABLE, export_line, plugins_folder
+from ..progress import notice
 
 HELP = f"print the '{VARIABLE}' line that lets nnUNetv2_train/_predict find the autosam trainers"
 
@@ -41,4 +41,4 @@ def check_trainers() -> None:
                 recursive_find_trainer_class_by_name(name)
             except RuntimeError as e:
                 raise AutosamError(f"nnU-Net does not find {name} in {plugins_folder()}: {e}") from None
-        print(f"ok: nnU-Net finds {name}", file=sys.stderr)
+        notice(f"ok: nnU-Net finds {name}")

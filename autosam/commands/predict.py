@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,6 +15,7 @@ from ..settings.model import Settings, load_recorded
 from .common import (NO_SAM_QC, add_output_arguments, add_parallel_arguments, add_qc_arguments,
                      add_refine_arguments, add_sam_arguments, output_options, parallel_from_args, quality_from_args,
                      sam_args_record, sam_overrides)
+from ..progress import notice
 
 #: ``--nnunet-processes`` on a GPU unless given: nnUNetv2_predict's default ``-npp``.
 GPU_PROCESSES = 3
@@ -87,10 +87,10 @@ def choose_configuration(args: argparse.Namespace, model: Path,
         settings = settings.with_sam(True)
     config = settings.refine
     chosen = "no SAM (nnU-Net alone)" if config is None else f"prompt={config.prompt}, fusion={config.fusion}"
-    print(f"autosam predict: using the SAM settings recorded in {recorded[0]} (options given here override "
+    notice(f"autosam predict: using the SAM settings recorded in {recorded[0]} (options given here override "
           f"them; --ignore-recorded skips them): SAM {settings.sam.name}"
           + "".join(f", {k}={getattr(settings.sam, k)}" for k in ("checkpoint", "adapter") if getattr(settings.sam, k))
-          + f"; {chosen}", file=sys.stderr)
+           + f"; {chosen}")
     return settings, recorded[0]
 
 
@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     # fit's quality model was calibrated on fit's recorded choice: not the default when that record is ignored
     qc = quality_from_args(args, info, default=None if args.ignore_recorded else model / QUALITY_FILE)
     if qc is not None and qc.model is not None and not args.quality_model:
-        print(f"autosam predict: quality control with the quality model {model / QUALITY_FILE} (--qc on; "
-              "--quality-model picks another)", file=sys.stderr)
+        notice(f"autosam predict: quality control with the quality model {model / QUALITY_FILE} (--qc on; "
+               "--quality-model picks another)")
 
     def make_nnunet():
         return nnunet.load_nnunet_predictor(model, folds, args.nnunet_checkpoint, args.device,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import AutosamError
@@ -12,6 +11,7 @@ from .common import (NO_SAM_QC, add_output_arguments, add_parallel_arguments, ad
                      add_refine_arguments, add_sam_arguments, output_options, parallel_from_args, quality_from_args,
                      sam_args_record, sam_overrides)
 from .options import add_dataset_arguments, dataset_json_from_args
+from ..progress import notice
 
 HELP = "segment images fully automatically: a learned prompter prompts SAM (no nnU-Net model needed)"
 
@@ -74,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
     config = settings.refine
     qc = quality_from_args(args, info)
     if args.no_sam and prompter.mode == "embedding":
-        print("note: an embedding-mode prompter always runs SAM's decoder; --no-sam skips only the box refinement",
-              file=sys.stderr)
+        notice("note: an embedding-mode prompter always runs SAM's decoder; --no-sam skips only the box refinement")
     what = "no SAM (the prompter's map)" if config is None else f"SAM {config.prompt}/{config.fusion}"
     run_args = {**sam_args_record(args, settings), "configuration_source": source}
     written = segment_folder(images, args.output, prompter, info, settings.maker(), config,

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..sam.engines import ENGINES
 from . import options
+from ..progress import notice
 
 HELP = "train a small 2D network that prompts SAM automatically (for 'autosam segment')"
 
@@ -90,8 +90,8 @@ def set_aside_stale_tuning(folder: Path) -> None:
     if record.is_file():
         kept = record.with_name("autosam_sam.earlier-weights.json")
         record.replace(kept)
-        print(f"autosam train-prompter: {record} was tuned for the earlier weights; renamed to {kept.name} "
-              f"(`autosam tune --prompter {folder}` tunes the new ones)", file=sys.stderr)
+        notice(f"autosam train-prompter: {record} was tuned for the earlier weights; renamed to {kept.name} "
+               f"(`autosam tune --prompter {folder}` tunes the new ones)")
 
 
 def tune_after_training(args: argparse.Namespace, dataset) -> None:

@@ -9,7 +9,6 @@ own. The hook predicts into ``<output>/unrefined/`` (:data:`UNREFINED`) and refi
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -20,6 +19,7 @@ from ..refine import read_coarse, refine_case
 from ..runner import CaseOutput, CaseRunner, guard_output
 from ..settings import SETTINGS_FILE, Runtime, recorded_files
 from ..settings.model import Settings, environment, load_recorded
+from ..progress import notice
 
 #: Sub-folder of a prediction's output folder that holds nnU-Net's own (unrefined) predictions.
 UNREFINED = "unrefined"
@@ -90,13 +90,13 @@ def prediction_settings(model_folder: str, folds: list) -> Settings:
     settings = load_recorded(model_folder, folds)
     if settings is None:
         settings = Settings.resolve()
-        print(f"autosam: no {SETTINGS_FILE} in {model_folder} or its fold folders; "
-              f"using the AUTOSAM_* environment / defaults", file=sys.stderr)
+        notice(f"autosam: no {SETTINGS_FILE} in {model_folder} or its fold folders; "
+               f"using the AUTOSAM_* environment / defaults")
     else:
         ignored = sorted(set(environment()))
         if ignored:
-            print(f"autosam: AUTOSAM_* setting(s) {', '.join(ignored)} ignored: prediction uses the recorded "
-                  f"settings ({recorded_files(model_folder, folds)[0]})", file=sys.stderr)
+            notice(f"autosam: AUTOSAM_* setting(s) {', '.join(ignored)} ignored: prediction uses the recorded "
+                   f"settings ({recorded_files(model_folder, folds)[0]})")
     return settings
 
 

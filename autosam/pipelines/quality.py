@@ -8,7 +8,6 @@ finished cases: whoever assembles last sees every case the others wrote.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +18,7 @@ from .. import io
 from ..qc import QualityModel, refined_signals, without_signals, write_quality_csv
 from ..refine import RefineConfig, refine_case
 from ..runner import FolderLock
+from ..progress import notice
 
 TABLE_LOCK = ".autosam.quality.lock"
 
@@ -63,6 +63,6 @@ def finish_quality(out_dir, info: io.DatasetInfo, qc: QualityControl) -> Path:
         lock.release()
     missing = without_signals(out, info.file_ending)
     if missing:
-        print(f"note: {len(missing)} case(s) in {out} have no quality signals (refined without QC) and are "
-              f"not in quality.csv; --overwrite redoes them", file=sys.stderr)
+        notice(f"note: {len(missing)} case(s) in {out} have no quality signals (refined without QC) and are "
+               f"not in quality.csv; --overwrite redoes them")
     return path

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Type
 
 from .. import export, io
 from ..errors import AutosamError
-from ..progress import progress
+from ..progress import notice, progress
 from .jobs import CaseOutput, failure_reason, first_line, prepare_job
 from .parallel import Parallel
 
@@ -157,8 +157,8 @@ def _start_workers(ray, runner: CaseRunner, job: Callable[[io.Case], CaseOutput]
     if not runner.quiet:
         gpus = f", {p.gpus_per_worker:g} GPU" if p.gpus_per_worker else ""
         where = "a local Ray instance" if p.local else f"the Ray cluster at {p.ray}"
-        print(f"{runner.desc}: {n_cases} case(s) on {n} worker(s) ({p.cpus_per_worker:g} CPU{gpus} each) of "
-              f"{where}", file=sys.stderr)
+        notice(f"{runner.desc}: {n_cases} case(s) on {n} worker(s) ({p.cpus_per_worker:g} CPU{gpus} each) of "
+               f"{where}")
     return shipped, actors
 
 

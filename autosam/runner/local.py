@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Type
 
@@ -16,7 +15,7 @@ from .. import export, io
 from ..background import ReadAhead, Writer
 from ..errors import AutosamError, CasesFailed
 from ..integrity import check_file
-from ..progress import progress
+from ..progress import notice, progress
 from ..qc.table import case_file, write_case_rows
 from .distributed import run_on_ray
 from .jobs import CaseJob, CaseOutput, failure_reason, prepare_job
@@ -150,11 +149,11 @@ class CaseRunner:
         todo = [c for c in case_ids if not self.finished(c)]
         kept = len(case_ids) - len(todo)
         if kept and not self.quiet:
-            print(f"{kept} case(s) already in {self.out}, skipped (use --overwrite to redo them)", file=sys.stderr)
+            notice(f"{kept} case(s) already in {self.out}, skipped (use --overwrite to redo them)")
         changed = export.changed_settings(self.out, self.record) if kept and self.record is not None else []
         if changed:  # said even when quiet: the kept cases are not what these settings would give
-            print(f"note: {self.out} holds {kept} case(s) of a run with other settings ({', '.join(changed)}); they "
-                  f"are kept unless --overwrite is given", file=sys.stderr)
+            notice(f"note: {self.out} holds {kept} case(s) of a run with other settings ({', '.join(changed)}); they "
+                   f"are kept unless --overwrite is given")
         return todo
 
     def select(self, case_ids: Sequence[str]) -> list[str]:
@@ -164,8 +163,8 @@ class CaseRunner:
             return list(case_ids)
         chosen = p.part(case_ids)
         if not self.quiet:
-            print(f"part {p.part_id} of {p.num_parts} (--part-id {p.part_id} --num-parts {p.num_parts}): "
-                  f"{len(chosen)} of {len(case_ids)} case(s)", file=sys.stderr)
+            notice(f"part {p.part_id} of {p.num_parts} (--part-id {p.part_id} --num-parts {p.num_parts}): "
+                   f"{len(chosen)} of {len(case_ids)} case(s)")
         return chosen
 
     @property

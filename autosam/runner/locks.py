@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Mapping, Optional
 
 from ..errors import AutosamError
+from ..progress import notice
 
 LOCK_FILE = ".autosam.lock"
 
@@ -120,8 +120,8 @@ class FolderLock:
                 if isinstance(pid, int) and host not in (None, me["host"]):
                     raise AutosamError(f"{self.folder} is locked by PID {pid} on host {host} (since "
                                        f"{holder.get('since', '?')}); if that run is gone, delete {self.path}")
-                print(f"autosam: note: taking over the lock of a run that is gone ({self.path}: PID {pid} on "
-                      f"{host})", file=sys.stderr)
+                notice(f"autosam: note: taking over the lock of a run that is gone ({self.path}: PID {pid} on "
+                       f"{host})")
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
