@@ -75,16 +75,27 @@ def prepare_folder(
 
 
 def changed_settings(out_dir: str | os.PathLike, run_args: dict) -> list[str]:
-    """The keys in which ``run_args`` differ from the run recorded in ``out_dir`` (empty: the same, or no readable
-    record)."""
+    """The keys in which ``run_args`` differ from the run recorded in ``out_dir``, sections dotted
+    (``refine.fusion``; empty: the same, or no readable record)."""
     try:
         old = json.loads((Path(out_dir) / RUN_FILE).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return []
     if not isinstance(old, dict):
         return []
-    new = json.loads(json.dumps(run_args, default=str))
+    old, new = _flat(old), _flat(json.loads(json.dumps(run_args, default=str)))
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    """``record`` with nested sections spelled out (``refine.fusion``, ``runtime.device``)."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def clear_temporary(out_dir: str | os.PathLike, names: Optional[set[str]] = None) -> None:

@@ -1,7 +1,7 @@
 """Coarse (nnU-Net or prompter) + SAM -> fused foreground probabilities; strategies registered by name.
 
 Every strategy takes the coarse foreground probabilities ``(K, Z, Y, X)`` (one map per foreground label), SAM's
-:class:`~autosam.sam_run.SamRun` for the same labels, and keyword options; it returns fused ``(K, Z, Y, X)``.
+:class:`~autosam.answers.SamAnswer` for the same labels, and keyword options; it returns fused ``(K, Z, Y, X)``.
 Where SAM got no prompt (``run.prompted`` is False for that label and slice) every strategy keeps the coarse map.
 Labels are decided afterwards from the fused maps (:mod:`autosam.labels`): where two
 labels compete for a voxel the more probable one wins, whatever their label values.
@@ -13,36 +13,36 @@ from typing import Callable
 import numpy as np
 
 from .errors import AutosamError
-from .sam_run import SamRun
+from .answers import SamAnswer
 
 
-def _per_slice(run: SamRun, values: np.ndarray) -> np.ndarray:
+def _per_slice(run: SamAnswer, values: np.ndarray) -> np.ndarray:
     """Broadcast a ``(K, S)`` per-label, per-slice table onto ``(K, Z, Y, X)``."""
     shape = [values.shape[0], 1, 1, 1]
     shape[run.axis + 1] = values.shape[1]
     return values.reshape(shape)
 
 
-def _where_prompted(run: SamRun, fused: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+def _where_prompted(run: SamAnswer, fused: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     return np.where(_per_slice(run, run.prompted), fused, coarse).astype(np.float32)
 
 
-def replace(coarse: np.ndarray, run: SamRun, **_) -> np.ndarray:
+def replace(coarse: np.ndarray, run: SamAnswer, **_) -> np.ndarray:
     """SAM's probability wherever a prompt existed, the coarse one elsewhere."""
     return _where_prompted(run, run.probabilities, coarse)
 
 
-def union(coarse: np.ndarray, run: SamRun, **_) -> np.ndarray:
+def union(coarse: np.ndarray, run: SamAnswer, **_) -> np.ndarray:
     """Voxel-wise maximum of both."""
     return np.maximum(coarse, run.probabilities).astype(np.float32)
 
 
-def intersection(coarse: np.ndarray, run: SamRun, **_) -> np.ndarray:
+def intersection(coarse: np.ndarray, run: SamAnswer, **_) -> np.ndarray:
     """Voxel-wise minimum where SAM was prompted (SAM can only remove voxels)."""
     return _where_prompted(run, np.minimum(coarse, run.probabilities), coarse)
 
 
-def average(coarse: np.ndarray, run: SamRun, weight: float = 0.5, **_) -> np.ndarray:
+def average(coarse: np.ndarray, run: SamAnswer, weight: float = 0.5, **_) -> np.ndarray:
     """``weight * SAM + (1 - weight) * coarse`` where SAM was prompted (with a one-hot coarse map and
     ``weight`` 0.5 this can only remove coarse voxels that SAM gives a probability of 0)."""
     return _where_prompted(run, weight * run.probabilities + (1 - weight) * coarse, coarse)
@@ -57,7 +57,7 @@ def slice_dice(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
     return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
 
 
-def gated(coarse: np.ndarray, run: SamRun, min_iou: float = 0.8, min_agreement: float = 0.5, **_) -> np.ndarray:
+def gated(coarse: np.ndarray, run: SamAnswer, min_iou: float = 0.8, min_agreement: float = 0.5, **_) -> np.ndarray:
     """SAM (as in :func:`replace`) only on the label's slices where SAM's mean predicted IoU >= ``min_iou`` and
     its Dice with the coarse mask >= ``min_agreement``; the coarse map everywhere else."""
     agreement = slice_dice(run.probabilities > 0.5, coarse > 0.5, run.axis)
@@ -85,7 +85,7 @@ def resolve(strategy: str, soft: bool) -> str:
     return ("average" if soft else "gated") if strategy == AUTO else strategy
 
 
-def fuse(coarse: np.ndarray, run: SamRun, strategy: str = "replace", **options) -> np.ndarray:
+def fuse(coarse: np.ndarray, run: SamAnswer, strategy: str = "replace", **options) -> np.ndarray:
     """Apply a named strategy; ``coarse`` and ``run.probabilities`` must both be ``(K, Z, Y, X)``."""
     if strategy not in fusion_strategies:
         raise AutosamError(f"unknown fusion strategy {strategy!r}; choose one of {', '.join(fusion_strategies)}")

@@ -14,7 +14,7 @@ from .labels import labels_from_probabilities
 from .prompts import ClassPrompt, prompts_for_slices
 from .sam import SamPredictor
 from .sam.transforms import normalize_case
-from .sam_run import run_sam
+from .answers import ask_sam
 
 
 def oracle_prompts(label: np.ndarray, axis: int, labels: Sequence[int], margin: float = 0.0,
@@ -42,5 +42,5 @@ def segment_case_from_labels(
     image = normalize_case(case.image, info.channel_names)
     spacing = slicing.in_plane_spacing(case.spacing, axis)
     prompts = oracle_prompts(label, axis, info.foreground, margin, margin_unit=margin_unit, spacing=spacing)
-    run = run_sam(predictor, image, axis, prompts, info.foreground)
+    run = ask_sam(predictor, image, axis, prompts, info.foreground)
     return labels_from_probabilities(run.probabilities, info.foreground)

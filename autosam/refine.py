@@ -20,7 +20,7 @@ from . import integrity, io, slicing
 from .errors import AutosamError
 from .fusion import AUTO, fuse, fusion_strategies, resolve
 from .labels import to_distribution, to_segmentation
-from .sam_run import SamRun, run_sam
+from .answers import SamAnswer, ask_sam
 from .prompts import PromptOptions, prompt_strategies, prompts_for_slices
 from .sam import SamPredictor
 from .sam.transforms import normalize_case
@@ -39,7 +39,7 @@ class RefineConfig:
     :data:`autosam.fusion.fusion_strategies`; ``margin`` (in ``margin_unit``, ``"mm"`` or ``"px"``) widens boxes;
     components under ``min_size`` pixels get no prompt, and at most ``max_objects`` (the largest; 0: all) per label
     and slice do; ``box_hypotheses`` and ``rebox`` (times) are SAM-side localisation levers
-    (:func:`autosam.sam_run.run_sam`); ``fill_gaps`` prompts a slice missing a class between two
+    (:func:`autosam.answers.ask_sam`); ``fill_gaps`` prompts a slice missing a class between two
     slices that have it; ``axis`` as in :func:`autosam.slicing.choose_axis`; ``planes`` refines a 3D volume along
     each of its three axes and averages the three fused distributions (``axis`` is then ignored; 2D images and
     volumes one voxel thick have one plane); ``fusion_options`` go to the fusion function (``weight`` for
@@ -92,6 +92,12 @@ class RefineConfig:
         return asdict(self)
 
 
+def refine_record(config: Optional[RefineConfig]) -> dict:
+    """A run record's refine keys, as ``autosam_sam.json`` writes them: ``use_sam`` (False for ``config`` None,
+    "no SAM") and ``refine`` (the options; RefineConfig's defaults beside "no SAM")."""
+    return {"use_sam": config is not None, "refine": (config or RefineConfig()).to_dict()}
+
+
 @dataclass
 class Refined:
     """``segmentation`` ``(Z, Y, X)`` label map, ``probabilities`` ``(C, Z, Y, X)`` (background first, nnU-Net
@@ -101,7 +107,7 @@ class Refined:
 
     segmentation: np.ndarray
     probabilities: Optional[np.ndarray]
-    sam: SamRun
+    sam: SamAnswer
     plane_segmentations: list = field(default_factory=list)
     plane_runs: list = field(default_factory=list)
 
@@ -196,7 +202,7 @@ def _refine_along(predictor, case, info, config, image, coarse_seg, coarse_probs
             probabilities[_along(axis, start, stop)] = dist
             sam_probs[_along(axis, start, stop)] = run.probabilities
     return Refined(segmentation=seg, probabilities=probabilities,
-                   sam=SamRun(labels=list(labels), axis=axis, probabilities=sam_probs, prompted=prompted, iou=iou,
+                   sam=SamAnswer(labels=list(labels), axis=axis, probabilities=sam_probs, prompted=prompted, iou=iou,
                               overlap=overlap))
 
 
@@ -228,7 +234,7 @@ def _refine_slab(predictor, case, info, config, image, coarse_seg, coarse_probs,
     )
     own = [replace(cp, prompt=replace(cp.prompt, slice_index=cp.prompt.slice_index - (start - lo)))
            for cp in prompts if start - lo <= cp.prompt.slice_index < stop - lo]
-    run = run_sam(predictor, image[_along(axis, start, stop)], axis, own, labels,
+    run = ask_sam(predictor, image[_along(axis, start, stop)], axis, own, labels,
                   box_hypotheses=config.box_hypotheses, rebox=config.rebox)
     core = coarse[_along(axis, start - lo, stop - lo)]
     fusion, options = config.fusion_for(soft=probs_part is not None)

@@ -161,12 +161,12 @@ def candidates(base: RefineConfig = RefineConfig(), prompts: Sequence[str] = ("b
     return out
 
 
-def grid(max_objects: int = 0, small: bool = False) -> list[Candidate]:
-    """The grid fit, the study and the trainer score: :func:`candidates` with an object limit (0: the default
-    pair); ``small`` leaves out the box hypotheses (three boxes per object) and the three-plane candidates (each
-    case encoded along every axis), a quarter of the decoder calls and a third of the encoder's."""
+def grid(max_objects: int = 0, small: bool = False, base: RefineConfig = RefineConfig()) -> list[Candidate]:
+    """The grid fit, the study and the trainer score: :func:`candidates` around ``base`` with an object limit (0:
+    the default pair); ``small`` leaves out the box hypotheses (three boxes per object) and the three-plane
+    candidates (each case encoded along every axis), a quarter of the decoder calls and a third of the encoder's."""
     limits = {"max_objects": (max_objects,)} if max_objects else {}
-    return candidates(**limits, **({"levers": ((False, 0),), "planes": False} if small else {}))
+    return candidates(base, **limits, **({"levers": ((False, 0),), "planes": False} if small else {}))
 
 
 def case_dice(seg: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> float:

@@ -55,7 +55,10 @@ class nnUNetTrainerAutoSAM(nnUNetTrainer):
         return Settings.resolve(self.preprocessed_dataset_folder_base)
 
     def on_train_start(self):
+        from autosam.nnunet.validation import trainer_grid
+
         settings = self._sam_settings()  # bad AUTOSAM_* values fail now, not after training
+        trainer_grid(settings)
         super().on_train_start()
         if self.local_rank == 0:
             self.print_to_log_file(f"autosam: validation will refine with {settings.describe()}")

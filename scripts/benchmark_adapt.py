@@ -53,7 +53,7 @@ from autosam.refine import RefineConfig, refine_case  # noqa: E402
 from autosam.sam import build_sam  # noqa: E402
 from autosam.sam import transforms as T  # noqa: E402
 from autosam.sam.cache import CachingPredictor, EmbeddingCache  # noqa: E402
-from autosam.sam_run import run_sam  # noqa: E402
+from autosam.answers import ask_sam  # noqa: E402
 from autosam.splits import subject_of  # noqa: E402
 
 #: the development data beside the checkout (../shared/data), as CI and the README use it
@@ -217,7 +217,7 @@ def score_prompts(predictor: CachingPredictor, data: list, kind: str, info: io.D
             fused_scores.append(scores(result.segmentation, label, info.foreground, spacing, tol))
         else:
             image = T.normalize_case(c.image, info.channel_names)
-            run = run_sam(predictor, image, axis, prompts[kind], info.foreground)
+            run = ask_sam(predictor, image, axis, prompts[kind], info.foreground)
         wall = time.perf_counter() - t
         seconds.append(wall - (stats.encode_seconds - spent) + (stats.charged_seconds - charged))
         seg = labels_from_probabilities(run.probabilities, info.foreground)

@@ -26,7 +26,7 @@ from autosam.refine import coarse_foreground
 from autosam.sam import build_sam
 from autosam.sam.cache import CachingPredictor
 from autosam.sam.transforms import normalize_case
-from autosam.sam_run import run_sam
+from autosam.answers import ask_sam
 
 from study_diagnostics import study_parts  # scripts/, beside this file
 
@@ -108,7 +108,7 @@ def main() -> None:
                               spacing=slicing.in_plane_spacing(case.spacing, axis))
         coarse = coarse_foreground(info, nn, probs)
         for name, weights in SMOOTHING.items():
-            run = run_sam(sam, image, axis, base if weights is None else smooth_boxes(base, weights), values)
+            run = ask_sam(sam, image, axis, base if weights is None else smooth_boxes(base, weights), values)
             for fusion in ("replace", "average"):
                 results[f"nnU-Net boxes, {name}, {fusion}"] = labels_from_probabilities(fuse(coarse, run, fusion),
                                                                                         values)

@@ -50,18 +50,23 @@ def make_cv_model(root: Path, venv_bin: Path, env: dict, slices: int = 8) -> dic
     """A tiny 2-fold nnU-Net 2d model with its cross-validation (``--npz``) on slabs of the bundled hippocampus
     sample: ``nnUNet_raw/Dataset902_HippoCV`` (``slices`` slices per case), a split of two folds of three cases,
     each fold trained with ``nnUNetTrainerAutoSAM_Short`` (the env's tiny schedule) on CPU, whose validation
-    refines with fixed settings (no tuning) and keeps nnU-Net's own maps in ``validation_unrefined``. Returns
-    ``root``, ``env``, ``raw``, ``model`` and ``folds`` (fold -> validation cases)."""
+    keeps nnU-Net's own maps (the record beside the plans says "no SAM": refining them is the shell test's job, and
+    SAM on CPU is most of the fixture's time). Returns ``root``, ``env``, ``raw``, ``model`` and ``folds`` (fold ->
+    validation cases)."""
     import json
+
+    from autosam.settings.model import Settings
 
     raw = root / "nnUNet_raw" / "Dataset902_HippoCV"
     cases = slab_sample(raw, slices)
     run_cmd(venv_bin, env, "nnUNetv2_plan_and_preprocess", "-d", "902", "-c", "2d", "-np", "1", "-npfp", "1")
     folds = {"0": cases[::2], "1": cases[1::2]}
     split = [{"train": [c for c in cases if c not in v], "val": v} for v in folds.values()]
-    (root / "nnUNet_preprocessed" / raw.name / "splits_final.json").write_text(json.dumps(split))
+    preprocessed = root / "nnUNet_preprocessed" / raw.name
+    (preprocessed / "splits_final.json").write_text(json.dumps(split))
+    Settings(refine=None).write(preprocessed, by="tests: the fixture's folds validate without SAM")
     for fold in folds:
-        run_cmd(venv_bin, {**env, "nnUNet_n_proc_DA": "0", "AUTOSAM_PROMPT": "box", "AUTOSAM_FUSION": "replace"},
-                "nnUNetv2_train", "902", "2d", fold, "-tr", CV_TRAINER, "-device", "cpu", "--npz")
+        run_cmd(venv_bin, {**env, "nnUNet_n_proc_DA": "0"}, "nnUNetv2_train", "902", "2d", fold, "-tr", CV_TRAINER,
+                "-device", "cpu", "--npz")
     model = root / "nnUNet_results" / raw.name / f"{CV_TRAINER}__nnUNetPlans__2d"
     return {"root": root, "env": env, "raw": raw, "model": model, "folds": folds}

@@ -148,7 +148,7 @@ def test_fit_frozen_record_is_read_by_predict_and_the_hook(nnunet_cv, venv_bin, 
     assert f"using the SAM settings recorded in {path}" in capsys.readouterr().err
     run = json.loads((ours / "autosam_run.json").read_text())
     assert run["recorded_settings"] == str(path)
-    assert run["refine"] == (record["refine"] if record["use_sam"] else None)
+    assert (run["use_sam"], run["refine"]) == (record["use_sam"], record["refine"])  # one shape for both records
 
     hooked = tmp_path / "hooked"
     out = run_cmd(venv_bin, env, "nnUNetv2_predict", "-i", images, "-o", hooked, "-d", "902", "-c", "2d", "-tr",

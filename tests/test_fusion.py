@@ -7,13 +7,13 @@ import pytest
 from autosam.errors import AutosamError
 from autosam.fusion import fuse, fusion_strategies
 from autosam.labels import to_distribution, to_segmentation
-from autosam.sam_run import SamRun
+from autosam.answers import SamAnswer
 
 
 def _run(sam, prompted, iou=None, axis=0, labels=(1,)):
     prompted = np.asarray(prompted, bool)
     iou = np.where(prompted, 0.9, 0.0) if iou is None else np.asarray(iou, np.float32)
-    return SamRun(labels=list(labels), axis=axis, probabilities=np.asarray(sam, np.float32), prompted=prompted,
+    return SamAnswer(labels=list(labels), axis=axis, probabilities=np.asarray(sam, np.float32), prompted=prompted,
                   iou=iou.astype(np.float32))
 
 

@@ -24,7 +24,7 @@ RANKS = {
     "autosam.prompts": 3, "autosam.losses": 3, "autosam.export": 3, "autosam.evaluation": 3,
     "autosam.nnunet.inference": 3, "autosam.nnunet.folds": 3, "autosam.nnunet.planes": 3, "autosam.report": 3,
     "autosam.qc": 3,  # label-free quality signals, model and table: io and errors only; runner and report read it
-    "autosam.sam_run": 4, "autosam.runner": 4,
+    "autosam.answers": 4, "autosam.runner": 4,
     "autosam.fusion": 5,
     "autosam.refine": 6, "autosam.oracle": 6, "autosam.tune": 6,
     "autosam.pipelines": 6,  # folder-level pipelines: refine, oracle, segment, predict

@@ -9,7 +9,7 @@ from autosam.labels import dice_per_label
 from autosam.prompts import prompts_for_slices
 from autosam.sam.cache import CachingPredictor
 from autosam.sam.transforms import normalize_case
-from autosam.sam_run import run_sam
+from autosam.answers import ask_sam
 from autosam.sample import sample_dataset
 
 HC18 = sample_dataset("hc18")
@@ -36,7 +36,7 @@ def scores(litemedsam) -> dict:
         ref = io.read_label(HC18 / "labelsTr" / f"{case_id}.png")[0]
         image = normalize_case(case.image, INFO.channel_names)
         for name, kwargs in {"plain": {}, "hypotheses": {"box_hypotheses": True}, "rebox": {"rebox": 1}}.items():
-            run = run_sam(predictor, image, 0, _loose(ref), INFO.foreground, **kwargs)
+            run = ask_sam(predictor, image, 0, _loose(ref), INFO.foreground, **kwargs)
             seg = (run.probabilities[0] > 0.5).astype(np.int16)
             out.setdefault(name, []).append(dice_per_label(seg, ref, INFO.foreground)[0])
     return {k: float(np.mean(v)) for k, v in out.items()}

@@ -94,6 +94,22 @@ def test_region_based_datasets_are_refused():
                        TRAINER)
 
 
+def test_the_trainer_scores_fit_s_grid_around_its_settings():
+    from autosam.errors import AutosamError
+    from autosam.nnunet.validation import trainer_grid
+    from autosam.refine import RefineConfig
+    from autosam.settings.model import Settings
+
+    settings = Settings(refine=RefineConfig(min_size=8))
+    full, small = trainer_grid(settings, {}), trainer_grid(settings, {"AUTOSAM_SMALL_GRID": "1"})
+    assert len(full) == 153 and len(small) == 73  # no SAM; prompts x object limits x levers x fusions; planes
+    assert any(c.use_sam and c.config.planes for c in full) and any(c.use_sam and c.config.box_hypotheses for c in full)
+    assert not any(c.use_sam and (c.config.planes or c.config.box_hypotheses) for c in small)
+    assert all(c.config.min_size == 8 for c in full if c.use_sam)  # the settings' own fields are kept
+    with pytest.raises(AutosamError, match="AUTOSAM_SMALL_GRID='maybe'"):
+        trainer_grid(settings, {"AUTOSAM_SMALL_GRID": "maybe"})
+
+
 def test_prediction_hook_only_attaches_to_nnunet_predictor(capsys):
     from nnunet_plugins.autosam_predict_hook import attach_from_caller
 
@@ -205,15 +221,16 @@ def test_train_validate_predict_find_best_from_the_shell(venv_bin, tmp_path, dec
 
     # 4. validation again without an explicit prompt or fusion: the trainer tunes SAM's configuration (or "no SAM")
     #    on the fold's validation case, records what it compared, and validation/ holds the winner's output (the
-    #    untrained network's speckle is prompted from fragments of >= 8 pixels, a setting the grid keeps)
+    #    untrained network's speckle is prompted from fragments of >= 8 pixels, a setting the grid keeps; the small
+    #    grid, whose size against the full one test_the_trainer_scores_fit_s_grid_around_its_settings checks)
     tune_env = {**env, "AUTOSAM_ADAPTER": adapter, "AUTOSAM_BATCH_SIZE": "8", "nnUNet_n_proc_DA": "0",
-                "AUTOSAM_MIN_SIZE": "8"}
+                "AUTOSAM_MIN_SIZE": "8", "AUTOSAM_SMALL_GRID": "1"}
     out = run_cmd(venv_bin, tune_env, "nnUNetv2_train", "951", "2d", "0", "-tr", TRAINER, "-device", "cpu", "--val",
                   "--npz")
     assert "autosam: tuned on 1 validation case(s)" in out
     tuned = json.loads((fold / "autosam_sam.json").read_text())
     assert tuned["tuning"]["validation_cases"] == [VAL_CASE] and tuned["adapter"] == adapter
-    assert len(tuned["tuning"]["candidates"]) > 100  # every prompt, object limit, lever and fusion, and no SAM
+    assert len(tuned["tuning"]["candidates"]) == 73  # every prompt, object limit and fusion, and no SAM
 
     revalidated = seg(fold / "validation" / f"{VAL_CASE}.nii.gz")
     if tuned["use_sam"]:

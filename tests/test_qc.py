@@ -17,6 +17,7 @@ from scipy import ndimage
 from autosam import io
 from autosam.errors import AutosamError
 from autosam.pipelines import refine_folder
+from autosam.pipelines.quality import QualityControl
 from autosam.qc import (SIGNALS, QualityModel, case_signals, dice, rank_score, read_quality_csv, reference_volumes,
                         refined_signals, write_case_rows, write_quality_csv)
 from autosam.refine import RefineConfig, refine_case
@@ -187,7 +188,7 @@ def test_refine_folder_with_qc_writes_quality_csv_that_a_resume_keeps(tiny_sam, 
         io.write_seg(np.where(ndimage.binary_erosion(gt > 0), gt, 0), coarse / f"{case}.nii.gz", props)
     make = lambda: SamPredictor(tiny_sam, device="cpu")  # noqa: E731
     refine_folder(images, coarse, tmp_path / "plain", info, make, quiet=True, pipeline=False)
-    refine_folder(images, coarse, tmp_path / "qc", info, make, qc=True, quiet=True, pipeline=False)
+    refine_folder(images, coarse, tmp_path / "qc", info, make, qc=QualityControl(), quiet=True, pipeline=False)
     assert not list((tmp_path / "plain").glob("*.quality.json"))
     for case in CASES:  # QC changes no output
         assert (tmp_path / "qc" / f"{case}.nii.gz").read_bytes() == (tmp_path / "plain" / f"{case}.nii.gz").read_bytes()
@@ -197,10 +198,10 @@ def test_refine_folder_with_qc_writes_quality_csv_that_a_resume_keeps(tiny_sam, 
     assert json.loads((tmp_path / "qc" / "autosam_run.json").read_text())["qc"] is True
     (tmp_path / "qc" / f"{CASES[1]}.nii.gz").unlink()  # killed before its segmentation was written
     table.unlink()
-    assert refine_folder(images, coarse, tmp_path / "qc", info, make, qc=True, quiet=True) == [CASES[1]]
+    assert refine_folder(images, coarse, tmp_path / "qc", info, make, qc=QualityControl(), quiet=True) == [CASES[1]]
     assert table.read_bytes() == before
     capsys.readouterr()
-    assert refine_folder(images, coarse, tmp_path / "plain", info, make, qc=True, quiet=True) == []
+    assert refine_folder(images, coarse, tmp_path / "plain", info, make, qc=QualityControl(), quiet=True) == []
     assert "note: 2 case(s) in" in capsys.readouterr().err  # refined without QC: said, not silently dropped
     assert read_quality_csv(tmp_path / "plain" / "quality.csv") == []
 

@@ -102,7 +102,7 @@ def test_segment_uses_the_recorded_default_and_the_command_line_wins(tmp_path, c
     tuned, nosam = (io.read_label(tmp_path / d / "800_HC.png")[0] for d in ("tuned", "nosam"))
     assert np.array_equal(tuned, nosam)  # the record said "no SAM": the prompter's own map
     run = json.loads((tmp_path / "tuned" / "autosam_run.json").read_text())
-    assert run["configuration_source"].startswith("tuned: ") and run["refine"] is None
+    assert run["configuration_source"].startswith("tuned: ") and run["use_sam"] is False
 
     assert main(base + ["-o", str(tmp_path / "forced"), "--fusion", "union"]) == 0  # given options turn SAM on
     run = json.loads((tmp_path / "forced" / "autosam_run.json").read_text())

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     record = {"verb": "predict", "model": str(model.resolve()), "folds": folds,
               "nnunet_checkpoint": args.nnunet_checkpoint, "step_size": args.step_size,
               "disable_tta": args.disable_tta, "images": str(Path(args.images)),
-              "save_probabilities": args.save_probabilities, "refine": config.to_dict() if config else None,
+              "save_probabilities": args.save_probabilities,
               "recorded_settings": str(recorded) if recorded else None, **sam_args_record(args, settings)}
     parallel = parallel_from_args(args)
     written = predict_folder(args.images, args.output, make_nnunet, info, settings.maker(),

@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
     qc = quality_from_args(args, info)
     written = refine_folder(images, coarse, args.output, info, settings.maker(), settings.refine,
                             **output_options(args), run_args=sam_args_record(args, settings), parallel=parallel,
-                            qc=qc or False)
+                            qc=qc)
     print(f"refined {len(written)} case(s) -> {args.output}")
     return 0

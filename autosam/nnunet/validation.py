@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import replace
-from typing import Callable, Optional, Type
+from typing import Callable, Mapping, Optional, Type
 
 from .. import io
+from ..errors import AutosamError
 from ..settings import SETTINGS_FILE, SamSpec, read_json
 from ..settings.model import Settings, environment
 
@@ -27,7 +28,7 @@ def tune_validation(unrefined: str, settings: Settings, preprocessed: str,
     asked only when tuning; ``dataset_json``, ``rw_class``: the model's dataset.json file and image
     reader/writer."""
     from ..prompter.tuning import MAX_CASES
-    from ..tune import candidates, tune
+    from ..tune import tune
 
     explicit = set(environment()) & {"prompt", "fusion", "fusion_options"}
     plans_file = os.path.join(preprocessed, SETTINGS_FILE)
@@ -40,10 +41,22 @@ def tune_validation(unrefined: str, settings: Settings, preprocessed: str,
     items = _tune_cases(unrefined, int(os.environ.get("AUTOSAM_TUNE_CASES", MAX_CASES)), preprocessed, raw_images,
                         info, rw_class)
     sam = settings.predictor(caching=True)
-    result = tune(sam, items, info, candidates(settings.config()))
+    result = tune(sam, items, info, trainer_grid(settings))
     log(f"autosam: tuned on {len(items)} validation case(s): {result.best.name} (mean Dice "
         f"{result.mean(result.best.name):.4f}; nnU-Net alone {result.mean('no SAM'):.4f})")
     return Settings.from_tuning(result, settings.sam, settings.runtime)
+
+
+def trainer_grid(settings: Settings, env: Optional[Mapping] = None) -> list:
+    """The candidates the validation scores (:func:`autosam.tune.grid` around ``settings``' options);
+    ``AUTOSAM_SMALL_GRID=1`` leaves out the box hypotheses and the three-plane candidates, as ``fit --small-grid``
+    does."""
+    from ..tune import grid
+
+    raw = (os.environ if env is None else env).get("AUTOSAM_SMALL_GRID", "0").strip().lower()
+    if raw not in ("0", "1", "true", "false", "yes", "no"):
+        raise AutosamError(f"environment variable AUTOSAM_SMALL_GRID={raw!r}: expected true or false")
+    return grid(small=raw in ("1", "true", "yes"), base=settings.config())
 
 
 def fitted_settings(model_folder: str, unrefined: str, log: Callable[[str], None]) -> Optional[Settings]:

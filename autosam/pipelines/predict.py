@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 from .. import io
 from ..nnunet import inference as nnunet
-from ..refine import RefineConfig, refine_case
+from ..refine import RefineConfig, refine_case, refine_record
 from ..runner import CaseJob, CaseOutput, CaseRunner
 from ..sam import SamPredictor
 from ..sam.predictor import resolve_device
@@ -115,7 +115,7 @@ def predict_folder(
     if config is not None:
         config.check()
     images = Path(images_dir)
-    record = {**(run_args or {}), **(qc.record() if qc else {})}
+    record = {**refine_record(config), **(run_args or {}), **(qc.record() if qc else {})}
     runner = CaseRunner(out_dir, info, inputs={"image": images, "model": model_dir}, record=record,
                         desc="predict", **options)
     cases = io.list_cases(images, info.file_ending, info.num_channels)

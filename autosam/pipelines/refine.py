@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .. import io
-from ..qc import QualityModel
-from ..refine import RefineConfig, find_coarse_files, read_coarse, refine_case
+from ..refine import RefineConfig, find_coarse_files, read_coarse, refine_case, refine_record
 from ..runner import CaseOutput, CaseRunner, FunctionJob
 from ..sam import SamPredictor
 from .quality import QualityControl, case_quality, finish_quality
@@ -24,8 +23,7 @@ def refine_folder(
     make_predictor: Callable[[], SamPredictor],
     config: RefineConfig = RefineConfig(),
     run_args: Optional[dict] = None,
-    qc: bool | QualityControl = False,
-    quality_model: Optional[QualityModel] = None,
+    qc: Optional[QualityControl] = None,
     **options,
 ) -> list[str]:
     """Refine every case of ``images_dir`` with the coarse predictions in ``coarse_dir``; write ``out_dir``.
@@ -33,18 +31,16 @@ def refine_folder(
     ``make_predictor()`` is called once per process, when the first pending case has been read; returns the cases
     written. ``options`` go to :class:`~autosam.runner.CaseRunner` (``save_probabilities``, ``overwrite``,
     ``overlays``, ``parallel``: parts of the cases, or Ray workers, which get ``make_predictor`` with the job).
-    With ``qc``, each case's label-free quality signals (:mod:`autosam.qc`) are written beside it and
-    ``quality.csv`` at the end (``quality_model``: the calibrated model, holding the training labels' volume
-    statistics; without it, an uncalibrated rank score); a :class:`~autosam.pipelines.quality.QualityControl` also
-    sets the flag threshold.
+    ``qc`` (:class:`~autosam.pipelines.quality.QualityControl`): each case's label-free quality signals
+    (:mod:`autosam.qc`) are written beside it and ``quality.csv`` at the end, with the calibrated model's estimate
+    (without one, an uncalibrated rank score) and flag threshold.
     """
     config.check()
     images, coarse = Path(images_dir), Path(coarse_dir)
     record = {"verb": "refine", "images": str(images), "coarse": str(coarse), "dataset_json": str(info.path),
-              "save_probabilities": bool(options.get("save_probabilities")), "refine": config.to_dict(),
+              "save_probabilities": bool(options.get("save_probabilities")), **refine_record(config),
               **(run_args or {})}
-    control = qc if isinstance(qc, QualityControl) else QualityControl(quality_model) if qc else None
-    record.update(control.record() if control else {})
+    record.update(qc.record() if qc else {})
     plans = coarse / "plans.json"
     runner = CaseRunner(out_dir, info, inputs={"image": images, "coarse": coarse}, record=record,
                         plans=plans if plans.is_file() else None, desc="refine", **options)
@@ -56,10 +52,10 @@ def refine_folder(
     def process(sam: SamPredictor, case: io.Case) -> CaseOutput:
         seg, probs = read_coarse(case, info, *sources[case.case_id], rw_class=rw)
         result = refine_case(sam, case, info, seg, probs, config, keep=keep)
-        quality = case_quality(sam, case, info, seg, probs, result, control.volume_stats) if control else None
+        quality = case_quality(sam, case, info, seg, probs, result, qc.volume_stats) if qc else None
         return CaseOutput(result.segmentation, result.probabilities, coarse=seg, quality=quality)
 
     written = runner.run(cases, FunctionJob(make_predictor, process), inputs=sources)
-    if control is not None:
-        finish_quality(out_dir, info, control)
+    if qc is not None:
+        finish_quality(out_dir, info, qc)
     return written

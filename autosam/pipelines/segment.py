@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 from .. import io
 from ..errors import AutosamError
 from ..progress import notice
-from ..refine import RefineConfig, refine_case
+from ..refine import RefineConfig, refine_case, refine_record
 from ..runner import CaseJob, CaseOutput, CaseRunner
 from .quality import QualityControl, case_quality, finish_quality
 
@@ -142,7 +142,7 @@ def segment_folder(
     record = {"verb": "segment", "images": str(images), "dataset_json": str(info.path),
               "prompter": str(prompter.folder), "prompter_mode": prompter.mode,
               "save_probabilities": bool(options.get("save_probabilities")),
-              "refine": config.to_dict() if config is not None else None, **(run_args or {}),
+              **refine_record(config), **(run_args or {}),
               **(qc.record() if qc else {})}
     runner = CaseRunner(out_dir, info, inputs={"image": images, "prompter": prompter.folder}, record=record,
                         desc="segment", extra_outputs={"coarse": coarse_dir} if coarse_dir is not None else None,

@@ -186,9 +186,9 @@ class Settings:
         return write_record({**self.to_record(runtime), **(extra or {})}, folder, by, name)
 
     def run_record(self) -> dict:
-        """The SAM and runtime keys of a verb's run record (``autosam_run.json``)."""
-        return {**self.sam.to_record(), "device": self.runtime.device, "engine": self.runtime.engine,
-                "batch_size": self.runtime.batch_size}
+        """The SAM keys of a verb's run record (``autosam_run.json``): :meth:`to_record`'s shape with this runtime
+        and without the tuning table (the run record names the record it came from)."""
+        return {k: v for k, v in self.to_record(runtime=True).items() if k != "tuning"}
 
     def _as_dict(self) -> dict:
         data = {**self.sam.to_record(), "use_sam": self.use_sam, "refine": self.config().to_dict()}

@@ -9,7 +9,7 @@ from typing import Optional
 
 from ..adapt.config import CONFIG_NAME, read_config
 from ..errors import AutosamError
-from ..fit.run import preflight
+from ..fit.stages import preflight
 from ..nnunet.folds import CrossValidation, read_cross_validation
 from ..settings import SETTINGS_FILE, SamSpec, read_json
 from .folder import NNUNET_FOLDS, WHOSE, StudyFolder

@@ -71,18 +71,21 @@ def choose(scores: dict) -> tuple[float, dict]:
 def blend_folder(images: Path, nnunet: Path, out: Path, prompter, sam, weight: float, info: io.DatasetInfo) -> Path:
     """Every case of ``images``: nnU-Net's probabilities (``nnunet``) averaged with the prompter's at ``weight``,
     written to ``out`` (cases already there are kept)."""
-    out.mkdir(parents=True, exist_ok=True)
     rw = io.reader_writer(info.file_ending)
-    for c, files in progress(list(io.list_cases(images, info.file_ending, info.num_channels).items()),
-                             "nnunet+prompter"):
-        target = out / f"{c}{info.file_ending}"
-        if target.is_file():
-            continue
+    for c, files in progress(pending_cases(images, out, info), "nnunet+prompter"):
         case = io.read_case(c, files, rw)
         dist = weight * _nnunet_probabilities(case, info, nnunet) + (1 - weight) * _prompter_probabilities(
             prompter, sam, case)
-        io.write_seg(to_segmentation(dist, info.foreground), target, case.properties, rw)
+        io.write_seg(to_segmentation(dist, info.foreground), out / f"{c}{info.file_ending}", case.properties, rw)
     return out
+
+
+def pending_cases(images: Path, out: Path, info: io.DatasetInfo) -> list[tuple[str, list]]:
+    """The cases of ``images`` (id, files) not yet written to ``out`` (made here): a control resumes where it
+    stopped."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [(c, files) for c, files in io.list_cases(images, info.file_ending, info.num_channels).items()
+            if not (out / f"{c}{info.file_ending}").is_file()]
 
 
 def planes_weight(cv: CrossValidation, device: str) -> tuple[float, dict]:
@@ -106,9 +109,7 @@ def planes_folder(images: Path, nnunet: Path, model: Path, fold: str, out: Path,
     """Every case of ``images``: nnU-Net's probabilities (``nnunet``, its predictions of them) averaged at ``weight``
     with those of ``model`` (fold ``fold``) along the two other axes, written to ``out`` (cases already there are
     kept; with weight 1 no other axis is predicted)."""
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [(c, files) for c, files in io.list_cases(images, info.file_ending, info.num_channels).items()
-            if not (out / f"{c}{info.file_ending}").is_file()]
+    todo = pending_cases(images, out, info)
     if not todo:
         return out
     predictor = load_nnunet_predictor(model, folds=[fold], device=device) if weight < 1 else None

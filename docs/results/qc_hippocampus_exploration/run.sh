@@ -11,12 +11,13 @@ python - "$STUDY" "$OUT" <<'PY'
 import sys
 from pathlib import Path
 from autosam import io
+from autosam.pipelines.quality import QualityControl
 from autosam.pipelines.refine import refine_folder
 from autosam.settings import Runtime, SamSpec
 study, out = Path(sys.argv[1]), Path(sys.argv[2])
 info = io.load_dataset_json(study / "predictions" / "n10_s0" / "nnunet")
 refine_folder(study / "test_images", study / "predictions" / "n10_s0" / "nnunet", out / "refined", info,
-              SamSpec("litemedsam").maker(Runtime(device="cpu")), qc=True)
+              SamSpec("litemedsam").maker(Runtime(device="cpu")), qc=QualityControl())
 PY
 python scripts/benchmark_qc.py --coarse "$STUDY/predictions/n10_s0/nnunet" --refined "$OUT/refined" \
     --labels ../shared/data/hippocampus/labelsTr

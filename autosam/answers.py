@@ -1,7 +1,7 @@
 """SAM on one case: prompted slices encoded once, every prompt decoded, answers gathered per label.
 
 The step between prompts (:mod:`autosam.prompts`) and fusion (:mod:`autosam.fusion`): both of those use
-:class:`SamRun`, and neither imports the other's layer above.
+:class:`SamAnswer`, and neither imports the other's layer above.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .sam import SamPredictor, SamPrompt
 
 
 @dataclass
-class SamRun:
+class SamAnswer:
     """SAM's answer for one case.
 
     ``probabilities`` ``(K, Z, Y, X)``: per foreground label (in ``labels`` order), the max over that label's
@@ -85,7 +85,7 @@ def _decode(predictor: SamPredictor, prompts: list[SamPrompt], box_hypotheses: b
     return logits, iou
 
 
-def run_sam(
+def ask_sam(
     predictor: SamPredictor,
     image: np.ndarray,
     axis: int,
@@ -94,7 +94,7 @@ def run_sam(
     chunk: Optional[int] = None,
     box_hypotheses: bool = False,
     rebox: int = 0,
-) -> SamRun:
+) -> SamAnswer:
     """Encode the prompted slices of a normalised ``(C, Z, Y, X)`` image (``chunk`` at a time) and decode prompts
     (``box_hypotheses``, ``rebox``: see :func:`_decode`).
 
@@ -125,4 +125,4 @@ def run_sam(
             count[k, s] += 1
     iou = np.where(count > 0, iou_sum / np.maximum(count, 1), 0.0).astype(np.float32)
     probs = np.stack([slicing.from_slices(p[:, None], axis)[0] for p in probs]) if len(labels) else probs
-    return SamRun(labels=list(labels), axis=axis, probabilities=probs, prompted=prompted, iou=iou)
+    return SamAnswer(labels=list(labels), axis=axis, probabilities=probs, prompted=prompted, iou=iou)
