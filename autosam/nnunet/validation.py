@@ -12,9 +12,8 @@ from dataclasses import replace
 from typing import Callable, Mapping, Optional, Type
 
 from .. import io
-from ..errors import AutosamError
 from ..settings import SETTINGS_FILE, SamSpec, read_json
-from ..settings.model import Settings, environment
+from ..settings.model import Settings, environment, parse_env
 
 
 def tune_validation(unrefined: str, settings: Settings, preprocessed: str,
@@ -53,10 +52,8 @@ def trainer_grid(settings: Settings, env: Optional[Mapping] = None) -> list:
     does."""
     from ..tune import grid
 
-    raw = (os.environ if env is None else env).get("AUTOSAM_SMALL_GRID", "0").strip().lower()
-    if raw not in ("0", "1", "true", "false", "yes", "no"):
-        raise AutosamError(f"environment variable AUTOSAM_SMALL_GRID={raw!r}: expected true or false")
-    return grid(small=raw in ("1", "true", "yes"), base=settings.config())
+    raw = (os.environ if env is None else env).get("AUTOSAM_SMALL_GRID", "").strip()
+    return grid(small=bool(raw) and parse_env("AUTOSAM_SMALL_GRID", raw, False), base=settings.config())
 
 
 def fitted_settings(model_folder: str, unrefined: str, log: Callable[[str], None]) -> Optional[Settings]:

@@ -228,12 +228,13 @@ def environment(env: Optional[Mapping] = None) -> dict:
     for key, default in _refine_fields().items():
         name = f"AUTOSAM_{key.upper()}"
         if env.get(name, "").strip():
-            found[key] = _parse(name, env[name].strip(), default)
+            found[key] = parse_env(name, env[name].strip(), default)
     return found
 
 
-def _parse(name: str, raw: str, default):
-    """An environment value parsed after the type of the field's default."""
+def parse_env(name: str, raw: str, default):
+    """An environment value parsed after the type of the field's default (one line naming the variable when it
+    cannot be)."""
     try:
         if isinstance(default, bool):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
