@@ -174,7 +174,7 @@ class Settings:
     def to_record(self, runtime: bool = False) -> dict:
         """The ``autosam_sam.json`` shape: ``sam``, ``checkpoint``, ``adapter``, ``use_sam``, ``refine``, ``tuning``
         (when tuned) and ``runtime`` (with ``runtime``: this runtime, for information; else empty)."""
-        data = {**self.sam.to_record(), "use_sam": self.use_sam, "refine": self.config().to_dict()}
+        data = self._core()
         if self.tuning:
             data["tuning"] = self.tuning
         data["runtime"] = self.runtime.to_record() if runtime else {}
@@ -188,10 +188,14 @@ class Settings:
     def run_record(self) -> dict:
         """The SAM keys of a verb's run record (``autosam_run.json``): :meth:`to_record`'s shape with this runtime
         and without the tuning table (the run record names the record it came from)."""
-        return {k: v for k, v in self.to_record(runtime=True).items() if k != "tuning"}
+        return {**self._core(), "runtime": self.runtime.to_record()}
+
+    def _core(self) -> dict:
+        """The keys every record shape shares: SAM, ``use_sam`` and the refine options."""
+        return {**self.sam.to_record(), "use_sam": self.use_sam, "refine": self.config().to_dict()}
 
     def _as_dict(self) -> dict:
-        data = {**self.sam.to_record(), "use_sam": self.use_sam, "refine": self.config().to_dict()}
+        data = self._core()
         return {**data, "tuning": self.tuning} if self.tuning is not None else data
 
 
