@@ -1,19 +1,36 @@
 """Coarse (nnU-Net or prompter) + SAM -> fused foreground probabilities; strategies registered by name.
 
 Every strategy takes the coarse foreground probabilities ``(K, Z, Y, X)`` (one map per foreground label), SAM's
-:class:`~autosam.answers.SamAnswer` for the same labels, and keyword options; it returns fused ``(K, Z, Y, X)``.
+:class:`~autosam.answers.SamAnswer` for the same labels, and its typed options (:data:`fusion_options`: one frozen
+dataclass per strategy that takes any, the one place they are declared); it returns fused ``(K, Z, Y, X)``.
 Where SAM got no prompt (``run.prompted`` is False for that label and slice) every strategy keeps the coarse map.
 Labels are decided afterwards from the fused maps (:mod:`autosam.labels`): where two
 labels compete for a voxel the more probable one wins, whatever their label values.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field, fields
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
 from .errors import AutosamError
 from .answers import SamAnswer
+
+
+@dataclass(frozen=True)
+class AverageOptions:
+    """Options of :func:`average`."""
+
+    weight: float = field(default=0.5, metadata={"help": "SAM's weight"})
+
+
+@dataclass(frozen=True)
+class GatedOptions:
+    """Options of :func:`gated`."""
+
+    min_iou: float = field(default=0.8, metadata={"help": "SAM's predicted IoU needed"})
+    min_agreement: float = field(default=0.5, metadata={"help": "Dice with the coarse slice needed"})
 
 
 def _per_slice(run: SamAnswer, values: np.ndarray) -> np.ndarray:
@@ -27,24 +44,25 @@ def _where_prompted(run: SamAnswer, fused: np.ndarray, coarse: np.ndarray) -> np
     return np.where(_per_slice(run, run.prompted), fused, coarse).astype(np.float32)
 
 
-def replace(coarse: np.ndarray, run: SamAnswer, **_) -> np.ndarray:
+def replace(coarse: np.ndarray, run: SamAnswer, options: None = None) -> np.ndarray:
     """SAM's probability wherever a prompt existed, the coarse one elsewhere."""
     return _where_prompted(run, run.probabilities, coarse)
 
 
-def union(coarse: np.ndarray, run: SamAnswer, **_) -> np.ndarray:
+def union(coarse: np.ndarray, run: SamAnswer, options: None = None) -> np.ndarray:
     """Voxel-wise maximum of both."""
     return np.maximum(coarse, run.probabilities).astype(np.float32)
 
 
-def intersection(coarse: np.ndarray, run: SamAnswer, **_) -> np.ndarray:
+def intersection(coarse: np.ndarray, run: SamAnswer, options: None = None) -> np.ndarray:
     """Voxel-wise minimum where SAM was prompted (SAM can only remove voxels)."""
     return _where_prompted(run, np.minimum(coarse, run.probabilities), coarse)
 
 
-def average(coarse: np.ndarray, run: SamAnswer, weight: float = 0.5, **_) -> np.ndarray:
+def average(coarse: np.ndarray, run: SamAnswer, options: AverageOptions = AverageOptions()) -> np.ndarray:
     """``weight * SAM + (1 - weight) * coarse`` where SAM was prompted (with a one-hot coarse map and
     ``weight`` 0.5 this can only remove coarse voxels that SAM gives a probability of 0)."""
+    weight = options.weight
     return _where_prompted(run, weight * run.probabilities + (1 - weight) * coarse, coarse)
 
 
@@ -57,15 +75,15 @@ def slice_dice(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
     return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
 
 
-def gated(coarse: np.ndarray, run: SamAnswer, min_iou: float = 0.8, min_agreement: float = 0.5, **_) -> np.ndarray:
+def gated(coarse: np.ndarray, run: SamAnswer, options: GatedOptions = GatedOptions()) -> np.ndarray:
     """SAM (as in :func:`replace`) only on the label's slices where SAM's mean predicted IoU >= ``min_iou`` and
     its Dice with the coarse mask >= ``min_agreement``; the coarse map everywhere else."""
     agreement = slice_dice(run.probabilities > 0.5, coarse > 0.5, run.axis)
-    keep = run.prompted & (run.iou >= min_iou) & (agreement >= min_agreement)
+    keep = run.prompted & (run.iou >= options.min_iou) & (agreement >= options.min_agreement)
     return np.where(_per_slice(run, keep), run.probabilities, coarse).astype(np.float32)
 
 
-#: Fusion strategy name -> function(coarse, run, **options).
+#: Fusion strategy name -> function(coarse, run, options).
 fusion_strategies: dict[str, Callable[..., np.ndarray]] = {
     "replace": replace,
     "union": union,
@@ -80,18 +98,47 @@ fusion_strategies: dict[str, Callable[..., np.ndarray]] = {
 AUTO = "auto"
 
 
+#: Fusion strategy name -> the type of its options, for the strategies that take any.
+fusion_options: dict[str, type] = {"average": AverageOptions, "gated": GatedOptions}
+
+
 def resolve(strategy: str, soft: bool) -> str:
     """The strategy that ``strategy`` names for a coarse map with (``soft``) or without probabilities."""
     return ("average" if soft else "gated") if strategy == AUTO else strategy
 
 
-def fuse(coarse: np.ndarray, run: SamAnswer, strategy: str = "replace", **options) -> np.ndarray:
-    """Apply a named strategy; ``coarse`` and ``run.probabilities`` must both be ``(K, Z, Y, X)``."""
+def option_names(strategy: str) -> tuple[str, ...]:
+    """The options ``strategy`` takes, by name (``auto``: average's and gated's)."""
+    kinds = (resolve(strategy, True), resolve(strategy, False)) if strategy == AUTO else (strategy,)
+    return tuple(f.name for k in kinds if k in fusion_options for f in fields(fusion_options[k]))
+
+
+def options_of(strategy: str, given: Mapping[str, float]) -> Optional[object]:
+    """``strategy``'s typed options from the record's spelling, a dict of the options set (the rest at their
+    defaults; None for a strategy without options); a name the strategy does not take is refused."""
+    unknown = sorted(set(given) - set(option_names(strategy)))
+    if unknown:
+        takes = "; ".join(f"{k}: {', '.join(f.name for f in fields(t))}" for k, t in fusion_options.items())
+        raise AutosamError(f"fusion option(s) {', '.join(unknown)} do not apply to fusion {strategy!r} ({takes})")
+    kind = fusion_options.get(strategy)
+    return None if kind is None else kind(**given)
+
+
+def fuse(coarse: np.ndarray, run: SamAnswer, strategy: str = "replace", options: Optional[object] = None) -> np.ndarray:
+    """Apply a named strategy with its typed ``options`` (None: its defaults); ``coarse`` and
+    ``run.probabilities`` must both be ``(K, Z, Y, X)``."""
     if strategy not in fusion_strategies:
         raise AutosamError(f"unknown fusion strategy {strategy!r}; choose one of {', '.join(fusion_strategies)}")
     if coarse.shape != run.probabilities.shape:
         raise AutosamError(f"coarse probabilities {coarse.shape} and SAM's {run.probabilities.shape} differ in shape")
-    return fusion_strategies[strategy](coarse, run, **options)
+    kind = fusion_options.get(strategy)
+    if options is None:
+        options = None if kind is None else kind()
+    elif kind is None or not isinstance(options, kind):
+        raise AutosamError(f"fusion {strategy!r} takes {kind.__name__ if kind else 'no options'}, "
+                           f"not {type(options).__name__}")
+    return fusion_strategies[strategy](coarse, run, options)
 
 
-__all__ = ["fusion_strategies", "fuse", "slice_dice"] + list(fusion_strategies)
+__all__ = ["AverageOptions", "GatedOptions", "fusion_options", "fusion_strategies", "fuse", "option_names",
+           "options_of", "slice_dice"] + list(fusion_strategies)

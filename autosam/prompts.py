@@ -35,6 +35,32 @@ class ClassPrompt:
     prompt: SamPrompt
 
 
+#: the units a box margin takes
+MARGIN_UNITS = ("mm", "px", "box")
+
+
+@dataclass(frozen=True)
+class Margin:
+    """A box margin: ``value`` in ``unit`` (``mm``, the default everywhere, ``px`` or ``box``: a fraction of the
+    component's box side)."""
+
+    value: float = 0.0
+    unit: str = "mm"
+
+    def __str__(self) -> str:
+        return f"{self.value:g}{self.unit}"
+
+    def px(self, spacing: Sequence[float], box_hw: Sequence[float] = (1.0, 1.0)) -> tuple[float, float]:
+        """The margin in pixels along (y, x) for an in-plane ``spacing`` (y, x) and a box of ``box_hw`` pixels."""
+        if self.unit == "px":
+            return float(self.value), float(self.value)
+        if self.unit == "mm":
+            return self.value / float(spacing[0]), self.value / float(spacing[1])
+        if self.unit == "box":
+            return self.value * float(box_hw[0]), self.value * float(box_hw[1])
+        raise AutosamError(f"margin unit must be 'mm', 'px' or 'box', got {self.unit!r}")
+
+
 @dataclass
 class PromptOptions:
     """Knobs shared by all strategies.
@@ -46,7 +72,7 @@ class PromptOptions:
     """
 
     margin: float = 0.0
-    margin_unit: str = "mm"
+    margin_unit: str = "mm"  # Margin's default unit
     min_size: int = 1
     positive_points: int = 1
     negative_points: int = 1
@@ -54,13 +80,7 @@ class PromptOptions:
 
     def margin_px(self, spacing: Sequence[float], box_hw: Sequence[float] = (1.0, 1.0)) -> tuple[float, float]:
         """The margin in pixels along (y, x) for an in-plane ``spacing`` (y, x) and a box of ``box_hw`` pixels."""
-        if self.margin_unit == "px":
-            return float(self.margin), float(self.margin)
-        if self.margin_unit == "mm":
-            return self.margin / float(spacing[0]), self.margin / float(spacing[1])
-        if self.margin_unit == "box":
-            return self.margin * float(box_hw[0]), self.margin * float(box_hw[1])
-        raise AutosamError(f"margin unit must be 'mm', 'px' or 'box', got {self.margin_unit!r}")
+        return Margin(self.margin, self.margin_unit).px(spacing, box_hw)
 
 
 #: A rectangle of a slice: ``(rows, columns)`` slices.

@@ -18,17 +18,12 @@ import numpy as np
 
 from . import integrity, io, slicing
 from .errors import AutosamError
-from .fusion import AUTO, fuse, fusion_strategies, resolve
+from .fusion import AUTO, fuse, fusion_strategies, option_names, options_of, resolve
 from .labels import to_distribution, to_segmentation
 from .answers import SamAnswer, ask_sam
-from .prompts import PromptOptions, prompt_strategies, prompts_for_slices
+from .prompts import Margin, prompt_strategies, prompts_for_slices
 from .sam import SamPredictor
 from .sam.transforms import normalize_case
-
-
-#: fusion strategy -> the options it takes (``RefineConfig.fusion_options``)
-FUSION_OPTIONS = {"average": ("weight",), "gated": ("min_iou", "min_agreement"),
-                  AUTO: ("weight", "min_iou", "min_agreement")}
 
 
 @dataclass
@@ -36,14 +31,14 @@ class RefineConfig:
     """How coarse masks become prompts and how SAM's answer is fused back.
 
     ``prompt``/``fusion`` name entries of :data:`autosam.prompts.prompt_strategies` and
-    :data:`autosam.fusion.fusion_strategies`; ``margin`` (in ``margin_unit``, ``"mm"`` or ``"px"``) widens boxes;
+    :data:`autosam.fusion.fusion_strategies`; ``margin`` (a :class:`~autosam.prompts.Margin`, mm by default) widens boxes;
     components under ``min_size`` pixels get no prompt, and at most ``max_objects`` (the largest; 0: all) per label
     and slice do; ``box_hypotheses`` and ``rebox`` (times) are SAM-side localisation levers
     (:func:`autosam.answers.ask_sam`); ``fill_gaps`` prompts a slice missing a class between two
     slices that have it; ``axis`` as in :func:`autosam.slicing.choose_axis`; ``planes`` refines a 3D volume along
     each of its three axes and averages the three fused distributions (``axis`` is then ignored; 2D images and
-    volumes one voxel thick have one plane); ``fusion_options`` go to the fusion function (``weight`` for
-    average, ``min_iou``/``min_agreement`` for gated).
+    volumes one voxel thick have one plane); ``fusion_options`` are the fusion's options that were set, by name
+    (the record's spelling; :meth:`fusion_for` gives the fusion its typed options, :data:`autosam.fusion.fusion_options`).
     """
 
     # defaults: box+mask prompts; fusion auto = average on coarse probabilities (tied best on real nnU-Net
@@ -51,11 +46,10 @@ class RefineConfig:
     # hard label maps (where an average of 0/1 and SAM ties at 0.5)
     prompt: str = "box+mask"
     fusion: str = AUTO
-    margin: float = 0.0
+    margin: Margin = Margin()
     min_size: int = 4
     axis: Optional[int] = None
     fusion_options: dict = field(default_factory=dict)
-    margin_unit: str = "mm"
     positive_points: int = 1
     negative_points: int = 1
     mask_logit: float = 8.0
@@ -65,11 +59,12 @@ class RefineConfig:
     rebox: int = 0
     planes: bool = False
 
-    def fusion_for(self, soft: bool) -> tuple[str, dict]:
-        """The fusion strategy and its options for a coarse map with (``soft``) or without probabilities
-        (``auto`` resolved, options of the other strategy dropped)."""
+    def fusion_for(self, soft: bool) -> tuple[str, Optional[object]]:
+        """The fusion strategy and its typed options for a coarse map with (``soft``) or without probabilities
+        (``auto`` resolved, options of the other strategy dropped; None for a strategy without options)."""
         name = resolve(self.fusion, soft)
-        return name, {k: v for k, v in self.fusion_options.items() if k in FUSION_OPTIONS.get(name, ())}
+        kept = {k: v for k, v in self.fusion_options.items() if k in option_names(name)}
+        return name, options_of(name, kept)
 
     def check(self) -> None:
         if self.prompt not in prompt_strategies:
@@ -78,18 +73,28 @@ class RefineConfig:
             raise AutosamError(f"unknown fusion strategy {self.fusion!r}; choose one of "
                                f"{', '.join([*fusion_strategies, AUTO])}")
         counts = (self.min_size, self.positive_points, self.negative_points, self.max_objects, self.rebox)
-        if self.margin < 0 or min(counts) < 0:
+        if not isinstance(self.margin, Margin):
+            raise AutosamError(f"margin must be a Margin (a value with its unit), got {self.margin!r}")
+        if self.margin.value < 0 or min(counts) < 0:
             raise AutosamError("margin, min_size, point counts, max_objects and rebox must not be negative")
-        PromptOptions(margin_unit=self.margin_unit).margin_px((1.0, 1.0))
-        unknown = sorted(set(self.fusion_options) - set(FUSION_OPTIONS.get(self.fusion, ())))
-        if unknown:
-            uses = "; ".join(f"{k}: {v}" for k, v in FUSION_OPTIONS.items() if v)
-            raise AutosamError(f"fusion option(s) {', '.join(unknown)} do not apply to fusion {self.fusion!r} "
-                               f"({uses})")
+        self.margin.px((1.0, 1.0))
+        options_of(self.fusion, self.fusion_options)  # refuses an option the fusion does not take
 
     def to_dict(self) -> dict:
-        """The fields, as recorded in ``autosam_run.json`` and tuned settings."""
-        return asdict(self)
+        """The fields, as recorded in ``autosam_run.json`` and tuned settings (the margin as ``margin`` and
+        ``margin_unit``)."""
+        fields = asdict(self)
+        fields["margin"], fields["margin_unit"] = self.margin.value, self.margin.unit
+        return fields
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "RefineConfig":
+        """The config of a record's fields (:meth:`to_dict`; a margin without ``margin_unit`` is in mm)."""
+        fields = dict(fields)
+        unit = fields.pop("margin_unit", "mm")
+        if "margin" in fields and not isinstance(fields["margin"], Margin):
+            fields["margin"] = Margin(fields["margin"], unit)
+        return cls(**fields)
 
 
 def refine_record(config: Optional[RefineConfig]) -> dict:
@@ -226,9 +231,9 @@ def _refine_slab(predictor, case, info, config, image, coarse_seg, coarse_probs,
     probs_part = None if coarse_probs is None else coarse_probs[_along(axis, lo, hi)]
     coarse = coarse_foreground(info, seg_part, probs_part)
     prompts = prompts_for_slices(
-        slicing.to_slices(seg_part[None], axis)[:, 0], labels, strategy=config.prompt, margin=config.margin,
+        slicing.to_slices(seg_part[None], axis)[:, 0], labels, strategy=config.prompt, margin=config.margin.value,
         min_size=config.min_size, prob_slices=slicing.to_slices(coarse, axis),
-        spacing=slicing.in_plane_spacing(case.spacing, axis), margin_unit=config.margin_unit,
+        spacing=slicing.in_plane_spacing(case.spacing, axis), margin_unit=config.margin.unit,
         positive_points=config.positive_points, negative_points=config.negative_points, mask_logit=config.mask_logit,
         gaps=config.fill_gaps, max_objects=config.max_objects,
     )
@@ -238,7 +243,7 @@ def _refine_slab(predictor, case, info, config, image, coarse_seg, coarse_probs,
                   box_hypotheses=config.box_hypotheses, rebox=config.rebox)
     core = coarse[_along(axis, start - lo, stop - lo)]
     fusion, options = config.fusion_for(soft=probs_part is not None)
-    return run, to_distribution(fuse(core, run, fusion, **options))
+    return run, to_distribution(fuse(core, run, fusion, options))
 
 
 def find_coarse_files(coarse_dir, cases, file_ending: str) -> dict:

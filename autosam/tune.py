@@ -209,9 +209,9 @@ def tune(predictor, items: Sequence[TuneCase], info: io.DatasetInfo,
                 first = replace(group[0].config, fusion="replace", fusion_options={})
                 runs = [refine_case(sam, item.case, info, item.coarse_seg, item.coarse_probs, config, keep=True).sam
                         for config in _one_per_axis(first, item)]
-                for c in group:  # as refine_case: each plane fused, the distributions averaged
-                    dist = sum(to_distribution(fuse(coarse, run, c.config.fusion, **c.config.fusion_options))
-                               for run in runs) / len(runs)
+                fusions = [c.config.fusion_for(soft=item.coarse_probs is not None) for c in group]
+                for c, (fusion, options) in zip(group, fusions):  # as refine_case: each plane fused, averaged
+                    dist = sum(to_distribution(fuse(coarse, run, fusion, options)) for run in runs) / len(runs)
                     scores[c.name].append(case_dice(to_segmentation(dist, labels), item.reference, labels))
         if sam.cache.folder is None:
             sam.clear()  # an in-memory cache serves one case's prompt strategies, then is freed

@@ -39,7 +39,7 @@ def main() -> None:
             rows.setdefault(("nnunet alone", ""), []).append(np.nanmean(dice_per_label(seg, ref, labels)))
             with sam.remembering_decodes():  # the planes reuse each axis's decodes
                 for name, fields in VARIANTS.items():
-                    out = refine.refine_case(sam, case, info, seg, probs, refine.RefineConfig(**fields), keep=False)
+                    out = refine.refine_case(sam, case, info, seg, probs, refine.RefineConfig.from_dict(fields), keep=False)
                     rows.setdefault((sam_name, name), []).append(
                         np.nanmean(dice_per_label(out.segmentation, ref, labels)))
             print(sam_name, case_id, flush=True)

@@ -26,7 +26,7 @@ from autosam import io
 from autosam.evaluation import case_metrics
 from autosam.fusion import fuse, fusion_strategies
 from autosam.labels import to_distribution, to_segmentation
-from autosam.prompts import prompt_strategies
+from autosam.prompts import Margin, prompt_strategies
 from autosam.refine import RefineConfig, coarse_foreground, refine_case
 from autosam.sam import build_sam
 from autosam.sam.cache import CachingPredictor
@@ -133,7 +133,7 @@ def main() -> int:
             coarse_scores.setdefault(dataset, []).append(dice(coarse))
             coarse_fg = coarse_foreground(info, coarse, probs)
             for prompt, margin in combos:  # SAM once per prompt variant; every fusion reuses its answer
-                cfg = RefineConfig(prompt=prompt, margin=margin, margin_unit="mm")
+                cfg = RefineConfig(prompt=prompt, margin=Margin(margin, "mm"))
                 run = refine_case(predictor, case, info, coarse, probs, cfg).sam
                 for fusion in fusion_strategies:
                     seg = to_segmentation(to_distribution(fuse(coarse_fg, run, fusion)), info.foreground)

@@ -128,7 +128,7 @@ def test_recorded_sam_settings_yield_to_options_given_on_the_command_line(tmp_pa
     assert {"fusion", "min_agreement", "margin"} <= args.given and not {"prompt", "adapter", "sam"} & args.given
     settings = recorded.merged(args)
     config = settings.refine
-    assert (config.prompt, config.fusion, config.min_size, config.margin) == ("box", "gated", 8, 0.0)
+    assert (config.prompt, config.fusion, config.min_size, config.margin.value) == ("box", "gated", 8, 0.0)
     assert config.fusion_options == {"min_iou": 0.5, "min_agreement": 0.3}
     assert settings.sam.adapter == str(tmp_path / "adapter") and settings.sam.name == "litemedsam"
     explicit = build_parser().parse_args(argv + ["--sam", "litemedsam", "--adapter", "other"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from autosam.errors import AutosamError
-from autosam.fusion import fuse, fusion_strategies
+from autosam.fusion import AverageOptions, GatedOptions, fuse, fusion_strategies
 from autosam.labels import to_distribution, to_segmentation
 from autosam.answers import SamAnswer
 
@@ -39,7 +39,7 @@ def test_union_and_intersection():
 def test_average_is_weighted():
     run = _run(SAM, [[True, False]])
     np.testing.assert_allclose(fuse(COARSE, run, "average")[0, 0, 0], [0.5, 0.95, 0.4, 0.0])
-    np.testing.assert_allclose(fuse(COARSE, run, "average", weight=0.25)[0, 0, 0], [0.75, 0.975, 0.2, 0.0])
+    np.testing.assert_allclose(fuse(COARSE, run, "average", AverageOptions(weight=0.25))[0, 0, 0], [0.75, 0.975, 0.2, 0.0])
     np.testing.assert_allclose(fuse(COARSE, run, "average")[0, 1, 0], COARSE[0, 1, 0])
 
 
@@ -51,7 +51,7 @@ def test_gated_keeps_sam_only_where_confident_and_in_agreement():
     np.testing.assert_allclose(out[0, 1, 0], COARSE[0, 1, 0])  # Dice with coarse 0 < 0.5
     low = fuse(COARSE, _run(sam, both, iou=[[0.5, 0.95]]), "gated")
     np.testing.assert_allclose(low[0, 0, 0], COARSE[0, 0, 0])  # predicted IoU 0.5 < 0.8
-    np.testing.assert_allclose(fuse(COARSE, _run(sam, both, iou=[[0.5, 0.5]]), "gated", min_iou=0.4, min_agreement=0.0),
+    np.testing.assert_allclose(fuse(COARSE, _run(sam, both, iou=[[0.5, 0.5]]), "gated", GatedOptions(min_iou=0.4, min_agreement=0.0)),
                                sam)
 
 
@@ -92,6 +92,25 @@ def test_auto_fusion_is_average_on_probabilities_and_gated_on_label_maps():
     config = RefineConfig(fusion_options={"weight": 0.3, "min_iou": 0.9})
     config.check()
     assert config.fusion == "auto"
-    assert config.fusion_for(soft=True) == ("average", {"weight": 0.3})
-    assert config.fusion_for(soft=False) == ("gated", {"min_iou": 0.9})
-    assert RefineConfig(fusion="replace").fusion_for(soft=False) == ("replace", {})
+    assert config.fusion_for(soft=True) == ("average", AverageOptions(weight=0.3))
+    assert config.fusion_for(soft=False) == ("gated", GatedOptions(min_iou=0.9, min_agreement=0.5))
+    assert RefineConfig(fusion="replace").fusion_for(soft=False) == ("replace", None)
+
+
+def test_each_fusion_takes_its_own_typed_options_declared_once():
+    """One options dataclass per fusion that takes any: the CLI flags, the record's names and the defaults all
+    come from it; the wrong type or an option of another fusion is refused in one line."""
+    from autosam.fusion import option_names, options_of
+    from autosam.settings.args import FUSION_OPTIONS
+
+    assert option_names("average") == ("weight",) and option_names("gated") == ("min_iou", "min_agreement")
+    assert option_names("auto") == ("weight", "min_iou", "min_agreement") and option_names("replace") == ()
+    assert FUSION_OPTIONS == {"weight": "average", "min_iou": "gated", "min_agreement": "gated"}
+    assert options_of("gated", {"min_iou": 0.7}) == GatedOptions(0.7, 0.5) and options_of("union", {}) is None
+    with pytest.raises(AutosamError, match=r"fusion option\(s\) weight do not apply to fusion 'gated'"):
+        options_of("gated", {"weight": 0.3})
+    run = _run(SAM, [[True, True]])
+    with pytest.raises(AutosamError, match="fusion 'average' takes AverageOptions, not GatedOptions"):
+        fuse(COARSE, run, "average", GatedOptions())
+    with pytest.raises(AutosamError, match="fusion 'replace' takes no options"):
+        fuse(COARSE, run, "replace", AverageOptions())

@@ -65,7 +65,7 @@ def test_settings_from_environment_are_checked(tmp_path):
     (tmp_path / SETTINGS_FILE).write_text(json.dumps({"fusion": "union", "margin": 2.0}))
     settings = Settings.resolve(tmp_path, env={"AUTOSAM_MARGIN": "3", "AUTOSAM_AXIS": "2"})
     assert settings.refine.fusion == "union"  # from the JSON next to the plans
-    assert settings.refine.margin == 3.0 and settings.refine.axis == 2  # the environment wins
+    assert settings.refine.margin.value == 3.0 and settings.refine.axis == 2  # the environment wins
     for bad in ({"AUTOSAM_PROMPT": "nonsense"}, {"AUTOSAM_MIN_SIZE": "x"}, {"AUTOSAM_SAM": "sam_vit_q"},
                 {"AUTOSAM_CHECKPOINT": str(tmp_path / "missing.pth")},
                 {"AUTOSAM_ADAPTER": str(tmp_path / "missing_adapter")}):

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from autosam.errors import AutosamError
+from autosam.prompts import Margin
 from autosam.settings import BOUNDS, Bound, Runtime, SamSpec, check_option, option_type
 
 
@@ -107,7 +108,8 @@ def test_each_refine_field_has_one_spelling_on_the_command_line_in_records_and_t
 
 
 def test_a_margin_without_a_unit_is_in_mm_everywhere():
-    """One default unit for box margins: the prompts, the oracle, refine's config and the oracle verb agree."""
+    """One default unit for box margins: the prompts, the oracle, refine's config (which owns a Margin; a record's
+    margin without its unit) and the oracle verb agree."""
     import dataclasses
     import inspect
 
@@ -119,8 +121,8 @@ def test_a_margin_without_a_unit_is_in_mm_everywhere():
 
     defaults = [inspect.signature(f).parameters["margin_unit"].default
                 for f in (prompts_for_slices, oracle_prompts, segment_case_from_labels, oracle_folder)]
-    defaults += [{f.name: f.default for f in dataclasses.fields(c)}["margin_unit"]
-                 for c in (PromptOptions, RefineConfig, OracleJob)]
+    defaults += [{f.name: f.default for f in dataclasses.fields(c)}["margin_unit"] for c in (PromptOptions, OracleJob)]
+    defaults += [RefineConfig().margin.unit, Margin().unit, RefineConfig.from_dict({"margin": 2.0}).margin.unit]
     verbs = [a.default.unit for p in _parsers(build_parser()) for a in p._actions
              if a.dest == "margin" and a.default.unit != "box"]  # finetune's noise is a fraction of the box
     assert set(defaults) == {"mm"} and set(verbs) == {"mm"} and len(verbs) >= 4
@@ -150,16 +152,16 @@ def test_settings_merge_in_one_order_defaults_record_environment_command_line(tm
     assert (recorded.refine.prompt, recorded.refine.min_size, recorded.refine.rebox) == ("box", 8, 0)  # rest: defaults
     env = environment({"AUTOSAM_MIN_SIZE": "5", "AUTOSAM_MARGIN": "2"})
     layered = recorded.merged(env)
-    assert (layered.refine.prompt, layered.refine.min_size, layered.refine.margin) == ("box", 5, 2.0)
+    assert (layered.refine.prompt, layered.refine.min_size, layered.refine.margin) == ("box", 5, Margin(2.0, "mm"))
     argv = ["predict", "-m", "m", "-i", "i", "-o", "o", "--margin", "3px", "--min-size", "4", "--batch-size", "2"]
     args = build_parser().parse_args(argv)
     args.given = given_options(argv)
     final = layered.merged(args)
     assert (final.refine.prompt, final.refine.fusion) == ("box", "union")  # not given: the record's
-    assert (final.refine.margin, final.refine.margin_unit, final.refine.min_size) == (3.0, "px", 4)  # given, default
+    assert (final.refine.margin, final.refine.min_size) == (Margin(3.0, "px"), 4)  # given, default
     assert final.runtime.batch_size == 2 and final.sam.name == "litemedsam"
     everything = Settings.from_args(args)  # every option of the command line, at its parser default where not given
-    assert (everything.refine.prompt, everything.refine.min_size, everything.refine.margin) == ("box+mask", 4, 3.0)
+    assert (everything.refine.prompt, everything.refine.min_size, everything.refine.margin.value) == ("box+mask", 4, 3.0)
 
 
 def test_settings_round_trip_through_the_record_and_the_environment(tmp_path):

@@ -4,10 +4,11 @@ fusion options of :class:`autosam.refine.RefineConfig` (refine, predict, segment
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields as dataclass_fields
 from typing import Callable, Optional
 
 from ..errors import AutosamError
-from ..fusion import AUTO, fusion_strategies
+from ..fusion import AUTO, fusion_options, fusion_strategies
 from ..prompts import prompt_strategies
 from ..refine import RefineConfig
 from ..sam import SamPredictor, backends
@@ -15,7 +16,7 @@ from ..sam.engines import ENGINES
 from ..settings import Runtime, SamSpec
 from ..settings.args import FUSION_OPTIONS, REFINE_FIELDS
 from ..settings.model import Settings
-from .options import Margin, add_margin_argument
+from .options import add_margin_argument
 
 
 def add_sam_arguments(parser: argparse.ArgumentParser, adapter: bool = True, axis: bool = True) -> None:
@@ -120,7 +121,7 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
     g.add_argument("--fusion", default=d.fusion, choices=[*fusion_strategies, AUTO],
                    help=f"how SAM's answer is fused with the {coarse} map (default {d.fusion}: average where the "
                         f"{coarse} map has probabilities, gated on a hard label map)")
-    add_margin_argument(g, default=Margin(d.margin, d.margin_unit), help_extra="; mm uses the case spacing")
+    add_margin_argument(g, default=d.margin, help_extra="; mm uses the case spacing")
     g.add_argument("--min-size", type=int, default=d.min_size,
                    help=f"components smaller than this many pixels get no prompt (default {d.min_size})")
     g.add_argument("--positive-points", type=int, default=d.positive_points,
@@ -138,10 +139,11 @@ def add_refine_arguments(parser: argparse.ArgumentParser, coarse: str = "coarse"
                         "times SAM's cost; for near-isotropic volumes; not with --axis)")
     g.add_argument("--no-fill-gaps", action="store_true",
                    help="do not prompt a slice that misses a class present on both neighbouring slices")
-    g.add_argument("--weight", type=float, default=None, help="SAM's weight for --fusion average (default 0.5)")
-    g.add_argument("--min-iou", type=float, default=None, help="SAM's predicted IoU needed by --fusion gated (0.8)")
-    g.add_argument("--min-agreement", type=float, default=None,
-                   help=f"Dice with the {coarse} slice needed by --fusion gated (default 0.5)")
+    for strategy, kind in fusion_options.items():  # each fusion's typed options, as autosam.fusion declares them
+        for f in dataclass_fields(kind):
+            g.add_argument(f"--{f.name.replace('_', '-')}", type=float, default=None,
+                           help=f"{f.metadata['help'].replace('coarse', coarse)} for --fusion {strategy} "
+                                f"(default {f.default:g})")
 
 
 def sam_overrides(args: argparse.Namespace, extra: tuple = ()) -> list[str]:

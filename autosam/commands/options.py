@@ -13,25 +13,11 @@ import math
 import contextlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from ..errors import AutosamError
-
-MARGIN_UNITS = ("mm", "px", "box")
-
-
-@dataclass(frozen=True)
-class Margin:
-    """A box margin: ``value`` in ``unit`` (``mm``, ``px`` or ``box``: a fraction of the box side)."""
-
-    value: float
-    unit: str
-
-    def __str__(self) -> str:
-        return f"{self.value:g}{self.unit}"
-
+from ..prompts import MARGIN_UNITS, Margin
 
 _MARGIN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(mm|px|box)\s*$")
 

@@ -4,11 +4,12 @@ options (added by :mod:`autosam.commands.common`) over the settings below them, 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import fields as dataclass_fields, replace
 from typing import TYPE_CHECKING
 
 from ..errors import AutosamError
-from ..refine import FUSION_OPTIONS as TAKES, RefineConfig
+from ..fusion import fusion_options, option_names
+from ..refine import RefineConfig
 
 if TYPE_CHECKING:
     from .model import Settings
@@ -18,9 +19,8 @@ REFINE_FIELDS = {"prompt": "prompt", "fusion": "fusion", "margin": "margin", "mi
                  "positive_points": "positive_points", "negative_points": "negative_points",
                  "no_fill_gaps": "fill_gaps", "max_objects": "max_objects", "box_hypotheses": "box_hypotheses",
                  "rebox": "rebox", "planes": "planes"}
-#: fusion options -> the strategy that uses them, for messages (what each strategy takes, ``auto`` included:
-#: ``refine.FUSION_OPTIONS``)
-FUSION_OPTIONS = {"weight": "average", "min_iou": "gated", "min_agreement": "gated"}
+#: fusion options -> the strategy that takes them (:data:`autosam.fusion.fusion_options`), for messages
+FUSION_OPTIONS = {f.name: strategy for strategy, kind in fusion_options.items() for f in dataclass_fields(kind)}
 SAM_MODEL_OPTIONS = ("sam", "checkpoint", "adapter")
 RUNTIME_OPTIONS = ("device", "engine", "batch_size", "threads")
 
@@ -35,7 +35,7 @@ def check_applicable(args: argparse.Namespace, prompt: str, fusion: str) -> None
     """Refuse options given on the command line that the chosen prompt strategy or fusion would ignore."""
     given = given_options(args)
     for option, strategy in FUSION_OPTIONS.items():
-        if option in given and getattr(args, option) is not None and option not in TAKES.get(fusion, ()):
+        if option in given and getattr(args, option) is not None and option not in option_names(fusion):
             raise AutosamError(f"--{option.replace('_', '-')} applies to --fusion {strategy} only (fusion is "
                                f"{fusion})")
     if "axis" in given and getattr(args, "axis", None) is not None and getattr(args, "planes", False):
@@ -74,11 +74,11 @@ def merged_args(settings: "Settings", args: argparse.Namespace, every: bool = Fa
         fields["margin_unit"] = cli["margin_unit"]
     if check:
         check_applicable(args, fields["prompt"], fields["fusion"])
-    applicable = TAKES.get(fields["fusion"], ())
+    applicable = option_names(fields["fusion"])
     options = {} if every else {k: v for k, v in (fields.get("fusion_options") or {}).items() if k in applicable}
     options.update({k: getattr(args, k) for k in FUSION_OPTIONS if k in given and getattr(args, k) is not None})
     fields["fusion_options"] = options
-    config = RefineConfig(**fields)
+    config = RefineConfig.from_dict(fields)
     sam = replace(settings.sam, **{"name" if k == "sam" else k: getattr(args, k) for k in SAM_MODEL_OPTIONS
                                    if k in given and hasattr(args, k)})
     runtime = replace(settings.runtime, **{k: getattr(args, k) for k in RUNTIME_OPTIONS

@@ -109,7 +109,7 @@ class Settings:
             return merged_args(self, given)
         data = self._as_dict()
         _merge(data, dict(given), source)
-        config = RefineConfig(**data["refine"])
+        config = RefineConfig.from_dict(data["refine"])
         sam = SamSpec(data["sam"], data["checkpoint"], data["adapter"])
         on = data["use_sam"]
         return Settings(sam, self.runtime, config if on else None, data.get("tuning"), None if on else config)

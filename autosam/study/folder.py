@@ -80,7 +80,7 @@ class StudyFolder:
         """The built-in default, or a method variant's fields (the object limit of the options unless the variant
         sets one)."""
         fields = dict(variant) if variant else {}
-        return RefineConfig(**{"max_objects": self.opts.max_objects, **fields})
+        return RefineConfig.from_dict({"max_objects": self.opts.max_objects, **fields})
 
     def others(self, run: dict) -> list[str]:
         """Every case of the dataset outside the run's training subset (test cases included)."""
