@@ -12,25 +12,33 @@ from autosam.cli import main
 from autosam.errors import AutosamError
 from autosam.nnunet.train import Schedule
 from autosam.sample import sample_dataset
-from autosam.study import (DEFAULT_METHODS, STATS_FIELDS, StudyOptions, check_plan, compare, describe,
+from autosam.study import (DEFAULT_METHODS, METHODS, STATS_FIELDS, StudyOptions, check_plan, compare, describe,
                            hierarchical_ci, make_plan, pair, parse_method, wilcoxon_p, wins_losses_ties, write_reports)
 from autosam.tune import TIE
+
+
+#: the quick study's methods: the default ones without nnU-Net, whose methods the nnU-Net study below scores (one
+#: nnU-Net per run is trained there, not in both)
+QUICK_METHODS = tuple(m for m in DEFAULT_METHODS if not m.startswith("nnunet"))
+#: the nnU-Net study's methods (and nnunet+sam-adapted on its rerun): with QUICK_METHODS, every method
+NNUNET_METHODS = ("nnunet", "nnunet+sam", "nnunet+tuned", "nnunet-folds", "nnunet+prompter", "nnunet-planes")
 
 
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("study") / "quick"
-    assert main(["study", "--quick", "-o", str(folder)]) == 0
+    assert main(["study", "--quick", "-o", str(folder), "--methods", *QUICK_METHODS, "--baseline", "prompter"]) == 0
     return folder
 
 
 def test_quick_study_writes_every_method_and_its_outputs(quick_study):
     rows = list(csv.DictReader((quick_study / "results.csv").open()))
     plan = json.loads((quick_study / "plan.json").read_text())
-    assert {r["method"] for r in rows} == set(DEFAULT_METHODS)
+    assert {r["method"] for r in rows} == set(QUICK_METHODS)
+    assert set(QUICK_METHODS) | set(NNUNET_METHODS) | {"nnunet+sam-adapted"} == set(METHODS)  # all, in one fixture
     sizes = {int(r["train_size"]) for r in rows}
     assert sizes == {3, 4}
-    for method in DEFAULT_METHODS:  # one row per test case, label and size
+    for method in QUICK_METHODS:  # one row per test case, label and size
         assert len([r for r in rows if r["method"] == method]) == len(plan["test"]) * 2 * len(sizes), method
     dice = {(r["method"], r["case"], r["label"], r["train_size"]): float(r["dice"]) for r in rows}
     assert all(0.0 <= v <= 1.0 for v in dice.values())
@@ -43,12 +51,12 @@ def test_quick_study_writes_every_method_and_its_outputs(quick_study):
         assert not set(split["train"] + split["val"]) & set(plan["test"])
     assert plan["runs"][0]["cases"] == sorted(set(plan["runs"][0]["cases"]) & set(plan["runs"][1]["cases"]))
     summary = (quick_study / "summary.md").read_text()
-    assert all(f"| {m} |" in summary for m in DEFAULT_METHODS)
+    assert all(f"| {m} |" in summary for m in QUICK_METHODS)
     assert {(r["repeat"], r["seed"]) for r in rows} == {("0", "0")}  # one repeat, seeded 0
-    assert "## Against `nnunet`" in summary and "95% CI" in summary and "| nnunet | 1 x 1 |" in summary
+    assert "## Against `prompter`" in summary and "95% CI" in summary and "| prompter | 1 x 1 |" in summary
     stats = list(csv.DictReader((quick_study / "stats.csv").open()))
-    assert {s["method"] for s in stats} == set(DEFAULT_METHODS) - {"nnunet"}
-    assert len(stats) == 2 * (len(DEFAULT_METHODS) - 1)  # two sizes
+    assert {s["method"] for s in stats} == set(QUICK_METHODS) - {"prompter"}
+    assert len(stats) == 2 * (len(QUICK_METHODS) - 1)  # two sizes
     assert (quick_study / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -101,16 +109,51 @@ def test_variant_levers_are_refine_fields():
 
 @pytest.fixture(scope="module")
 def nnunet_study(tmp_path_factory):
-    """A quick study whose adapter learns from nnU-Net's cross-fitted maps, tuning nnU-Net's default on them
-    (``nnunet+tuned``); what the tests read is kept before a test reruns the study in the same folder."""
+    """``autosam study --quick --repeats 2`` with nnU-Net, ``nnunet+tuned`` (an adapter learning from nnU-Net's
+    cross-fitted maps), the three SAM-free controls and the convergence line; what the tests read is kept before a
+    test reruns the study in the same folder (a rerun without ``--repeats 2`` works on the first repeat only).
+    ``rows``: the first repeat's rows; ``all_rows``: both repeats'."""
     folder = tmp_path_factory.mktemp("nnsrc") / "tuned"
     assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
-                 "--tune-cases", "2", "--methods", "nnunet", "nnunet+tuned", "nnunet-folds", "nnunet+prompter",
-                 "nnunet-planes", "--convergence"]) == 0
-    run = json.loads((folder / "plan.json").read_text())["runs"][0]
-    return {"folder": folder, "run": run, "rows": list(csv.DictReader((folder / "results.csv").open())),
+                 "--tune-cases", "2", "--methods", *NNUNET_METHODS, "--convergence", "--repeats", "2"]) == 0
+    plan = json.loads((folder / "plan.json").read_text())
+    run = plan["runs"][0]
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    return {"folder": folder, "run": run, "plan": plan, "all_rows": rows,
+            "rows": [r for r in rows if r["repeat"] == "0"],
             "adapter_trained": (folder / "models" / run["name"] / "adapter" / "adapter.pt").is_file(),
-            "summary": (folder / "summary.md").read_text()}
+            "summary": (folder / "summary.md").read_text(), "stats": list(csv.DictReader((folder / "stats.csv").open()))}
+
+
+def test_quick_study_with_two_repeats_pairs_every_method_with_nnunet(nnunet_study):
+    """``--repeats 2``: a new test split, training subset and seed per repeat, in results.csv's repeat and seed
+    columns; summary.md and stats.csv compare every method with nnU-Net on the same (repeat, case) pairs, with a
+    95% CI, wins/losses/ties and a Wilcoxon p; the three SAM-free controls are among them."""
+    plan, rows = nnunet_study["plan"], nnunet_study["all_rows"]
+    runs = plan["runs"]
+    assert [(r["repeat"], r["seed"]) for r in runs] == [(0, 0), (1, 1)] and runs[0]["name"] != runs[1]["name"]
+    assert {(r["repeat"], r["seed"]) for r in rows} == {("0", "0"), ("1", "1")}
+    methods = NNUNET_METHODS
+    pairs = {m: sorted((r["repeat"], r["case"]) for r in rows if r["method"] == m) for m in methods}
+    for run in runs:  # every method scored every test case of every repeat, each case on its own repeat's split
+        assert sorted(c for rep, c in set(pairs["nnunet"]) if rep == str(run["repeat"])) == sorted(run["test"])
+    assert all(p == pairs["nnunet"] for p in pairs.values())
+    n = len(set(pairs["nnunet"]))  # cases x repeats, each case's Dice its mean over labels
+    stats = {s["method"]: s for s in nnunet_study["stats"]}
+    assert set(stats) == set(methods) - {"nnunet"}
+    for m in methods[1:]:
+        s = stats[m]
+        assert int(s["cases"]) == n and int(s["repeats"]) == 2
+        assert float(s["ci_low"]) <= float(s["diff"]) <= float(s["ci_high"])
+        assert int(s["wins"]) + int(s["losses"]) + int(s["ties"]) == n
+        against = nnunet_study["summary"].split("## Against `nnunet`")[1]
+        row = next(line for line in against.splitlines() if line.startswith(f"| {m} | "))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        per_repeat = {len(run["test"]) for run in runs}
+        count = f"{per_repeat.pop()} x 2" if len(per_repeat) == 1 else f"{n} (2 repeats)"
+        assert cells[1] == count and cells[4].startswith("[") and cells[5] == f"{s['wins']}/{s['losses']}/{s['ties']}"
+        assert cells[6] == "n/a" or 0 <= float(cells[6]) <= 1
+    assert "## Against `nnunet`" in nnunet_study["summary"] and "## baseline_convergence" in nnunet_study["summary"]
 
 
 def test_quick_study_tunes_nnunets_default_on_its_cross_fitted_maps(nnunet_study, capsys):
@@ -170,7 +213,7 @@ def test_quick_study_scores_the_sam_free_controls(nnunet_study):
     summary.md."""
     from autosam.study.controls import PLANE_WEIGHTS
 
-    folder, run, rows = nnunet_study["folder"], nnunet_study["run"], nnunet_study["rows"]
+    folder, run, rows = nnunet_study["folder"], nnunet_study["run"], nnunet_study["rows"]  # the first repeat's
     cases = {m: sorted(r["case"] for r in rows if r["method"] == m) for m in ("nnunet", "nnunet-folds",
                                                                              "nnunet+prompter", "nnunet-planes")}
     assert cases["nnunet-folds"] == cases["nnunet+prompter"] == cases["nnunet"] == sorted(run["test"] * 2)
@@ -202,9 +245,9 @@ def test_quick_study_adapts_on_nnunets_cross_fitted_maps(nnunet_study, capsys):
     the tuned study's folder: its fold nnU-Nets are reused, and no nnU-Net is trained again."""
     folder, run = nnunet_study["folder"], nnunet_study["run"]
     capsys.readouterr()
-    # the adapted SAM with label boxes: the run's adapter is trained (unless the tuning chose it), no nnU-Net
+    # the adapted SAM with label boxes and with nnU-Net's (kept) predictions: the run's adapter is trained, no nnU-Net
     assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--adapt-source", "nnunet",
-                 "--methods", "sam-oracle-adapted"]) == 0
+                 "--methods", "sam-oracle-adapted", "nnunet+sam-adapted"]) == 0
     assert "$ nnUNetv2_train" not in capsys.readouterr().err
     models = folder / "models" / run["name"]
     record = json.loads((models / "nnunet_folds" / "predictions" / "folds.json").read_text())
@@ -223,8 +266,9 @@ def test_quick_study_adapts_on_nnunets_cross_fitted_maps(nnunet_study, capsys):
     assert set(prompts["cases"]) <= set(run["cases"]) and prompts["cases"]
     # (the study folder's prompter is nnunet+prompter's, of the fixture; the adapter's prompts are nnU-Net's)
     rows = list(csv.DictReader((folder / "results.csv").open()))
-    assert {r["method"] for r in rows} == {"sam-oracle-adapted"}
-    assert sum(float(r["dice"]) for r in rows) / len(rows) > 0.5  # the adapter still segments with good boxes
+    assert {r["method"] for r in rows} == {"sam-oracle-adapted", "nnunet+sam-adapted"}
+    oracle = [float(r["dice"]) for r in rows if r["method"] == "sam-oracle-adapted"]
+    assert sum(oracle) / len(oracle) > 0.5  # the adapter still segments with good boxes
     adapter = models / "adapter" / "adapter.pt"
     before = adapter.stat().st_mtime_ns
     assert main(["study", "--quick", "-o", str(folder), "--train-sizes", "4", "--methods", "sam-oracle-adapted"]) == 2
