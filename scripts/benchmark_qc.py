@@ -1,6 +1,7 @@
 """Issue #37's targets for label-free quality estimates, on held-out cases, in one table.
 
     python scripts/benchmark_qc.py --coarse COARSE --refined REFINED --labels LABELS [--train-labels labelsTr]
+        [--quality-model MODEL/autosam_quality.json]
 
 ``COARSE`` holds the coarse maps (``<case><ending>``, and ``<case>.npz`` probabilities when nnU-Net saved them),
 ``REFINED`` the refined outputs (with ``<case>.quality.json`` signal files when refined with QC; otherwise the
@@ -8,7 +9,8 @@ signals are computed here from the coarse and refined maps, without SAM's IoU an
 labels. Predicted Dice is cross-fitted: a :class:`autosam.qc.QualityModel` fitted on the other folds' cases
 predicts each fold's (``--folds``; subjects split by a seeded permutation, ``--subject-pattern``). Case Dice is the mean over labels. Rows:
 the signals' model; softmax entropy alone (the anchor a user has today, calibrated the same way); the
-uncalibrated rank score (no MAE). Columns: Spearman rho, MAE, the share of the true worst 10% of cases among the
+uncalibrated rank score (no MAE); with ``--quality-model``, first, that stored model as it is (for example the one
+``autosam fit`` calibrated on nnU-Net's cross-fitted maps of the training cases; nothing is fitted here). Columns: Spearman rho, MAE, the share of the true worst 10% of cases among the
 20% flagged worst, each against its target (rho >= 0.6, MAE <= 0.05, capture >= 0.6), with the gap where missed.
 
 The confirmation cases of docs/results/confirmation_*.txt are refused (``--exclude-confirmation`` drops them
@@ -128,6 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--subject-pattern", help="regex whose first group is a case's subject (HC18: '^([^_]+)_'); "
                    "a subject's cases share a fold")
     p.add_argument("--exclude-confirmation", action="store_true", help="drop confirmation cases instead of refusing")
+    p.add_argument("--quality-model", type=Path, help="a stored quality model (autosam_quality.json), scored as is")
     return p.parse_args(argv)
 
 
@@ -151,12 +154,16 @@ def main(argv=None) -> int:
         stats = reference_volumes(sorted(args.train_labels.glob(f"*{info.file_ending}")), info) \
             if args.train_labels else None
         rows = [r for c in cases for r in case_rows(c, info, args.coarse, args.refined, args.labels, stats)]
+        stored = QualityModel.load(args.quality_model, info) if args.quality_model else None
     except AutosamError as e:
         print(f"benchmark_qc: error: {e}", file=sys.stderr)
         return 2
     folds = max(2, min(args.folds, subjects))
     names, true = per_case(rows, [r["true_dice"] for r in rows])
     results = {}
+    if stored is not None:
+        results[f"stored model ({args.quality_model.parent.name}), as is"] = measures(
+            per_case(rows, stored.predict(rows))[1], true, True)
     for name, features, calibrated in (("signals, ridge (cross-fitted)", None, True),
                                        ("softmax entropy alone (anchor)", ["entropy_mean"], True)):
         predicted = cross_fitted(rows, features or QualityModel().features, folds, args.subject_pattern)

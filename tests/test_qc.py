@@ -230,6 +230,14 @@ def test_benchmark_script_prints_its_table_on_the_sample_and_refuses_confirmatio
     assert _script().main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("6 cases, 12 case-label rows") and "softmax entropy alone (anchor)" in out
+    assert "stored model" not in out
+    stored = QualityModel().fit(*_rows(20), info).save(tmp_path / "autosam_quality.json")  # as fit stores one
+    assert _script().main([*argv, f"--quality-model={stored}"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[3].startswith(f"| stored model ({tmp_path.name}), as is | ") and rows[4].startswith("| signals")
+    assert _script().main([*argv, f"--quality-model={_foreign_model(tmp_path / 'hc18.json')}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("benchmark_qc: error:") and "hc18.json" in err[0]
     confirmation = (ROOT / "docs" / "results" / "confirmation_hippocampus.txt").read_text().split()[0]
     for folder in ("refined", "labels"):
         shutil.copy(folders[folder] / "hippocampus_148.nii.gz", folders[folder] / f"{confirmation}.nii.gz")

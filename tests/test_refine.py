@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from autosam import cli, evaluation, export, io, slicing
+from autosam.prompts import Margin
 from autosam.refine import RefineConfig, refine_case
 from autosam.sample import sample_dataset
 
@@ -153,7 +154,7 @@ def test_refine_case_prompts_the_gap_slice_and_returns_a_distribution(hippo, pre
     case = io.read_case(HIPPO, [base / "images" / f"{HIPPO}_0000.nii.gz"])
     with np.load(base / "coarse" / f"{HIPPO}.npz") as data:
         probs = data["probabilities"]
-    cfg = RefineConfig(prompt="box+points+mask", fusion="gated", axis=0, margin=1.0)
+    cfg = RefineConfig(prompt="box+points+mask", fusion="gated", axis=0, margin=Margin(1.0, "mm"))
     result = refine_case(predictor, case, info, coarse, probs, cfg)
     present = [bool((coarse[s] == 2).any()) for s in range(len(coarse))]
     assert present[:3] == [True, False, True]
