@@ -60,6 +60,42 @@ def test_quick_study_writes_every_method_and_its_outputs(quick_study):
     assert (quick_study / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_study_resumes_from_its_results_and_plan_alone(quick_study, tmp_path, capsys):
+    """A long study split over sessions keeps only results.csv and plan.json: in a new folder with just those two,
+    the same command trains and predicts nothing, and writes the same results and summary."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for name in ("results.csv", "plan.json"):
+        (fresh / name).write_bytes((quick_study / name).read_bytes())
+    assert main(["study", "--quick", "-o", str(fresh), "--methods", *QUICK_METHODS, "--baseline", "prompter"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("scored already (results.csv); not run again") == 2  # both sizes
+    assert not (fresh / "models").exists() and not (fresh / "predictions").exists()
+    assert (fresh / "results.csv").read_bytes() == (quick_study / "results.csv").read_bytes()
+    assert (fresh / "summary.md").read_text() == (quick_study / "summary.md").read_text()
+
+
+def test_kept_rows_need_every_method_on_every_test_case_and_the_same_options(tmp_path):
+    """A run is kept only when its rows score every method on each of its test cases; rows of a plan made with
+    other options, or without a plan, are not kept."""
+    from autosam.study.results import kept_rows, write_results
+    from autosam.study.run import _reusable_results
+    run = {"name": "n3_s0", "size": 3, "repeat": 0, "seed": 0, "cases": ["a", "b", "c"], "test": ["x", "y"]}
+    rows = [{"method": m, "train_size": 3, "repeat": 0, "seed": 0, "case": c, "label": "1", "dice": 0.5,
+             "nsd": 0.5, "hd95": 1.0, "seconds": 2.0} for m in ("prompter", "sam-oracle") for c in run["test"]]
+    assert kept_rows(rows, run, ["sam-oracle", "prompter"]) == rows[2:] + rows[:2]  # in the methods' order
+    assert kept_rows(rows[:-1], run, ["prompter", "sam-oracle"]) is None  # a test case is missing
+    assert kept_rows(rows, run, ["prompter", "tuned"]) is None  # a method was never scored
+    assert kept_rows(rows, {**run, "seed": 1}, ["prompter"]) is None
+    plan = {"runs": [run], "options": {"methods": ["prompter", "sam-oracle"]}}
+    write_results(tmp_path, rows)
+    assert _reusable_results(tmp_path, plan) == []  # no plan.json
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert _reusable_results(tmp_path, plan) == rows
+    assert _reusable_results(tmp_path, {**plan, "options": {"methods": ["prompter"]}}) == []
+    assert _reusable_results(tmp_path, {**plan, "runs": [{**run, "cases": ["a", "b", "d"]}]}) == []
+
+
 def test_quick_study_rerun_resumes_without_training(quick_study, capsys):
     """A rerun trains nothing; a lever variant added on the rerun is scored from the kept models."""
     model = quick_study / "models" / "n4_s0" / "prompter" / "model.pt"

@@ -7,7 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from .. import evaluation, io
 from ..errors import AutosamError
 
 RESULT_FIELDS = ("method", "train_size", "repeat", "seed", "case", "label", "dice", "nsd", "hd95", "seconds")
+_FLOATS, _INTS = ("dice", "nsd", "hd95", "seconds"), ("train_size", "repeat", "seed")
 
 
 def score_folder(pred: Path, labels: Path, info: io.DatasetInfo, cases: Sequence[str], method: str, run: dict,
@@ -42,6 +43,33 @@ def write_results(study: Path, rows: list[dict]) -> Path:
         for r in rows:
             writer.writerow({k: (f"{v:.5f}" if isinstance(v, float) else v) for k, v in r.items()})
     return path
+
+
+def read_results(study: Path) -> list[dict]:
+    """The rows of ``study``'s ``results.csv`` (none when it does not exist), typed as :func:`score_folder` makes
+    them."""
+    path = study / "results.csv"
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="") as f:
+            return [{k: (float(v) if k in _FLOATS else int(v) if k in _INTS else v) for k, v in r.items()}
+                    for r in csv.DictReader(f)]
+    except (OSError, ValueError, csv.Error) as e:
+        raise AutosamError(f"{path}: cannot read the study's results ({e}); move it away to score every run "
+                           "again") from None
+
+
+def kept_rows(rows: list[dict], run: dict, methods: Sequence[str]) -> Optional[list[dict]]:
+    """``run``'s rows among ``rows`` when they score every method on every test case of the run (a study resumed in
+    a new folder from its ``results.csv`` does not redo such a run); None otherwise."""
+    mine = [r for r in rows if r["train_size"] == run["size"] and r["repeat"] == run["repeat"]
+            and r["seed"] == run["seed"]]
+    for method in methods:
+        cases = {r["case"] for r in mine if r["method"] == method}
+        if cases != set(run["test"]):
+            return None
+    return [r for m in methods for r in mine if r["method"] == m]
 
 
 def case_values(rows: list[dict], key: str = "dice") -> dict[tuple, dict[tuple, float]]:

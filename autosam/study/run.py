@@ -2,17 +2,19 @@
 scores them; :func:`run_study` checks everything before it writes, then runs (or resumes) every run of the plan."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 from .. import io
 from ..pipelines import oracle_folder, refine_folder, segment_folder
+from ..progress import notice as log
 from ..prompter import Prompter
 from ..settings.model import Settings
 from .methods import CONTROLS, parse_method, table_order
 from .options import StudyOptions
 from .plan import check_plan, make_plan
-from .results import timed, write_results
+from .results import kept_rows, read_results, timed, write_results
 from .summary import describe_tests, write_reports
 from .steps import ModelSteps
 
@@ -73,8 +75,6 @@ class Study(ModelSteps):
             models["nnunet_model"] = self.nnunet_model(run, index)
         if o.needs_nnunet_folds():
             self.nnunet_folds(run, index)
-        if o.convergence and "nnunet" in o.methods and run.get("repeat", 0) == 0:  # once per size
-            self.convergence(run, index)
         if "nnunet+tuned" in o.methods:  # nnU-Net's cross-validation, then autosam fit
             models["nnunet_tuned"] = self.tune_nnunet(run, index)
         rows = []
@@ -88,13 +88,16 @@ class Study(ModelSteps):
 def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_run: bool = False,
               plan: Optional[dict] = None) -> dict:
     """Run (or resume, or with ``dry_run`` only plan) a study; returns the plan (with ``results``: the rows).
-    ``plan``: :func:`make_plan`'s result when the caller made it already."""
+    ``plan``: :func:`make_plan`'s result when the caller made it already. A run whose rows in ``results.csv`` score
+    every method on every test case is not run again, so a study resumes from its ``results.csv`` alone (a long
+    study split over several sessions keeps only that file, and each repeat-0 run's ``convergence.json``)."""
     dataset, folder = Path(dataset), Path(folder)
     opts.check(dataset)
     plan = check_plan(folder, plan if plan is not None else make_plan(dataset, opts))
     info = io.load_dataset_json(dataset)
     if dry_run:
         return plan
+    done = _reusable_results(folder, plan)  # before plan.json is rewritten
     study = Study(dataset, folder, opts, plan)
     for run in plan["runs"]:  # kept models of other options are refused before anything is written
         study.check_kept(run)
@@ -103,9 +106,31 @@ def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_r
     study.link_test_images()
     rows: list[dict] = []
     for index, run in enumerate(plan["runs"]):
-        rows += study.run(run, index)
-        write_results(folder, rows)
+        kept = kept_rows(done, run, opts.methods)
+        if kept is not None:
+            log(f"study {run['name']}: scored already (results.csv); not run again")
+        rows += kept if kept is not None else study.run(run, index)
+        write_results(folder, rows)  # a finished run is kept even when its folder's models are not
+        if opts.convergence and "nnunet" in opts.methods and run.get("repeat", 0) == 0:  # once per size
+            study.convergence(run, index)
     write_reports(folder, rows, plan, table_order(opts.methods), opts.baseline,
                   f"{info.raw.get('name', dataset.name)}: {describe_tests(plan)}")
     plan["results"] = rows
     return plan
+
+
+def _reusable_results(folder: Path, plan: dict) -> list[dict]:
+    """The rows of ``folder``'s ``results.csv`` that a rerun may keep: only when its ``plan.json`` was made with
+    the same options and each run trained on the same cases (otherwise none: every run is scored again)."""
+    path = folder / "plan.json"
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    same = old.get("options") == json.loads(json.dumps(plan["options"]))
+    cases = {r.get("name"): r.get("cases") for r in old.get("runs", []) if isinstance(r, dict)}
+    rows = read_results(folder) if same else []
+    return [r for r in rows if any(cases.get(run["name"]) == run["cases"] and r["train_size"] == run["size"]
+                                   and r["repeat"] == run["repeat"] for run in plan["runs"])]
