@@ -61,32 +61,42 @@ def test_quick_study_writes_every_method_and_its_outputs(quick_study):
 
 
 def test_a_study_resumes_from_its_results_and_plan_alone(quick_study, tmp_path, capsys):
-    """A long study split over sessions keeps only results.csv and plan.json: in a new folder with just those two,
-    the same command trains and predicts nothing, and writes the same results and summary."""
+    """A long study split over sessions keeps results.csv and plan.json: in a new folder with just those two, less
+    one method's rows of one run, the same command scores that method again and trains nothing it does not need
+    (frozen SAM with label boxes needs no model), and gives the same rows."""
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    for name in ("results.csv", "plan.json"):
-        (fresh / name).write_bytes((quick_study / name).read_bytes())
+    (fresh / "plan.json").write_bytes((quick_study / "plan.json").read_bytes())
+    rows = list(csv.DictReader((quick_study / "results.csv").open()))
+    dropped = [r for r in rows if not (r["method"] == "sam-oracle" and r["train_size"] == "3")]
+    assert len(dropped) < len(rows)
+    with open(fresh / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(dropped)
     assert main(["study", "--quick", "-o", str(fresh), "--methods", *QUICK_METHODS, "--baseline", "prompter"]) == 0
     err = capsys.readouterr().err
-    assert err.count("scored already (results.csv); not run again") == 2  # both sizes
-    assert not (fresh / "models").exists() and not (fresh / "predictions").exists()
-    assert (fresh / "results.csv").read_bytes() == (quick_study / "results.csv").read_bytes()
-    assert (fresh / "summary.md").read_text() == (quick_study / "summary.md").read_text()
+    assert "study n4_s0: scored already (results.csv); not run again" in err
+    assert "study n3_s0: " + ", ".join(m for m in QUICK_METHODS if m != "sam-oracle") + " scored already" in err
+    assert not (fresh / "models").exists()  # nothing trained
+    assert {p.name for p in (fresh / "predictions").iterdir()} <= {"oracle", "n3_s0"}
+    again = list(csv.DictReader((fresh / "results.csv").open()))
+    strip = (lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs])
+    assert strip(again) == strip(rows)  # the same rows, in the same order
 
 
-def test_kept_rows_need_every_method_on_every_test_case_and_the_same_options(tmp_path):
-    """A run is kept only when its rows score every method on each of its test cases; rows of a plan made with
-    other options, or without a plan, are not kept."""
+def test_kept_rows_need_every_test_case_of_a_method_and_the_same_options(tmp_path):
+    """A method's rows are kept only when they score each test case of the run; rows of a plan made with other
+    options or other training cases, or without a plan, are not kept."""
     from autosam.study.results import kept_rows, write_results
     from autosam.study.run import _reusable_results
     run = {"name": "n3_s0", "size": 3, "repeat": 0, "seed": 0, "cases": ["a", "b", "c"], "test": ["x", "y"]}
     rows = [{"method": m, "train_size": 3, "repeat": 0, "seed": 0, "case": c, "label": "1", "dice": 0.5,
              "nsd": 0.5, "hd95": 1.0, "seconds": 2.0} for m in ("prompter", "sam-oracle") for c in run["test"]]
-    assert kept_rows(rows, run, ["sam-oracle", "prompter"]) == rows[2:] + rows[:2]  # in the methods' order
-    assert kept_rows(rows[:-1], run, ["prompter", "sam-oracle"]) is None  # a test case is missing
-    assert kept_rows(rows, run, ["prompter", "tuned"]) is None  # a method was never scored
-    assert kept_rows(rows, {**run, "seed": 1}, ["prompter"]) is None
+    assert kept_rows(rows, run, ["sam-oracle", "prompter"]) == {"sam-oracle": rows[2:], "prompter": rows[:2]}
+    assert kept_rows(rows[:-1], run, ["prompter", "sam-oracle"]) == {"prompter": rows[:2]}  # a test case missing
+    assert kept_rows(rows, run, ["prompter", "tuned"]) == {"prompter": rows[:2]}  # tuned was never scored
+    assert kept_rows(rows, {**run, "seed": 1}, ["prompter"]) == {}
     plan = {"runs": [run], "options": {"methods": ["prompter", "sam-oracle"]}}
     write_results(tmp_path, rows)
     assert _reusable_results(tmp_path, plan) == []  # no plan.json
@@ -594,3 +604,64 @@ def test_nnunet_planes_is_refused_on_2d_images_and_without_the_2d_nnunet(tmp_pat
     out = capsys.readouterr().out
     assert "nnunet-planes (nnU-Net along two more axes)" in out and "nnU-Net folds" in out
     assert not (tmp_path / "s").exists()
+
+
+def test_keep_study_keeps_what_the_run_in_progress_needs_and_restores_it(tmp_path):
+    """scripts/keep_study.py: the run still scoring keeps its prompter, nnU-Net's finished folds (checkpoints
+    without the optimizer), maps and links; a finished run keeps only its records; a fold still training is left
+    out; restore fills a folder without a plan and nothing else."""
+    import importlib.util
+
+    import torch
+
+    from autosam.study.results import write_results
+    spec = importlib.util.spec_from_file_location("keep_study", Path(__file__).parents[1] / "scripts" / "keep_study.py")
+    keep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keep)
+    study = tmp_path / "study"
+    runs = [{"name": f"n3_s{i}", "size": 3, "repeat": i, "seed": i, "cases": ["a", "b", "c"], "test": ["x"]}
+            for i in range(2)]
+    methods = ["nnunet", "nnunet+tuned"]
+    (study / "models").mkdir(parents=True)
+    (study / "plan.json").write_text(json.dumps({"runs": runs, "options": {"methods": methods}}))
+    write_results(study, [{"method": m, "train_size": 3, "repeat": 0, "seed": 0, "case": "x", "label": "1",
+                           "dice": 0.5, "nsd": 0.5, "hd95": 1.0, "seconds": 1.0} for m in methods]
+                  + [{"method": "nnunet", "train_size": 3, "repeat": 1, "seed": 1, "case": "x", "label": "1",
+                      "dice": 0.5, "nsd": 0.5, "hd95": 1.0, "seconds": 1.0}])
+    for index, run in enumerate(runs):
+        models = study / "models" / run["name"]
+        (models / "prompter").mkdir(parents=True)
+        for name in ("model.pt", "config.json", "checkpoint.pt"):
+            (models / "prompter" / name).write_text("x")
+        (models / "convergence.json").write_text("{}")
+        model = study / "nnunet" / "nnUNet_results" / f"Dataset{900 + index}_AutosamSubset" / "T__P__2d"
+        for fold, schedule in (("fold_all", {"train_s": 1.0}), ("fold_0", {})):
+            (model / fold / "validation").mkdir(parents=True)
+            (model / fold / "autosam_schedule.json").write_text(json.dumps(schedule))
+            (model / fold / "validation" / "x.nii.gz").write_text("x")
+            torch.save({"network_weights": {"w": torch.ones(2)}, "optimizer_state": {"big": torch.ones(9)}},
+                       model / fold / "checkpoint_final.pth")
+        (model / "plans.json").write_text("{}")
+        maps = models / "nnunet_folds" / "predictions"
+        maps.mkdir(parents=True)
+        (maps / "folds.json").write_text("{}")
+        (maps / "x.nii.gz").symlink_to(model / "fold_all" / "validation" / "x.nii.gz")
+    kept = tmp_path / "kept"
+    keep.save(study, kept)
+    assert sorted(p.name for p in (kept / "models" / "n3_s0").iterdir()) == ["convergence.json"]  # scored
+    busy = kept / "models" / "n3_s1"
+    assert sorted(p.name for p in (busy / "prompter").iterdir()) == ["config.json", "model.pt"]
+    model = kept / "nnunet" / "nnUNet_results" / "Dataset901_AutosamSubset" / "T__P__2d"
+    state = torch.load(model / "fold_all" / "checkpoint_final.pth", weights_only=False)
+    assert list(state) == ["network_weights"] and torch.equal(state["network_weights"]["w"], torch.ones(2))
+    assert not (model / "fold_0").exists()  # still training when kept
+    assert not (kept / "nnunet" / "nnUNet_results" / "Dataset900_AutosamSubset").exists()
+    link = busy / "nnunet_folds" / "predictions" / "x.nii.gz"
+    assert link.is_symlink() and Path(link.readlink()).is_relative_to(study)
+    keep.save(study, kept)  # again: the same, the unchanged checkpoint reused
+    assert torch.load(model / "fold_all" / "checkpoint_final.pth", weights_only=False).keys() == state.keys()
+    assert not keep.restore(study, kept)  # the study has its plan: nothing is copied
+    fresh = tmp_path / "fresh"
+    assert keep.restore(fresh, kept)
+    assert (fresh / "results.csv").read_bytes() == (study / "results.csv").read_bytes()
+    assert (fresh / "models" / "n3_s1" / "prompter" / "model.pt").is_file()

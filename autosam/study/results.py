@@ -7,7 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -60,16 +60,17 @@ def read_results(study: Path) -> list[dict]:
                            "again") from None
 
 
-def kept_rows(rows: list[dict], run: dict, methods: Sequence[str]) -> Optional[list[dict]]:
-    """``run``'s rows among ``rows`` when they score every method on every test case of the run (a study resumed in
-    a new folder from its ``results.csv`` does not redo such a run); None otherwise."""
+def kept_rows(rows: list[dict], run: dict, methods: Sequence[str]) -> dict[str, list[dict]]:
+    """``run``'s rows among ``rows``, by method, for each of ``methods`` whose rows score every test case of the run
+    (a resumed study does not run such a method again, even in a new folder)."""
     mine = [r for r in rows if r["train_size"] == run["size"] and r["repeat"] == run["repeat"]
             and r["seed"] == run["seed"]]
+    kept = {}
     for method in methods:
-        cases = {r["case"] for r in mine if r["method"] == method}
-        if cases != set(run["test"]):
-            return None
-    return [r for m in methods for r in mine if r["method"] == m]
+        found = [r for r in mine if r["method"] == method]
+        if {r["case"] for r in found} == set(run["test"]):
+            kept[method] = found
+    return kept
 
 
 def case_values(rows: list[dict], key: str = "dice") -> dict[tuple, dict[tuple, float]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from dataclasses import replace
+from typing import Callable, Optional
 
 from .. import io
 from ..pipelines import oracle_folder, refine_folder, segment_folder
@@ -59,9 +60,26 @@ class Study(ModelSteps):
         adapter = Path(settings.sam.adapter) if settings.sam.adapter else None
         return settings.refine, (lambda: self.predictor(adapter))
 
-    def run(self, run: dict, index: int) -> list[dict]:
-        """Train what the run's methods need, segment the test cases with each method, score them."""
-        o = self.opts
+    def run(self, run: dict, index: int, kept: Optional[dict] = None,
+            save: Callable[[list[dict]], object] = lambda rows: None) -> list[dict]:
+        """Train what the run's methods need, segment the test cases with each method, score them. ``kept``: rows
+        already scored, by method (those methods are not run again, and only what the others need is trained);
+        ``save`` gets the run's rows after each method. The SAM-free methods go first and ``nnunet+tuned`` last, so
+        a run stopped in ``autosam fit`` keeps the controls' rows; the rows come back in ``--methods`` order."""
+        kept = dict(kept or {})
+        pending = sorted((m for m in self.opts.methods if m not in kept), key=lambda m: m == "nnunet+tuned")
+        models = self.train_models(run, index, replace(self.opts, methods=tuple(pending)))
+        for method in pending:
+            if method == "nnunet+tuned":  # nnU-Net's cross-validation, then autosam fit
+                models["nnunet_tuned"] = self.tune_nnunet(run, index)
+            # frozen SAM with label boxes does not depend on the training cases: one folder per test set
+            folder, seconds = self.predict(method, self.oracle_run(run) if method == "sam-oracle" else run, models)
+            kept[method] = self.score(method, run, folder, seconds)
+            save([r for m in self.opts.methods if m in kept for r in kept[m]])
+        return [r for m in self.opts.methods for r in kept[m]]
+
+    def train_models(self, run: dict, index: int, o: StudyOptions) -> dict:
+        """The models that the methods of ``o`` need, trained or kept (``autosam fit`` waits for its method)."""
         models: dict = {}
         if o.needs_prompter():
             models["prompter"] = self.train_prompter(run)
@@ -75,22 +93,15 @@ class Study(ModelSteps):
             models["nnunet_model"] = self.nnunet_model(run, index)
         if o.needs_nnunet_folds():
             self.nnunet_folds(run, index)
-        if "nnunet+tuned" in o.methods:  # nnU-Net's cross-validation, then autosam fit
-            models["nnunet_tuned"] = self.tune_nnunet(run, index)
-        rows = []
-        for method in o.methods:
-            # frozen SAM with label boxes does not depend on the training cases: one folder per test set
-            folder, seconds = self.predict(method, self.oracle_run(run) if method == "sam-oracle" else run, models)
-            rows += self.score(method, run, folder, seconds)
-        return rows
+        return models
 
 
 def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_run: bool = False,
               plan: Optional[dict] = None) -> dict:
     """Run (or resume, or with ``dry_run`` only plan) a study; returns the plan (with ``results``: the rows).
-    ``plan``: :func:`make_plan`'s result when the caller made it already. A run whose rows in ``results.csv`` score
-    every method on every test case is not run again, so a study resumes from its ``results.csv`` alone (a long
-    study split over several sessions keeps only that file, and each repeat-0 run's ``convergence.json``)."""
+    ``plan``: :func:`make_plan`'s result when the caller made it already. A method whose rows in ``results.csv``
+    score every test case of a run is not run again there (nor is what only it needs trained), so a study resumes
+    from ``results.csv`` and ``plan.json`` even where its models are gone."""
     dataset, folder = Path(dataset), Path(folder)
     opts.check(dataset)
     plan = check_plan(folder, plan if plan is not None else make_plan(dataset, opts))
@@ -107,10 +118,13 @@ def run_study(dataset: str | Path, folder: str | Path, opts: StudyOptions, dry_r
     rows: list[dict] = []
     for index, run in enumerate(plan["runs"]):
         kept = kept_rows(done, run, opts.methods)
-        if kept is not None:
+        if len(kept) == len(opts.methods):
             log(f"study {run['name']}: scored already (results.csv); not run again")
-        rows += kept if kept is not None else study.run(run, index)
-        write_results(folder, rows)  # a finished run is kept even when its folder's models are not
+        elif kept:
+            log(f"study {run['name']}: {', '.join(kept)} scored already (results.csv)")
+        before = list(rows)  # each method's rows are kept as soon as it is scored, even when its models are not
+        rows = before + study.run(run, index, kept, lambda mine: write_results(folder, before + mine))
+        write_results(folder, rows)
         if opts.convergence and "nnunet" in opts.methods and run.get("repeat", 0) == 0:  # once per size
             study.convergence(run, index)
     write_reports(folder, rows, plan, table_order(opts.methods), opts.baseline,

@@ -119,6 +119,9 @@ class ModelSteps(KeptModels):
         fit's record, ``MODEL/autosam_sam.json``, whose adapter (if the adapted SAM won) trained on every map."""
         self.nnunet_folds(run, index)
         root = self._folds_root(run)
+        record = self.cv_model(run) / SETTINGS_FILE
+        if record.is_file():  # fit finished (check_kept refused a record of other options before the run)
+            return record
         log(f"study {run['name']}: autosam fit on nnU-Net's cross-validation")
         return fit(self.cv_model(run), self.fit_options(run), SamSpec(), Runtime(self.opts.device, self.opts.engine),
                    raw_root=root / "nnUNet_raw", preprocessed_root=root / "nnUNet_preprocessed")

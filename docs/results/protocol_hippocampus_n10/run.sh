@@ -3,9 +3,11 @@
 # protocol's hippocampus command with E = 40 (its "convergence rule's outcome") and the three-plane SAM-free
 # control nnunet-planes (its round-8 clarification). Run once; resumable: run it again with no arguments until
 # it finishes, then `bash docs/results/protocol_hippocampus_n10/run.sh collect` copies the results here.
-# It outlives a session in kept/ (KEEP): each finished run's rows (results.csv), the plan and repeat 0's
-# convergence record, copied there every minute while it runs and restored into a new study folder, where the
-# study does not redo a run whose rows are all there. Each run (one repeat) takes about two hours on 2 cores.
+# It outlives a session in kept/ (KEEP): scripts/keep_study.py copies there, every minute while it runs, what a
+# rerun needs (results.csv with every method scored so far, the plan, and for the run in progress its prompter,
+# nnU-Net checkpoints without optimizer state, cross-fitted maps and fit's record), and restores it into a new
+# study folder; the study does not score a method twice or train what only scored methods need. Run it from the
+# same path each time (the kept maps are links into the study folder). Commit kept/ before a session ends.
 # kept/ holds unfinished results: nobody reads its results.csv before the last run ends (docs/protocol.md).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -21,20 +23,10 @@ if [ "${1:-}" = collect ]; then
     exit 0
 fi
 KEEP=${KEEP:-$HERE/kept}
-mkdir -p "$KEEP"
-if [ ! -f "$OUT/plan.json" ] && [ -f "$KEEP/plan.json" ]; then  # a new session: restore the finished runs
-    mkdir -p "$OUT/models/n10_s0"
-    cp "$KEEP/plan.json" "$OUT/"
-    [ -f "$KEEP/results.csv" ] && cp "$KEEP/results.csv" "$OUT/"
-    [ -f "$KEEP/convergence_n10_s0.json" ] && cp "$KEEP/convergence_n10_s0.json" "$OUT/models/n10_s0/convergence.json"
-fi
-keep() {
-    for f in plan.json results.csv; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$KEEP/$f.tmp" && mv "$KEEP/$f.tmp" "$KEEP/$f"; done
-    [ -f "$OUT/models/n10_s0/convergence.json" ] && cp "$OUT/models/n10_s0/convergence.json" "$KEEP/convergence_n10_s0.json"
-    return 0
-}
-(while sleep 60; do keep; done) &
-trap 'kill $! 2>/dev/null; keep' EXIT
+echo "$(date -u +%FT%TZ) start, autosam $(git rev-parse --short HEAD 2>/dev/null || echo '?')" >> "$(dirname "$KEEP")/invocations.txt"
+python scripts/keep_study.py "$OUT" "$KEEP" --restore
+(while sleep 60; do python scripts/keep_study.py "$OUT" "$KEEP" || true; done) &
+trap 'kill $! 2>/dev/null; python scripts/keep_study.py "$OUT" "$KEEP"' EXIT
 autosam study -d ../shared/data/hippocampus -o "$OUT" --test-cases "$H" --exclude "$S" \
     --train-sizes 10 --repeats 3 --baseline nnunet \
     --adapt-source nnunet --adapt-planes --adapt-folds 3 --adapt-epochs 3 \

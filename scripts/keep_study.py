@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Keep a long study across sessions that do not keep its folder: what a rerun needs, small enough to commit.
+
+A study resumes from ``results.csv`` and ``plan.json`` alone for every method already scored (``autosam.study``).
+For a run with methods still to score, this also keeps what its next steps would otherwise train again: the
+prompter, nnU-Net's model and its fold nnU-Nets' maps (checkpoints without the optimizer's state: enough to
+predict, not to go on training), ``autosam fit``'s frozen scores, and its record and final adapter once it has
+finished, the controls' weights and the seconds already spent. Embedding caches, preprocessed data, fold adapters
+and predictions are not kept: a rerun makes them again. Symbolic links are kept as links (the study's maps link
+into its own folder, and its raw datasets into the data), so restore into the same path.
+
+    python scripts/keep_study.py STUDY KEEP             # save (atomic: KEEP is replaced as a whole)
+    python scripts/keep_study.py STUDY KEEP --restore   # into a STUDY without plan.json; nothing otherwise
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+#: per-run records a rerun reads instead of choosing again
+RECORDS = ("convergence.json", "nnunet_prompter.json", "nnunet_planes.json")
+#: the small files of an nnU-Net model folder and of its folds
+MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json", "autosam_sam.json", "autosam_quality.json")
+FOLD_FILES = ("autosam_schedule.json", "debug.json")
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """A file or a link (as a link), its folders made."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    elif src.is_file():
+        shutil.copy2(src, dst)
+
+
+def _tree(src: Path, dst: Path) -> None:
+    for p in sorted(src.rglob("*")) if src.is_dir() else []:
+        if p.is_file() or p.is_symlink():
+            _copy(p, dst / p.relative_to(src))
+
+
+def _checkpoint(src: Path, dst: Path, old: Path) -> None:
+    """nnU-Net's ``checkpoint_final.pth`` without the optimizer's state (reused from ``old`` when unchanged)."""
+    if old.is_file() and old.stat().st_mtime_ns == src.stat().st_mtime_ns:
+        _copy(old, dst)
+        return
+    import torch
+
+    state = torch.load(src, map_location="cpu", weights_only=False)
+    for key in ("optimizer_state", "grad_scaler_state"):
+        state.pop(key, None)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dst)
+    os.utime(dst, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns))
+
+
+def _model(model: Path, study: Path, out: Path, old: Path, checkpoints: bool) -> None:
+    """An nnU-Net model folder's small files, its folds' records and validation maps, and (``checkpoints``) its
+    folds' final checkpoints without the optimizer; fit's final adapter once fit's record is there."""
+    rel = model.relative_to(study)
+    for name in MODEL_FILES:
+        _copy(model / name, out / rel / name)
+    if (model / "autosam_sam.json").is_file():
+        _tree(model / "autosam_adapter", out / rel / "autosam_adapter")
+    for score in model.glob("autosam_fit/scores/frozen_fold_*.json"):  # fit's frozen scores (not the adapted
+        _copy(score, out / score.relative_to(study))                    # ones: their fold adapters are not kept)
+    for fold in sorted(model.glob("fold_*")):
+        if "train_s" not in _json(fold / "autosam_schedule.json"):  # still training or validating
+            continue
+        for name in FOLD_FILES:
+            _copy(fold / name, out / rel / fold.name / name)
+        _tree(fold / "validation", out / rel / fold.name / "validation")
+        ckpt = fold / "checkpoint_final.pth"
+        if checkpoints and ckpt.is_file():
+            _checkpoint(ckpt, out / rel / fold.name / ckpt.name, old / rel / fold.name / ckpt.name)
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _pending(study: Path) -> list[tuple[int, dict, list[str]]]:
+    """Each run of the plan with the methods that ``results.csv`` does not score yet."""
+    from autosam.study.results import kept_rows, read_results
+
+    plan = json.loads((study / "plan.json").read_text())
+    methods, rows = plan["options"]["methods"], read_results(study)
+    return [(i, run, [m for m in methods if m not in kept_rows(rows, run, methods)])
+            for i, run in enumerate(plan["runs"])]
+
+
+def save(study: Path, keep: Path) -> None:
+    """Write what a rerun of ``study`` needs into ``keep`` (a new folder, then renamed over the old one)."""
+    if not (study / "plan.json").is_file():
+        return
+    tmp = keep.with_name(keep.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in ("plan.json", "results.csv"):
+        _copy(study / name, tmp / name)
+    for index, run, pending in _pending(study):
+        models = study / "models" / run["name"]
+        for name in RECORDS:
+            _copy(models / name, tmp / models.relative_to(study) / name)
+        if not pending:
+            continue
+        if (models / "prompter" / "model.pt").is_file():
+            for p in (models / "prompter").glob("*"):
+                if p.name == "model.pt" or p.suffix == ".json":
+                    _copy(p, tmp / p.relative_to(study))
+        for model in (study / "nnunet" / "nnUNet_results").glob(f"Dataset{900 + index}_*/*"):
+            _model(model, study, tmp, keep, checkpoints=True)
+        folds = models / "nnunet_folds"
+        _tree(folds / "predictions", tmp / folds.relative_to(study) / "predictions")
+        _tree(folds / "nnUNet_raw", tmp / folds.relative_to(study) / "nnUNet_raw")
+        for split in folds.glob("nnUNet_preprocessed/*/splits_final.json"):
+            _copy(split, tmp / split.relative_to(study))
+        controls = bool({"nnunet-folds", "nnunet-planes"} & set(pending))  # they predict with the fold models
+        for model in folds.glob("nnUNet_results/*/*"):
+            _model(model, study, tmp, keep, checkpoints=controls)
+        _tree(study / "predictions" / run["name"] / "seconds", tmp / "predictions" / run["name"] / "seconds")
+    old = keep.with_name(keep.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if keep.exists():
+        keep.rename(old)
+    tmp.rename(keep)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore(study: Path, keep: Path) -> bool:
+    """Copy ``keep`` into ``study`` when ``study`` has no plan yet; whether it did."""
+    if (study / "plan.json").is_file() or not (keep / "plan.json").is_file():
+        return False
+    _tree(keep, study)
+    return True
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", type=Path)
+    p.add_argument("keep", type=Path)
+    p.add_argument("--restore", action="store_true")
+    a = p.parse_args()
+    if a.restore:
+        print(f"restored {a.keep} into {a.study}" if restore(a.study, a.keep) else f"{a.study}: nothing restored")
+    else:
+        save(a.study, a.keep)
+
+
+if __name__ == "__main__":
+    main()
