@@ -6,8 +6,8 @@ For a run with methods still to score, this also keeps what its next steps would
 prompter, nnU-Net's model and its fold nnU-Nets' maps (checkpoints without the optimizer's state: enough to
 predict, not to go on training), ``autosam fit``'s frozen scores, and its record and final adapter once it has
 finished, the controls' weights and the seconds already spent. Embedding caches, preprocessed data, fold adapters
-and predictions are not kept: a rerun makes them again. Symbolic links are kept as links (the study's maps link
-into its own folder, and its raw datasets into the data), so restore into the same path.
+and predictions are not kept: a rerun makes them again. Symbolic links are kept as links: the study's maps link into
+its own folder (restore points them into the new one) and its raw datasets into the data.
 
     python scripts/keep_study.py STUDY KEEP             # save (atomic: KEEP is replaced as a whole)
     python scripts/keep_study.py STUDY KEEP --restore   # into a STUDY without plan.json; nothing otherwise
@@ -29,21 +29,29 @@ RECORDS = ("convergence.json", "nnunet_prompter.json", "nnunet_planes.json")
 #: the small files of an nnU-Net model folder and of its folds
 MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json", "autosam_sam.json", "autosam_quality.json")
 FOLD_FILES = ("autosam_schedule.json", "debug.json")
+#: where the kept study was (its links into itself are moved to where it is restored)
+STUDY_PATH = "study_path.txt"
 
 
-def _copy(src: Path, dst: Path) -> None:
-    """A file or a link (as a link), its folders made."""
+def _copy(src: Path, dst: Path, moved: tuple[str, str] = ("", "")) -> None:
+    """A file or a link (as a link), folders made; ``moved``: the old and new study folder, replaced in links'
+    targets and in JSON records."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.is_symlink():
-        os.symlink(os.readlink(src), dst)
+        target = os.readlink(src)
+        if moved[0] and target.startswith(moved[0] + os.sep):
+            target = moved[1] + target[len(moved[0]):]
+        os.symlink(target, dst)
+    elif src.is_file() and moved[0] and src.suffix == ".json":  # records name the study's own folders
+        dst.write_text(src.read_text().replace(json.dumps(moved[0])[1:-1], json.dumps(moved[1])[1:-1]))
     elif src.is_file():
         shutil.copy2(src, dst)
 
 
-def _tree(src: Path, dst: Path) -> None:
+def _tree(src: Path, dst: Path, moved: tuple[str, str] = ("", "")) -> None:
     for p in sorted(src.rglob("*")) if src.is_dir() else []:
         if p.is_file() or p.is_symlink():
-            _copy(p, dst / p.relative_to(src))
+            _copy(p, dst / p.relative_to(src), moved)
 
 
 def _checkpoint(src: Path, dst: Path, old: Path) -> None:
@@ -107,6 +115,7 @@ def save(study: Path, keep: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     for name in ("plan.json", "results.csv"):
         _copy(study / name, tmp / name)
+    (tmp / STUDY_PATH).write_text(str(study.resolve()) + "\n")
     for index, run, pending in _pending(study):
         models = study / "models" / run["name"]
         for name in RECORDS:
@@ -140,7 +149,9 @@ def restore(study: Path, keep: Path) -> bool:
     """Copy ``keep`` into ``study`` when ``study`` has no plan yet; whether it did."""
     if (study / "plan.json").is_file() or not (keep / "plan.json").is_file():
         return False
-    _tree(keep, study)
+    old = (keep / STUDY_PATH).read_text().strip() if (keep / STUDY_PATH).is_file() else ""
+    _tree(keep, study, (old, str(study.resolve())))  # links into the old folder point into the new one
+    (study / STUDY_PATH).unlink(missing_ok=True)
     return True
 
 

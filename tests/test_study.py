@@ -644,7 +644,7 @@ def test_keep_study_keeps_what_the_run_in_progress_needs_and_restores_it(tmp_pat
         (model / "plans.json").write_text("{}")
         maps = models / "nnunet_folds" / "predictions"
         maps.mkdir(parents=True)
-        (maps / "folds.json").write_text("{}")
+        (maps / "folds.json").write_text(json.dumps({"model": str(model)}))
         (maps / "x.nii.gz").symlink_to(model / "fold_all" / "validation" / "x.nii.gz")
     kept = tmp_path / "kept"
     keep.save(study, kept)
@@ -665,3 +665,8 @@ def test_keep_study_keeps_what_the_run_in_progress_needs_and_restores_it(tmp_pat
     assert keep.restore(fresh, kept)
     assert (fresh / "results.csv").read_bytes() == (study / "results.csv").read_bytes()
     assert (fresh / "models" / "n3_s1" / "prompter" / "model.pt").is_file()
+    moved = fresh / "models" / "n3_s1" / "nnunet_folds" / "predictions" / "x.nii.gz"
+    assert Path(moved.readlink()).is_relative_to(fresh) and moved.resolve().is_file()  # into the new folder
+    assert not (fresh / "study_path.txt").exists()
+    record = json.loads((fresh / "models" / "n3_s1" / "nnunet_folds" / "predictions" / "folds.json").read_text())
+    assert Path(record["model"]).is_relative_to(fresh)
