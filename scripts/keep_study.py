@@ -36,6 +36,8 @@ STUDY_PATH = "study_path.txt"
 def _copy(src: Path, dst: Path, moved: tuple[str, str] = ("", "")) -> None:
     """A file or a link (as a link), folders made; ``moved``: the old and new study folder, replaced in links'
     targets and in JSON records."""
+    if not (src.is_file() or src.is_symlink()):
+        return
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.is_symlink():
         target = os.readlink(src)

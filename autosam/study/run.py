@@ -3,8 +3,8 @@ scores them; :func:`run_study` checks everything before it writes, then runs (or
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable, Optional
 
 from .. import io
