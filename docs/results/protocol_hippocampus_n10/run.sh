@@ -6,8 +6,9 @@
 # It outlives a session in kept/ (KEEP): scripts/keep_study.py copies there, every minute while it runs, what a
 # rerun needs (results.csv with every method scored so far, the plan, and for the run in progress its prompter,
 # nnU-Net checkpoints without optimizer state, cross-fitted maps and fit's record), and restores it into a new
-# study folder; the study does not score a method twice or train what only scored methods need. Run it from the
-# same path each time (the kept maps are links into the study folder). Commit kept/ before a session ends.
+# study folder; the study does not score a method twice or train what only scored methods need. Start it first in
+# a session, from a detached worktree of main (code edits in the checkout do not reach it) with
+# KEEP=<checkout>/docs/results/protocol_hippocampus_n10/kept, and commit kept/ before the session ends.
 # kept/ holds unfinished results: nobody reads its results.csv before the last run ends (docs/protocol.md).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
