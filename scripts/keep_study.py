@@ -44,9 +44,9 @@ def _copy(src: Path, dst: Path, moved: tuple[str, str] = ("", "")) -> None:
         if moved[0] and target.startswith(moved[0] + os.sep):
             target = moved[1] + target[len(moved[0]):]
         os.symlink(target, dst)
-    elif src.is_file() and moved[0] and src.suffix == ".json":  # records name the study's own folders
+    elif moved[0] and src.suffix == ".json":  # records name the study's own folders
         dst.write_text(src.read_text().replace(json.dumps(moved[0])[1:-1], json.dumps(moved[1])[1:-1]))
-    elif src.is_file():
+    else:
         shutil.copy2(src, dst)
 
 
@@ -111,6 +111,8 @@ def _pending(study: Path) -> list[tuple[int, dict, list[str]]]:
 
 def save(study: Path, keep: Path) -> None:
     """Write what a rerun of ``study`` needs into ``keep`` (a new folder, then renamed over the old one)."""
+    from autosam.study.folder import NNUNET_DATASET_ID
+
     if not (study / "plan.json").is_file():
         return
     tmp = keep.with_name(keep.name + ".tmp")
@@ -128,7 +130,7 @@ def save(study: Path, keep: Path) -> None:
             for p in (models / "prompter").glob("*"):
                 if p.name == "model.pt" or p.suffix == ".json":
                     _copy(p, tmp / p.relative_to(study))
-        for model in (study / "nnunet" / "nnUNet_results").glob(f"Dataset{900 + index}_*/*"):
+        for model in (study / "nnunet" / "nnUNet_results").glob(f"Dataset{NNUNET_DATASET_ID + index}_*/*"):
             _model(model, study, tmp, keep, checkpoints=True)
         folds = models / "nnunet_folds"
         _tree(folds / "predictions", tmp / folds.relative_to(study) / "predictions")

@@ -19,6 +19,8 @@ from .results import score_folder
 
 #: The record of the nnU-Net folds behind an ``--adapt-source nnunet`` adapter (in ``models/<run>/nnunet_folds``).
 NNUNET_FOLDS = "folds.json"
+#: A run's nnU-Nets get the dataset id ``NNUNET_DATASET_ID + run index`` (nnU-Net's ``DatasetXXX_`` folders).
+NNUNET_DATASET_ID = 900
 #: Whose maps, by ``--adapt-source``, in messages.
 WHOSE = {"prompter": "the prompter's", "nnunet": "nnU-Net's"}
 

@@ -19,7 +19,7 @@ from .checks import KeptModels
 from .controls import blend_folder, blend_weight, planes_folder, planes_weight
 from .convergence import RECORD, measure
 from ..progress import notice as log
-from .folder import NNUNET_FOLDS, WHOSE
+from .folder import NNUNET_DATASET_ID, NNUNET_FOLDS, WHOSE
 from .results import timed
 
 
@@ -90,7 +90,7 @@ class ModelSteps(KeptModels):
 
     def nnunet_model(self, run: dict, index: int) -> Path:
         """The model folder of the nnU-Net trained on the run's subset (trained here unless it is kept)."""
-        return train_nnunet(self.dataset, run["cases"], self.folder / "nnunet", 900 + index,
+        return train_nnunet(self.dataset, run["cases"], self.folder / "nnunet", NNUNET_DATASET_ID + index,
                             self.opts.schedule(run["seed"]))
 
     def nnunet_folds(self, run: dict, index: int) -> Path:
@@ -104,8 +104,8 @@ class ModelSteps(KeptModels):
             return out
         held = self._held_out(run)
         log(f"study {run['name']}: nnU-Net's {len(held)}-fold cross-validation on {len(run['cases'])} case(s)")
-        model = train_cross_validation(self.dataset, run["cases"], root, 900 + index, self.opts.schedule(run["seed"]),
-                                       held)
+        model = train_cross_validation(self.dataset, run["cases"], root, NNUNET_DATASET_ID + index,
+                                       self.opts.schedule(run["seed"]), held)
         link_maps(self.cross_validation(run, model), out)
         folds = [{"folder": f"fold_{i}", "trained_on": sorted(c for c in run["cases"] if c not in part),
                   "predicted": sorted(part)} for i, part in enumerate(held)]
@@ -118,12 +118,11 @@ class ModelSteps(KeptModels):
         maps; fold adapters unless the options adapt nothing on nnU-Net's maps), as a user would run it. Returns
         fit's record, ``MODEL/autosam_sam.json``, whose adapter (if the adapted SAM won) trained on every map."""
         self.nnunet_folds(run, index)
-        root = self._folds_root(run)
-        record = self.cv_model(run) / SETTINGS_FILE
-        if record.is_file():  # fit finished (check_kept refused a record of other options before the run)
-            return record
+        root, model = self._folds_root(run), self.cv_model(run)
+        if (model / SETTINGS_FILE).is_file():  # fit finished (check_kept refused a record of other options)
+            return model / SETTINGS_FILE
         log(f"study {run['name']}: autosam fit on nnU-Net's cross-validation")
-        return fit(self.cv_model(run), self.fit_options(run), SamSpec(), Runtime(self.opts.device, self.opts.engine),
+        return fit(model, self.fit_options(run), SamSpec(), Runtime(self.opts.device, self.opts.engine),
                    raw_root=root / "nnUNet_raw", preprocessed_root=root / "nnUNet_preprocessed")
 
     def control(self, method: str, run: dict, models: dict, out: Path) -> Path:
@@ -172,5 +171,5 @@ class ModelSteps(KeptModels):
         models = self.folder / "models" / run["name"]
         cv = self.cv_model(run) if self.kept_folds(run) is not None else None
         log(f"study {run['name']}: nnU-Net's fold 0 at twice the epochs (does the baseline converge?)")
-        return measure(self.dataset, run, cv, models, 900 + index, self.opts.schedule(run["seed"]),
+        return measure(self.dataset, run, cv, models, NNUNET_DATASET_ID + index, self.opts.schedule(run["seed"]),
                        self._held_out(run), models / RECORD)
