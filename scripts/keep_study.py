@@ -4,10 +4,12 @@
 A study resumes from ``results.csv`` and ``plan.json`` alone for every method already scored (``autosam.study``).
 For a run with methods still to score, this also keeps what its next steps would otherwise train again: the
 prompter, nnU-Net's model and its fold nnU-Nets' maps (checkpoints without the optimizer's state: enough to
-predict, not to go on training), ``autosam fit``'s frozen scores, and its record and final adapter once it has
-finished, the controls' weights and the seconds already spent. Embedding caches, preprocessed data, fold adapters
-and predictions are not kept: a rerun makes them again. Symbolic links are kept as links: the study's maps link into
-its own folder (restore points them into the new one) and its raw datasets into the data.
+predict, not to go on training), ``autosam fit``'s scores, its record, and each of its adapters (fold and final)
+once that adapter has trained every epoch (without its optimizer state), the controls' weights and the seconds
+already spent. Embedding caches, preprocessed data, adapters still training and predictions are not kept: a rerun
+makes them again. Symbolic links are kept as links: the study's maps link into its own folder (restore points them
+into the new one) and its raw datasets into the data. Files keep their modification times (``mtimes.json``), which
+fit's kept scores name for the adapter they were scored with.
 
     python scripts/keep_study.py STUDY KEEP             # save (atomic: KEEP is replaced as a whole)
     python scripts/keep_study.py STUDY KEEP --restore   # into a STUDY without plan.json; nothing otherwise
@@ -31,6 +33,8 @@ MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json", "autosa
 FOLD_FILES = ("autosam_schedule.json", "debug.json")
 #: where the kept study was (its links into itself are moved to where it is restored)
 STUDY_PATH = "study_path.txt"
+#: the kept files' modification times (git does not keep them)
+MTIMES = "mtimes.json"
 
 
 def _copy(src: Path, dst: Path, moved: tuple[str, str] = ("", "")) -> None:
@@ -77,10 +81,14 @@ def _model(model: Path, study: Path, out: Path, old: Path, checkpoints: bool) ->
     rel = model.relative_to(study)
     for name in MODEL_FILES:
         _copy(model / name, out / rel / name)
-    if (model / "autosam_sam.json").is_file():
-        _tree(model / "autosam_adapter", out / rel / "autosam_adapter")
-    for score in model.glob("autosam_fit/scores/frozen_fold_*.json"):  # fit's frozen scores (not the adapted
-        _copy(score, out / score.relative_to(study))                    # ones: their fold adapters are not kept)
+    for adapter in [model / "autosam_adapter", *sorted(model.glob("autosam_fit/adapters/fold_*"))]:
+        config = _json(adapter / "adapter_config.json")
+        if (adapter / "autosam_fit.json").is_file() and config.get("epoch", 0) >= config.get("epochs", 1) > 0:
+            for p in sorted(adapter.iterdir()):
+                if p.name != "train_state.pt":  # the optimizer's state: only for going on training
+                    _copy(p, out / p.relative_to(study))
+    for score in model.glob("autosam_fit/scores/*_fold_*.json"):
+        _copy(score, out / score.relative_to(study))
     for fold in sorted(model.glob("fold_*")):
         if "train_s" not in _json(fold / "autosam_schedule.json"):  # still training or validating
             continue
@@ -141,6 +149,9 @@ def save(study: Path, keep: Path) -> None:
         for model in folds.glob("nnUNet_results/*/*"):
             _model(model, study, tmp, keep, checkpoints=controls)
         _tree(study / "predictions" / run["name"] / "seconds", tmp / "predictions" / run["name"] / "seconds")
+    mtimes = {str(p.relative_to(tmp)): p.stat().st_mtime_ns for p in sorted(tmp.rglob("*"))
+              if p.is_file() and not p.is_symlink()}
+    (tmp / MTIMES).write_text(json.dumps(mtimes, indent=0) + "\n")
     old = keep.with_name(keep.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if keep.exists():
@@ -155,7 +166,11 @@ def restore(study: Path, keep: Path) -> bool:
         return False
     old = (keep / STUDY_PATH).read_text().strip() if (keep / STUDY_PATH).is_file() else ""
     _tree(keep, study, (old, str(study.resolve())))  # links into the old folder point into the new one
-    (study / STUDY_PATH).unlink(missing_ok=True)
+    for rel, ns in _json(keep / MTIMES).items():
+        if (study / rel).is_file() and not (study / rel).is_symlink():
+            os.utime(study / rel, ns=(ns, ns))
+    for name in (STUDY_PATH, MTIMES):
+        (study / name).unlink(missing_ok=True)
     return True
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -642,6 +643,14 @@ def test_keep_study_keeps_what_the_run_in_progress_needs_and_restores_it(tmp_pat
             torch.save({"network_weights": {"w": torch.ones(2)}, "optimizer_state": {"big": torch.ones(9)}},
                        model / fold / "checkpoint_final.pth")
         (model / "plans.json").write_text("{}")
+        for fold, epoch in (("0", 3), ("1", 2)):  # fit's fold adapters: one finished, one still training
+            adapter = model / "autosam_fit" / "adapters" / f"fold_{fold}"
+            adapter.mkdir(parents=True)
+            (adapter / "autosam_fit.json").write_text("{}")
+            (adapter / "adapter_config.json").write_text(json.dumps({"epoch": epoch, "epochs": 3}))
+            for name in ("adapter.pt", "train_state.pt"):
+                (adapter / name).write_text("x")
+            os.utime(adapter / "adapter.pt", ns=(10**18, 10**18))  # fit's kept scores name this time
         maps = models / "nnunet_folds" / "predictions"
         maps.mkdir(parents=True)
         (maps / "folds.json").write_text(json.dumps({"model": str(model)}))
@@ -655,6 +664,10 @@ def test_keep_study_keeps_what_the_run_in_progress_needs_and_restores_it(tmp_pat
     state = torch.load(model / "fold_all" / "checkpoint_final.pth", weights_only=False)
     assert list(state) == ["network_weights"] and torch.equal(state["network_weights"]["w"], torch.ones(2))
     assert not (model / "fold_0").exists()  # still training when kept
+    adapters = model / "autosam_fit" / "adapters"
+    assert sorted(p.name for p in adapters.iterdir()) == ["fold_0"]  # fold 1's adapter is still training
+    assert sorted(p.name for p in (adapters / "fold_0").iterdir()) == ["adapter.pt", "adapter_config.json",
+                                                                       "autosam_fit.json"]
     assert not (kept / "nnunet" / "nnUNet_results" / "Dataset900_AutosamSubset").exists()
     link = busy / "nnunet_folds" / "predictions" / "x.nii.gz"
     assert link.is_symlink() and Path(link.readlink()).is_relative_to(study)
@@ -662,11 +675,15 @@ def test_keep_study_keeps_what_the_run_in_progress_needs_and_restores_it(tmp_pat
     assert torch.load(model / "fold_all" / "checkpoint_final.pth", weights_only=False).keys() == state.keys()
     assert not keep.restore(study, kept)  # the study has its plan: nothing is copied
     fresh = tmp_path / "fresh"
+    os.utime(adapters / "fold_0" / "adapter.pt")  # a checkout of kept/ does not keep modification times
     assert keep.restore(fresh, kept)
     assert (fresh / "results.csv").read_bytes() == (study / "results.csv").read_bytes()
     assert (fresh / "models" / "n3_s1" / "prompter" / "model.pt").is_file()
     moved = fresh / "models" / "n3_s1" / "nnunet_folds" / "predictions" / "x.nii.gz"
     assert Path(moved.readlink()).is_relative_to(fresh) and moved.resolve().is_file()  # into the new folder
-    assert not (fresh / "study_path.txt").exists()
+    assert not (fresh / "study_path.txt").exists() and not (fresh / "mtimes.json").exists()
+    weights = fresh / "nnunet" / "nnUNet_results" / "Dataset901_AutosamSubset" / "T__P__2d" / "autosam_fit" / \
+        "adapters" / "fold_0" / "adapter.pt"
+    assert weights.stat().st_mtime_ns == 10**18
     record = json.loads((fresh / "models" / "n3_s1" / "nnunet_folds" / "predictions" / "folds.json").read_text())
     assert Path(record["model"]).is_relative_to(fresh)
