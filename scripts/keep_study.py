@@ -6,10 +6,11 @@ For a run with methods still to score, this also keeps what its next steps would
 prompter, nnU-Net's model and its fold nnU-Nets' maps (checkpoints without the optimizer's state: enough to
 predict, not to go on training), ``autosam fit``'s scores, its record, and each of its adapters (fold and final)
 once that adapter has trained every epoch (without its optimizer state), the controls' weights and the seconds
-already spent. Embedding caches, preprocessed data, adapters still training and predictions are not kept: a rerun
-makes them again. Symbolic links are kept as links: the study's maps link into its own folder (restore points them
-into the new one) and its raw datasets into the data. Files keep their modification times (``mtimes.json``), which
-fit's kept scores name for the adapter they were scored with.
+already spent, and the cases a SAM method has finished. Embedding caches, preprocessed data, adapters still
+training and the other predictions are not kept: a rerun makes them again (the seconds a step spent before its
+session ended are not counted). Symbolic links are kept as links: the study's maps link into its own folder
+(restore points them into the new one) and its raw datasets into the data. Files keep their modification times
+(``mtimes.json``), which fit's kept scores name for the adapter they were scored with.
 
     python scripts/keep_study.py STUDY KEEP             # save (atomic: KEEP is replaced as a whole)
     python scripts/keep_study.py STUDY KEEP --restore   # into a STUDY without plan.json; nothing otherwise
@@ -100,6 +101,18 @@ def _model(model: Path, study: Path, out: Path, old: Path, checkpoints: bool) ->
             _checkpoint(ckpt, out / rel / fold.name / ckpt.name, old / rel / fold.name / ckpt.name)
 
 
+def _finished_cases(folder: Path, study: Path, out: Path, method: str) -> None:
+    """A SAM method's prediction folder, but for its lock and unfinished files: the case runner writes each case
+    atomically and skips the finished ones on a rerun (nnU-Net and the controls predict again instead)."""
+    from autosam.study.methods import CONTROLS
+
+    if method == "nnunet" or method in CONTROLS or not folder.is_dir():
+        return
+    for p in sorted(folder.rglob("*")):
+        if not any(part.startswith(".") for part in p.relative_to(folder).parts):
+            _copy(p, out / p.relative_to(study))
+
+
 def _json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -149,6 +162,8 @@ def save(study: Path, keep: Path) -> None:
         for model in folds.glob("nnUNet_results/*/*"):
             _model(model, study, tmp, keep, checkpoints=controls)
         _tree(study / "predictions" / run["name"] / "seconds", tmp / "predictions" / run["name"] / "seconds")
+        for method in pending:
+            _finished_cases(study / "predictions" / run["name"] / method.replace("/", "@"), study, tmp, method)
     mtimes = {str(p.relative_to(tmp)): p.stat().st_mtime_ns for p in sorted(tmp.rglob("*"))
               if p.is_file() and not p.is_symlink()}
     (tmp / MTIMES).write_text(json.dumps(mtimes, indent=0) + "\n")

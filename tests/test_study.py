@@ -653,6 +653,10 @@ def test_keep_study_keeps_what_the_run_in_progress_needs_and_restores_it(tmp_pat
             os.utime(adapter / "adapter.pt", ns=(10**18, 10**18))  # fit's kept scores name this time
         maps = models / "nnunet_folds" / "predictions"
         maps.mkdir(parents=True)
+        tuned = study / "predictions" / run["name"] / "nnunet+tuned"  # SAM's cases so far: one finished, one not
+        tuned.mkdir(parents=True)
+        for name in ("x.nii.gz", "autosam_run.json", ".autosam.lock", ".tmp7_y.nii.gz"):
+            (tuned / name).write_text("x")
         (maps / "folds.json").write_text(json.dumps({"model": str(model)}))
         (maps / "x.nii.gz").symlink_to(model / "fold_all" / "validation" / "x.nii.gz")
     kept = tmp_path / "kept"
@@ -669,6 +673,9 @@ def test_keep_study_keeps_what_the_run_in_progress_needs_and_restores_it(tmp_pat
     assert sorted(p.name for p in (adapters / "fold_0").iterdir()) == ["adapter.pt", "adapter_config.json",
                                                                        "autosam_fit.json"]
     assert not (kept / "nnunet" / "nnUNet_results" / "Dataset900_AutosamSubset").exists()
+    assert sorted(p.name for p in (kept / "predictions" / "n3_s1" / "nnunet+tuned").iterdir()) == [
+        "autosam_run.json", "x.nii.gz"]
+    assert not (kept / "predictions" / "n3_s0").exists()
     link = busy / "nnunet_folds" / "predictions" / "x.nii.gz"
     assert link.is_symlink() and Path(link.readlink()).is_relative_to(study)
     keep.save(study, kept)  # again: the same, the unchanged checkpoint reused
