@@ -4,8 +4,8 @@
 A study resumes from ``results.csv`` and ``plan.json`` alone for every method already scored (``autosam.study``).
 For a run with methods still to score, this also keeps what its next steps would otherwise train again: the
 prompter, nnU-Net's model and its fold nnU-Nets' maps (checkpoints without the optimizer's state: enough to
-predict, not to go on training), ``autosam fit``'s scores, its record, and each of its adapters (fold and final)
-once that adapter has trained every epoch (without its optimizer state), the controls' weights and the seconds
+predict, not to go on training), ``autosam fit``'s scores and record, every SAM adapter (the study's own, fit's fold
+and final ones) once it has trained every epoch (without its optimizer state), the controls' weights and the seconds
 already spent, and the cases a SAM method has finished. Embedding caches, preprocessed data, adapters still
 training and the other predictions are not kept: a rerun makes them again (the seconds a step spent before its
 session ended are not counted). Symbolic links are kept as links: the study's maps link into its own folder
@@ -83,11 +83,7 @@ def _model(model: Path, study: Path, out: Path, old: Path, checkpoints: bool) ->
     for name in MODEL_FILES:
         _copy(model / name, out / rel / name)
     for adapter in [model / "autosam_adapter", *sorted(model.glob("autosam_fit/adapters/fold_*"))]:
-        config = _json(adapter / "adapter_config.json")
-        if (adapter / "autosam_fit.json").is_file() and config.get("epoch", 0) >= config.get("epochs", 1) > 0:
-            for p in sorted(adapter.iterdir()):
-                if p.name != "train_state.pt":  # the optimizer's state: only for going on training
-                    _copy(p, out / p.relative_to(study))
+        _adapter(adapter, study, out)
     for score in model.glob("autosam_fit/scores/*_fold_*.json"):
         _copy(score, out / score.relative_to(study))
     for fold in sorted(model.glob("fold_*")):
@@ -99,6 +95,15 @@ def _model(model: Path, study: Path, out: Path, old: Path, checkpoints: bool) ->
         ckpt = fold / "checkpoint_final.pth"
         if checkpoints and ckpt.is_file():
             _checkpoint(ckpt, out / rel / fold.name / ckpt.name, old / rel / fold.name / ckpt.name)
+
+
+def _adapter(folder: Path, study: Path, out: Path) -> None:
+    """A SAM adapter that has trained every epoch, without the optimizer's state (only for going on training)."""
+    config = _json(folder / "adapter_config.json")
+    if config.get("epoch", 0) >= config.get("epochs", 1) > 0:
+        for p in sorted(folder.rglob("*")):
+            if p.name not in ("train_state.pt", "checkpoint.pt") and not p.name.startswith("."):
+                _copy(p, out / p.relative_to(study))
 
 
 def _finished_cases(folder: Path, study: Path, out: Path, method: str) -> None:
@@ -147,6 +152,7 @@ def save(study: Path, keep: Path) -> None:
             _copy(models / name, tmp / models.relative_to(study) / name)
         if not pending:
             continue
+        _adapter(models / "adapter", study, tmp)  # the study's own adapter (adapted methods, the prompter's tuned)
         if (models / "prompter" / "model.pt").is_file():
             for p in (models / "prompter").glob("*"):
                 if p.name == "model.pt" or p.suffix == ".json":

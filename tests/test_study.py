@@ -651,6 +651,10 @@ def test_keep_study_keeps_what_the_run_in_progress_needs_and_restores_it(tmp_pat
             for name in ("adapter.pt", "train_state.pt"):
                 (adapter / name).write_text("x")
             os.utime(adapter / "adapter.pt", ns=(10**18, 10**18))  # fit's kept scores name this time
+        own = models / "adapter"  # the study's own adapter, finished
+        own.mkdir()
+        (own / "adapter_config.json").write_text(json.dumps({"epoch": 3, "epochs": 3}))
+        (own / "train_state.pt").write_text("x")
         maps = models / "nnunet_folds" / "predictions"
         maps.mkdir(parents=True)
         tuned = study / "predictions" / run["name"] / "nnunet+tuned"  # SAM's cases so far: one finished, one not
@@ -664,6 +668,7 @@ def test_keep_study_keeps_what_the_run_in_progress_needs_and_restores_it(tmp_pat
     assert sorted(p.name for p in (kept / "models" / "n3_s0").iterdir()) == ["convergence.json"]  # scored
     busy = kept / "models" / "n3_s1"
     assert sorted(p.name for p in (busy / "prompter").iterdir()) == ["config.json", "model.pt"]
+    assert sorted(p.name for p in (busy / "adapter").iterdir()) == ["adapter_config.json"]
     model = kept / "nnunet" / "nnUNet_results" / "Dataset901_AutosamSubset" / "T__P__2d"
     state = torch.load(model / "fold_all" / "checkpoint_final.pth", weights_only=False)
     assert list(state) == ["network_weights"] and torch.equal(state["network_weights"]["w"], torch.ones(2))
