@@ -2,7 +2,8 @@
 
 A case's value is its Dice averaged over labels. Two methods are compared only on identical ``(repeat, case)``
 keys (:func:`pair` refuses unequal sets), by the mean paired difference with a 95% hierarchical bootstrap interval
-(:func:`hierarchical_ci`: repeats resampled, then cases within each chosen repeat), wins, losses and ties (ties
+(:func:`hierarchical_ci`: repeats resampled, then cases within each chosen repeat; :func:`crossed_ci` when every
+repeat tests the same cases: one case draw shared by the drawn repeats), wins, losses and ties (ties
 within :data:`autosam.tune.TIE`) and a two-sided Wilcoxon signed-rank p. Imports only numpy, scipy and
 :data:`autosam.tune.TIE`.
 
@@ -61,6 +62,23 @@ def hierarchical_ci(groups: Sequence[np.ndarray], resamples: int = RESAMPLES, se
         chosen = picks == r
         sums[chosen], counts[chosen] = drawn[chosen], len(g)
     means = sums.sum(axis=1) / counts.sum(axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def crossed_ci(matrix: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED,
+               level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of a repeats x cases ``matrix`` whose repeats all test the same
+    cases (a fixed test set, ``--test-cases``): each resample draws the repeats and the cases with replacement,
+    one case draw shared by the drawn repeats (docs/protocol.md)."""
+    m = np.asarray(matrix, float)
+    if m.ndim != 2 or not m.size or not np.all(np.isfinite(m)):
+        raise AutosamError("crossed_ci needs a finite repeats x cases matrix")
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, m.shape[0], size=(resamples, m.shape[0]))
+    cols = rng.integers(0, m.shape[1], size=(resamples, m.shape[1]))
+    means = m[rows[:, :, None], cols[:, None, :]].mean(axis=(1, 2))
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
