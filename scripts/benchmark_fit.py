@@ -11,6 +11,13 @@ means nothing (the table prints nnU-Net's cross-validation Dice to show it).
 
     python scripts/benchmark_fit.py                 # fit --frozen on 10 cases (target: at most 15 min on 2 CPU cores)
     python scripts/benchmark_fit.py --adapters      # and fit with adapters (target: at most 90 min)
+    python scripts/benchmark_fit.py --cases all --held-out 30 --max-cases 20   # full data (below)
+
+Full data (issue #35: never below nnU-Net by more than 0.2 Dice points on held-out cases): ``--held-out N`` keeps
+the last N cases of the shuffled exploration pool out of everything (``--cases all``: every other one trains), fits
+(``--max-cases``: fit scores that many cross-fitted maps), then segments the held-out cases with nnU-Net's 5-fold
+ensemble alone and with ``autosam predict -m MODEL`` (which reads fit's record), and prints the paired difference
+with its bootstrap interval. The bundled sample's cases are never drawn.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import argparse
 import shutil
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -25,14 +33,54 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIRMATION = ROOT / "docs" / "results" / "confirmation_hippocampus.txt"
 
 
-def exploration_cases(data: Path, n: int, seed: int) -> list[str]:
+def exploration_cases(data: Path, n: Optional[int], seed: int, held_out: int = 0) -> tuple[list[str], list[str]]:
+    """``n`` training cases (None: all) and ``held_out`` others, drawn from the cases outside the confirmation set
+    and the bundled sample (the order of earlier rounds' draws, which had no sample case, is kept)."""
     from autosam import io
+    from autosam.sample import sample_dataset
 
     info = io.load_dataset_json(data)
     cases = sorted(io.list_cases(data / "imagesTr", info.file_ending, info.num_channels))
     sacred = set(CONFIRMATION.read_text().split()) if CONFIRMATION.is_file() else set()
+    own = sample_dataset("hippocampus")  # on the sample itself (no ../shared), every case is the sample's
+    sample = set() if data.resolve() == own.resolve() else set(io.list_cases(own / "imagesTr", info.file_ending,
+                                                                              info.num_channels))
     pool = [c for c in cases if c not in sacred]
-    return sorted(pool[i] for i in np.random.default_rng(seed).permutation(len(pool))[:n])
+    order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool)) if pool[i] not in sample]
+    held = order[len(order) - held_out:] if held_out else []
+    train = order[: len(order) - held_out]
+    return sorted(train[:n] if n is not None else train), sorted(held)
+
+
+def held_out_check(model: Path, data: Path, held: list[str], work: Path, schedule) -> list[str]:
+    """nnU-Net's fold ensemble alone against ``autosam predict`` with fit's record on the held-out cases."""
+    from autosam import evaluation, io
+    from autosam.cli import main as autosam_main
+    from autosam.nnunet.train import predict_nnunet
+    from autosam.study.stats import compare
+
+    info = io.load_dataset_json(data)
+    images = work / "held_out_images"
+    images.mkdir(exist_ok=True)
+    for case in held:
+        link = images / f"{case}_0000{info.file_ending}"
+        if not link.exists():
+            link.symlink_to((data / "imagesTr" / link.name).resolve())
+    folds = sorted(f.name[len("fold_"):] for f in model.glob("fold_*") if (f / "checkpoint_final.pth").is_file())
+    predict_nnunet(model, images, work / "held_out_nnunet", schedule, folds=folds)
+    assert autosam_main(["predict", "-m", str(model), "-i", str(images), "-o", str(work / "held_out_fit"),
+                         "-f", *folds]) == 0
+    dice = {}
+    for name in ("nnunet", "fit"):
+        summary = evaluation.evaluate_folder(data / "labelsTr", work / f"held_out_{name}", info)
+        dice[name] = {(0, Path(c["prediction_file"]).name[: -len(info.file_ending)]):
+                      float(np.mean([c["metrics"][v]["Dice"] for v in info.foreground]))
+                      for c in summary["metric_per_case"]}
+    c = compare(dice["fit"], dice["nnunet"])
+    verdict = "met" if c["diff"] >= -0.002 else f"missed by {-0.002 - c['diff']:.4f}"
+    return [f"held-out cases: {len(held)}; nnU-Net {len(folds)}-fold ensemble {c['baseline_mean']:.4f}, with fit's "
+            f"record {c['mean']:.4f}: {c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], "
+            f"{c['wins']}/{c['losses']}/{c['ties']} (target: not below by more than 0.002: {verdict})"]
 
 
 def _no_sam(model: Path) -> float:
@@ -50,7 +98,9 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hippocampus"))
-    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--cases", default="10", help="training cases (default 10; 'all')")
+    p.add_argument("--held-out", type=int, default=0, help="cases kept out, then segmented with and without fit")
+    p.add_argument("--max-cases", type=int, default=0, help="fit scores at most this many maps (default: all)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=10, help="nnU-Net epochs per fold (default 10)")
     p.add_argument("--iterations", type=int, default=50, help="nnU-Net iterations per epoch (default 50)")
@@ -60,15 +110,17 @@ def main() -> None:
     a = p.parse_args()
     data = Path(a.data) if Path(a.data).is_dir() else sample_dataset("hippocampus")
     work = Path(a.work) / f"e{a.epochs}x{a.iterations}"  # a fold trained on another schedule is refused
-    cases = exploration_cases(data, a.cases, seed=20261206)
+    cases, held = exploration_cases(data, None if a.cases == "all" else int(a.cases), 20261206, a.held_out)
+    if held:
+        work = work.with_name(f"{work.name}_n{len(cases)}_h{len(held)}")
     split = fold_assignment(cases, a.folds, seed=0)
     start = time.perf_counter()
-    model = train_cross_validation(data, cases, work, 905, Schedule(configuration="2d", epochs=a.epochs,
-                                   iterations=a.iterations, device=a.device), split, name="FitBench")
+    schedule = Schedule(configuration="2d", epochs=a.epochs, iterations=a.iterations, device=a.device)
+    model = train_cross_validation(data, cases, work, 905, schedule, split, name="FitBench")
     rows = [("nnU-Net 2d cross-validation", len(split), time.perf_counter() - start, "-")]
     roots = {"raw_root": work / "nnUNet_raw", "preprocessed_root": work / "nnUNet_preprocessed"}
-    runs = [("fit --frozen", FitOptions(frozen=True), 15 * 60)]
-    runs += [("fit (fold adapters)", FitOptions(), 90 * 60)] if a.adapters else []
+    runs = [("fit --frozen", FitOptions(frozen=True, max_cases=a.max_cases), 15 * 60)]
+    runs += [("fit (fold adapters)", FitOptions(max_cases=a.max_cases), 90 * 60)] if a.adapters else []
     for name, opts, target in runs:
         shutil.rmtree(model / FIT_DIR, ignore_errors=True)
         start = time.perf_counter()
@@ -80,6 +132,8 @@ def main() -> None:
     print("| step | folds | minutes | target |\n|---|---|---|---|")
     for name, k, seconds, verdict in rows:
         print(f"| {name} | {k} | {seconds / 60:.1f} | {verdict} |")
+    for line in held_out_check(model, data, held, work, schedule) if held else []:
+        print(line)
 
 
 if __name__ == "__main__":
