@@ -54,9 +54,10 @@ def exploration_cases(data: Path, n: Optional[int], seed: int, held_out: int = 0
 
 def held_out_check(model: Path, data: Path, held: list[str], work: Path, schedule) -> list[str]:
     """nnU-Net's fold ensemble alone against ``autosam predict`` with fit's record on the held-out cases."""
-    from autosam import evaluation, io
+    from autosam import io
     from autosam.cli import main as autosam_main
     from autosam.nnunet.train import predict_nnunet
+    from autosam.study.results import case_values, score_folder
     from autosam.study.stats import compare
 
     info = io.load_dataset_json(data)
@@ -70,13 +71,11 @@ def held_out_check(model: Path, data: Path, held: list[str], work: Path, schedul
     predict_nnunet(model, images, work / "held_out_nnunet", schedule, folds=folds)
     assert autosam_main(["predict", "-m", str(model), "-i", str(images), "-o", str(work / "held_out_fit"),
                          "-f", *folds]) == 0
-    dice = {}
-    for name in ("nnunet", "fit"):
-        summary = evaluation.evaluate_folder(data / "labelsTr", work / f"held_out_{name}", info)
-        dice[name] = {(0, Path(c["prediction_file"]).name[: -len(info.file_ending)]):
-                      float(np.mean([c["metrics"][v]["Dice"] for v in info.foreground]))
-                      for c in summary["metric_per_case"]}
-    c = compare(dice["fit"], dice["nnunet"])
+    run = {"size": 0, "repeat": 0, "seed": 0}
+    rows = [r for name in ("nnunet", "fit")
+            for r in score_folder(work / f"held_out_{name}", data / "labelsTr", info, held, name, run, 0.0)]
+    dice = case_values(rows)  # per method: (repeat, case) -> Dice averaged over labels, as the study scores
+    c = compare(dice[("fit", 0)], dice[("nnunet", 0)])
     verdict = "met" if c["diff"] >= -0.002 else f"missed by {-0.002 - c['diff']:.4f}"
     return [f"held-out cases: {len(held)}; nnU-Net {len(folds)}-fold ensemble {c['baseline_mean']:.4f}, with fit's "
             f"record {c['mean']:.4f}: {c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], "
