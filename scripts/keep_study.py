@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -55,8 +56,12 @@ def _copy(src: Path, dst: Path, moved: tuple[str, str] = ("", "")) -> None:
         shutil.copy2(src, dst)
 
 
-def _tree(src: Path, dst: Path, moved: tuple[str, str] = ("", "")) -> None:
+def _tree(src: Path, dst: Path, moved: tuple[str, str] = ("", ""), skip: Optional[tuple[str, ...]] = None) -> None:
+    """Every file and link below ``src``; with ``skip``, not hidden ones (locks, unfinished files) nor these names."""
     for p in sorted(src.rglob("*")) if src.is_dir() else []:
+        parts = p.relative_to(src).parts
+        if skip is not None and (p.name in skip or any(part.startswith(".") for part in parts)):
+            continue
         if p.is_file() or p.is_symlink():
             _copy(p, dst / p.relative_to(src), moved)
 
@@ -101,9 +106,7 @@ def _adapter(folder: Path, study: Path, out: Path) -> None:
     """A SAM adapter that has trained every epoch, without the optimizer's state (only for going on training)."""
     config = _json(folder / "adapter_config.json")
     if config.get("epoch", 0) >= config.get("epochs", 1) > 0:
-        for p in sorted(folder.rglob("*")):
-            if p.name not in ("train_state.pt", "checkpoint.pt") and not p.name.startswith("."):
-                _copy(p, out / p.relative_to(study))
+        _tree(folder, out / folder.relative_to(study), skip=("train_state.pt", "checkpoint.pt"))
 
 
 def _finished_cases(folder: Path, study: Path, out: Path, method: str) -> None:
@@ -113,9 +116,7 @@ def _finished_cases(folder: Path, study: Path, out: Path, method: str) -> None:
 
     if method == "nnunet" or method in CONTROLS or not folder.is_dir():
         return
-    for p in sorted(folder.rglob("*")):
-        if not any(part.startswith(".") for part in p.relative_to(folder).parts):
-            _copy(p, out / p.relative_to(study))
+    _tree(folder, out / folder.relative_to(study), skip=())
 
 
 def _json(path: Path) -> dict:
